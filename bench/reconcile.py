@@ -1,0 +1,191 @@
+"""Reconcile: time from an API create (what ``kubectl apply`` sends) to Ready, and the
+operator's cost at rest with 1,000 queues and 1,000 consumer groups.
+
+The local stack (redis-server, etcd + kube-apiserver + kube-controller-manager, the
+operator as a subprocess with ``--drift-interval 30s``) runs on this machine. Each queue
+is a one-partition Stream with one producer and one consumer (two ACL users, two
+Secrets); Ready means ``Ready=True`` at ``observedGeneration == generation``, seen
+through a watch.
+
+- 1 queue: sequential trials (create, wait for Ready, next), p50/p95/max.
+  Goal: p95 < 300 ms.
+- 100 and 1,000 queues created at once (8 client threads): per-queue latency
+  p50/p95/max and the time until all are Ready. Goal: 1,000 all Ready < 60 s.
+- Idle: after a ConsumerGroup on each of the 1,000 queues is Ready and things have
+  settled, the operator's CPU (from /proc, over a window) and RSS.
+  Goals: CPU < 5% of one core; RSS < 200 MB.
+
+Quick mode: 3 single trials, 10 queues at once, 10 groups, a 3 s idle window.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from .common import (
+    Row,
+    fmt_s,
+    latency_triplet,
+    log,
+    main,
+    met,
+    percentile,
+    proc_cpu_seconds,
+    proc_rss_bytes,
+)
+from .stack import LocalStack, ReadyWatch
+
+NAME = "reconcile"
+API_VERSION = "agentqueue.io/v1alpha1"
+SINGLE_P95_GOAL = 0.300
+ALL_READY_GOAL = 60.0
+CPU_GOAL = 0.05
+RSS_GOAL = 200_000_000
+
+
+@dataclass(frozen=True)
+class Plan:
+    single_trials: int
+    batches: tuple[int, ...]
+    groups: int
+    settle_s: float
+    idle_window_s: float
+
+
+QUICK = Plan(single_trials=3, batches=(10,), groups=10, settle_s=2.0, idle_window_s=3.0)
+FULL = Plan(single_trials=30, batches=(100, 1000), groups=1000, settle_s=40.0,
+            idle_window_s=60.0)
+
+
+def queue_body(name: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "AgentQueue",
+            "metadata": {"name": name},
+            "spec": {"type": "Stream", "partitions": 1,
+                     "access": {"producers": [{"name": "producer"}],
+                                "consumers": [{"name": "worker"}]}}}
+
+
+def group_body(name: str, queue: str) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ConsumerGroup",
+            "metadata": {"name": name},
+            "spec": {"queueRef": {"name": queue}}}
+
+
+def create_all(stack: LocalStack, plural: str, namespace: str,
+               bodies: list[dict[str, Any]]) -> dict[str, float]:
+    """Create concurrently; return name → monotonic time just before its create call."""
+    started: dict[str, float] = {}
+
+    def one(body: dict[str, Any]) -> None:
+        started[body["metadata"]["name"]] = time.monotonic()
+        stack.create(plural, namespace, body)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, bodies))
+    return started
+
+
+def single_trials(stack: LocalStack, trials: int) -> list[float]:
+    ns = "bench-single"
+    stack.create_namespace(ns)
+    latencies: list[float] = []
+    with ReadyWatch(stack, "agentqueues", ns) as watch:
+        for i in range(trials):
+            name = f"single-{i}"
+            start = time.monotonic()
+            stack.create("agentqueues", ns, queue_body(name))
+            watch.wait({name}, 60, stack.check_operator)
+            latencies.append(watch.ready_at[name] - start)
+            time.sleep(0.05)
+    return latencies
+
+
+def batch(stack: LocalStack, n: int, timeout: float) -> tuple[list[float], float, float, str]:
+    ns = f"bench-batch-{n}"
+    stack.create_namespace(ns)
+    names = {f"q-{i:04d}" for i in range(n)}
+    with ReadyWatch(stack, "agentqueues", ns) as watch:
+        t0 = time.monotonic()
+        started = create_all(stack, "agentqueues", ns, [queue_body(x) for x in sorted(names)])
+        created = time.monotonic() - t0
+        watch.wait(names, timeout, stack.check_operator)
+        all_ready = max(watch.ready_at.values()) - t0
+        latencies = [watch.ready_at[x] - started[x] for x in names]
+    return latencies, all_ready, created, ns
+
+
+def idle_cost(stack: LocalStack, ns: str, queues: int, plan: Plan,
+              timeout: float) -> tuple[float, int, float]:
+    """Groups on the first ``plan.groups`` queues of ``ns``; → (cpu share, rss, groups
+    Ready after s)."""
+    names = {f"g-{i:04d}" for i in range(min(plan.groups, queues))}
+    with ReadyWatch(stack, "consumergroups", ns) as watch:
+        t0 = time.monotonic()
+        create_all(stack, "consumergroups", ns,
+                   [group_body(f"g-{i:04d}", f"q-{i:04d}") for i in range(len(names))])
+        watch.wait(names, timeout, stack.check_operator)
+        groups_ready = time.monotonic() - t0
+    log(f"reconcile: {len(names)} groups Ready after {groups_ready:.1f}s; settling "
+        f"{plan.settle_s:.0f}s")
+    time.sleep(plan.settle_s)
+    stack.check_operator()
+    pid = stack.operator_pid
+    cpu0, t_start = proc_cpu_seconds(pid), time.monotonic()
+    time.sleep(plan.idle_window_s)
+    cpu1, t_end = proc_cpu_seconds(pid), time.monotonic()
+    stack.check_operator()
+    return (cpu1 - cpu0) / (t_end - t_start), proc_rss_bytes(pid), groups_ready
+
+
+def run(quick: bool) -> list[Row]:
+    plan = QUICK if quick else FULL
+    rows: list[Row] = []
+    with LocalStack() as stack:
+        # Warm-up: the operator connects, loads the Functions library, starts watching.
+        stack.create_namespace("bench-warmup")
+        stack.create("agentqueues", "bench-warmup", queue_body("warmup"))
+        t0 = time.monotonic()
+        stack.wait_ready("agentqueues", "bench-warmup", "warmup", 120)
+        log(f"reconcile: warm-up queue Ready after {time.monotonic() - t0:.1f}s")
+
+        log(f"reconcile: {plan.single_trials} single-queue trials")
+        lat = single_trials(stack, plan.single_trials)
+        p95 = percentile(lat, 95)
+        rows.append(Row(NAME, f"1 queue: create → Ready, p50 / p95 / max ({len(lat)} trials)",
+                        latency_triplet(lat), "", "", "p95 < 300 ms",
+                        met(p95 < SINGLE_P95_GOAL)))
+
+        last_ns, last_n = "", 0
+        for n in plan.batches:
+            log(f"reconcile: {n} queues at once")
+            lat, all_ready, created, last_ns = batch(stack, n, timeout=max(120.0, 0.5 * n))
+            last_n = n
+            rows.append(Row(NAME, f"{n:,} queues at once: create → Ready per queue, "
+                            "p50 / p95 / max", latency_triplet(lat), "", "", "", ""))
+            goal = "< 60 s" if n >= 1000 else ""
+            rows.append(Row(NAME, f"{n:,} queues at once: first create → all Ready (creates took "
+                            f"{created:.1f} s)",
+                            fmt_s(all_ready), "", "", goal,
+                            met(all_ready < ALL_READY_GOAL) if goal else ""))
+
+        log(f"reconcile: {min(plan.groups, last_n)} consumer groups, then idle")
+        cpu, rss, groups_ready = idle_cost(stack, last_ns, last_n, plan,
+                                           timeout=max(120.0, 0.5 * plan.groups))
+        total_queues = 1 + plan.single_trials + sum(plan.batches)
+        groups = min(plan.groups, last_n)
+        rows.append(Row(NAME, f"{groups:,} groups at once: all Ready", fmt_s(groups_ready),
+                        "", "", "", ""))
+        what = f"{total_queues:,} queues + {groups:,} groups"
+        rows.append(Row(NAME, f"operator idle CPU ({what}, {plan.idle_window_s:.0f} s window)",
+                        f"{cpu * 100:.1f}% of a core", "", "", "< 5%", met(cpu < CPU_GOAL)))
+        rows.append(Row(NAME, f"operator RSS ({what})", f"{rss / 1e6:.0f} MB", "", "",
+                        "< 200 MB", met(rss < RSS_GOAL)))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main(NAME, run))

@@ -1,0 +1,26 @@
+"""What a backend hands to the consumer: one raw delivery, decoded or not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .codec import Envelope
+
+
+@dataclass
+class Delivery:
+    """A read entry before admission. ``envelope`` is None when it did not decode
+    (``reason`` says why); ``handle`` is what the backend needs to ack it."""
+
+    partition: int
+    id: str
+    handle: Any
+    envelope: Envelope | None
+    reason: str | None = None
+    delivered: int = 1  # the PEL delivery count (Streams); 1 for Lists
+    priority: int = 0
+
+
+def text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

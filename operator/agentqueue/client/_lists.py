@@ -1,0 +1,269 @@
+"""List queues: the reliable-queue pattern.
+
+* Read: ``LMOVE <level key> <processing list> RIGHT LEFT`` (oldest first, priority level
+  0 first), pipelined; when every list is empty, one ``BLMOVE`` with a short timeout on a
+  rotating partition's level-0 key (a message on another key waits at most that long).
+* Ack: ``LREM <processing list> 1 <element>``.
+* Visibility (a timestamp): every read, and every ``visibility/6`` while it holds
+  messages, a consumer records ``now`` as its score in the partition's sorted set
+  ``aq:{ns/q/p}:proc:#consumers``. A consumer whose timestamp is older than the
+  visibility timeout is dead: any consumer moves the elements of its processing list back
+  to the head of the queue (WATCH/MULTI: never lost, never duplicated), with the attempt
+  ``a`` incremented so a message that kills every consumer ends in the dead-letter
+  stream, then removes it from the set. A consumer also recovers its own processing list
+  at start (a restarted pod with the same name). Timestamps come from the consumers'
+  clocks: keep their skew well below the visibility timeout (NTP).
+* Nack: WATCH/MULTI moving the element (``a`` + 1, ``e`` = error) from the processing
+  list to the retry sorted set; promotion moves due ones back (LPUSH, the queue's tail).
+* Dead-letter: WATCH/MULTI moving it to the dead-letter stream with ``x.*`` metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from .. import keys
+from ._delivery import Delivery, text
+from .codec import Envelope, decode_element, encode_element, encode_fields
+from .errors import DecodeError
+
+log = logging.getLogger("agentqueue.client")
+
+_WATCH_RETRIES = 50
+
+
+def consumers_key(part: keys.PartitionKeys) -> str:
+    """Sorted set: consumer name → last heartbeat (ms). Matches the ``proc:*`` pattern;
+    consumer names cannot start with ``#``, so it is never a processing list."""
+    return part.processing("#consumers")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ListBackend:
+    """All Redis calls of a List consumer."""
+
+    def __init__(self, client: Any, group: str, consumer: str,
+                 parts: Sequence[keys.PartitionKeys], max_payload_bytes: int,
+                 priority_levels: int) -> None:
+        self.client = client
+        self.group = group
+        self.consumer = consumer
+        self.parts = list(parts)
+        self.max_payload_bytes = max_payload_bytes
+        self.levels = max(1, priority_levels)
+        self._rotate = 0
+
+    def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
+        self.parts = list(parts)
+
+    def _decode(self, partition: int, raw: bytes) -> Delivery:
+        try:
+            msg_id, priority, env = decode_element(raw, max_payload_bytes=self.max_payload_bytes)
+        except DecodeError as exc:
+            return Delivery(partition, f"raw:{zlib.crc32(raw):08x}", (partition, raw), None,
+                            exc.reason, 1)
+        return Delivery(partition, msg_id, (partition, raw), env, None, 1, priority)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def read(self, count: int, block_ms: int, acks: Sequence[Any]) -> list[Delivery]:
+        per_partition = max(1, math.ceil(count / len(self.parts)))
+        order: list[int] = []
+        async with self.client.pipeline(transaction=False) as pipe:
+            self._queue_acks(pipe, acks)
+            now = _now_ms()
+            for part in self.parts:
+                pipe.zadd(consumers_key(part), {self.consumer: now})
+            for i, part in enumerate(self.parts):
+                proc = part.processing(self.consumer)
+                for level in range(self.levels):
+                    for _ in range(per_partition):
+                        pipe.lmove(part.priority_key(level), proc, "RIGHT", "LEFT")
+                        order.append(i)
+            results = await pipe.execute()
+        moved = results[len(results) - len(order):]
+        out = [self._decode(i, raw) for i, raw in zip(order, moved, strict=True)
+               if raw is not None]
+        if out:
+            return sorted(out, key=lambda d: d.priority)
+        # Everything empty: block briefly on one partition's most urgent list.
+        self._rotate = (self._rotate + 1) % len(self.parts)
+        part = self.parts[self._rotate]
+        raw = await self.client.blmove(part.priority_key(0), part.processing(self.consumer),
+                                       min(block_ms, 250) / 1000, "RIGHT", "LEFT")
+        if raw is None:
+            return []
+        await self.client.zadd(consumers_key(part), {self.consumer: _now_ms()})
+        return [self._decode(self._rotate, raw)]
+
+    def _queue_acks(self, pipe: Any, acks: Sequence[Any]) -> None:
+        for partition, raw in acks:
+            pipe.lrem(self.parts[partition].processing(self.consumer), 1, raw)
+
+    async def ack(self, acks: Sequence[Any]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            self._queue_acks(pipe, acks)
+            await pipe.execute()
+
+    async def heartbeat(self) -> None:
+        """Record that this consumer is alive (it holds messages)."""
+        now = _now_ms()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for part in self.parts:
+                pipe.zadd(consumers_key(part), {self.consumer: now})
+            await pipe.execute()
+
+    # --- moving one element atomically ------------------------------------------------------
+
+    async def _move(self, partition: int, raw: bytes, then: Any) -> bool:
+        """WATCH the processing list; if ``raw`` is still in it, remove it and run
+        ``then(pipe)`` in the same MULTI. False if it was gone (recovered elsewhere)."""
+        proc = self.parts[partition].processing(self.consumer)
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    await pipe.watch(proc)
+                    if await pipe.lpos(proc, raw) is None:
+                        return False
+                    pipe.multi()
+                    pipe.lrem(proc, 1, raw)
+                    then(pipe)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        raise WatchError(f"processing list {proc} kept changing")
+
+    async def nack(self, handle: Any, partition: int, due_ms: int, error: str) -> bool:
+        _, raw = handle
+        try:
+            msg_id, priority, env = decode_element(raw)
+        except DecodeError:
+            return False
+        retried = encode_element(dataclasses.replace(env, attempt=env.attempt + 1,
+                                                     error=error), msg_id, priority)
+        retry_key = self.parts[partition].retry
+        return await self._move(partition, raw,
+                                lambda pipe: pipe.zadd(retry_key, {retried: due_ms}))
+
+    async def deadletter(self, items: Sequence[tuple[Delivery, str, int]], now_ms: int,
+                         enabled: bool) -> None:
+        for d, reason, deliveries in items:
+            _, raw = d.handle
+            part = self.parts[d.partition]
+            if d.envelope is not None:
+                env = d.envelope
+            else:
+                try:
+                    env = decode_element(raw)[2]
+                except DecodeError:
+                    env = Envelope(body=raw)
+            fields: dict[str, Any] = dict(encode_fields(env))
+            if d.priority:
+                fields["p"] = str(d.priority)
+            fields.update({"x.id": d.id, "x.deliveries": str(deliveries),
+                           "x.group": self.group, "x.consumer": self.consumer,
+                           "x.error": reason, "x.time": str(now_ms)})
+            if enabled:
+                await self._move(d.partition, raw,
+                                 lambda pipe, f=fields, k=part.dead_letter: pipe.xadd(k, f))
+                log.warning("dead-lettered %s of %s: %s", d.id, part.queue_key, reason)
+            else:
+                await self._move(d.partition, raw, lambda pipe: None)
+                log.warning("dropped %s (dead-lettering disabled): %s", d.id, reason)
+
+    # --- retries ----------------------------------------------------------------------------
+
+    async def promote(self, now_ms: int, limit: int) -> int:
+        total = 0
+        for part in self.parts:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(part.retry)
+                    due = await pipe.zrange(part.retry, "-inf", now_ms, byscore=True,
+                                            offset=0, num=limit)
+                    if not due:
+                        continue
+                    pipe.multi()
+                    pipe.zrem(part.retry, *due)
+                    for member in due:
+                        try:
+                            level = decode_element(member)[1]
+                        except DecodeError:
+                            level = 0
+                        pipe.lpush(part.priority_key(min(level, self.levels - 1)), member)
+                    await pipe.execute()
+                    total += len(due)
+                except WatchError:
+                    continue  # another consumer promoted them
+        return total
+
+    # --- recovery of dead consumers' processing lists ----------------------------------------
+
+    async def recover_own(self) -> None:
+        """Put back what a previous process with our name left in our processing lists."""
+        for i, part in enumerate(self.parts):
+            await self._recover_list(i, part.processing(self.consumer), self.consumer)
+
+    async def recover(self, visibility_ms: int) -> int:
+        """Recover the processing lists of consumers silent for longer than
+        ``visibility_ms``; returns how many messages went back."""
+        moved = 0
+        deadline = _now_ms() - visibility_ms
+        for i, part in enumerate(self.parts):
+            dead = await self.client.zrange(consumers_key(part), "-inf", f"({deadline}",
+                                            byscore=True, offset=0, num=100)
+            for raw_name in dead:
+                owner = text(raw_name)
+                if owner == self.consumer:
+                    continue
+                moved += await self._recover_list(i, part.processing(owner), owner)
+                # Forget it. If it was only slow, its next heartbeat adds it back.
+                await self.client.zrem(consumers_key(part), raw_name)
+        return moved
+
+    async def _recover_list(self, partition: int, proc: str, owner: str) -> int:
+        part = self.parts[partition]
+        moved = 0
+        async with self.client.pipeline(transaction=True) as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    await pipe.watch(proc)
+                    elements = await pipe.lrange(proc, -100, -1)
+                    if not elements:
+                        return moved
+                    pipe.multi()
+                    for raw in elements:  # newest first: the oldest ends at the head
+                        pipe.lrem(proc, 1, raw)
+                        level, back = self._recovered(raw, owner)
+                        pipe.rpush(part.priority_key(level), back)
+                    await pipe.execute()
+                    moved += len(elements)
+                    log.warning("recovered %d messages of consumer %s (visibility timeout)",
+                                len(elements), owner)
+                except WatchError:
+                    continue
+        return moved
+
+    def _recovered(self, raw: bytes, owner: str) -> tuple[int, bytes]:
+        try:
+            msg_id, priority, env = decode_element(raw)
+        except DecodeError:
+            return 0, raw  # the next reader dead-letters it
+        env = dataclasses.replace(env, attempt=env.attempt + 1,
+                                  error=f"consumer {owner} timed out (visibility timeout)")
+        return min(priority, self.levels - 1), encode_element(env, msg_id, priority)
+
+    async def close(self) -> None:
+        return None

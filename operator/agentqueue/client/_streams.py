@@ -1,0 +1,207 @@
+"""Stream queues: consumer-group reads, acks, reclaim, heartbeat, retry, dead-letter."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .. import keys
+from ._delivery import Delivery, text
+from .codec import decode_fields
+from .errors import DecodeError
+
+log = logging.getLogger("agentqueue.client")
+
+
+def _by_partition(items: Iterable[tuple[int, str]]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = defaultdict(list)
+    for partition, entry_id in items:
+        out[partition].append(entry_id)
+    return out
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class StreamBackend:
+    """All Redis calls of a Stream consumer. Stateless but for reclaim cursors."""
+
+    def __init__(self, client: Any, group: str, consumer: str,
+                 parts: Sequence[keys.PartitionKeys], max_payload_bytes: int) -> None:
+        self.client = client
+        self.group = group
+        self.consumer = consumer
+        self.parts = list(parts)
+        self.max_payload_bytes = max_payload_bytes
+        self._cursors: dict[int, str] = {}
+
+    def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
+        self.parts = list(parts)
+
+    def _decode(self, partition: int, entry_id: Any, fields: Any,
+                delivered: int) -> Delivery:
+        eid = text(entry_id)
+        try:
+            env = decode_fields(fields, max_payload_bytes=self.max_payload_bytes)
+        except DecodeError as exc:
+            return Delivery(partition, eid, (partition, eid), None, exc.reason, delivered)
+        return Delivery(partition, eid, (partition, eid), env, None, delivered)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def read(self, count: int, block_ms: int,
+                   acks: Sequence[tuple[int, str]]) -> list[Delivery]:
+        """Ack ``acks`` and read up to ``count`` new entries per partition, blocking up to
+        ``block_ms`` — one pipeline, one round trip."""
+        streams = {p.queue_key: ">" for p in self.parts}
+        index = {p.queue_key: i for i, p in enumerate(self.parts)}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for partition, ids in _by_partition(acks).items():
+                pipe.xack(self.parts[partition].queue_key, self.group, *ids)
+            pipe.xreadgroup(self.group, self.consumer, streams, count=count,
+                            block=max(1, block_ms))
+            results = await pipe.execute()
+        out: list[Delivery] = []
+        for stream, entries in results[-1] or []:
+            partition = index[text(stream)]
+            for entry_id, fields in entries:
+                out.append(self._decode(partition, entry_id, fields, 1))
+        return out
+
+    async def reclaim(self, min_idle_ms: int, count: int,
+                      held: set[tuple[int, str]]) -> list[Delivery]:
+        """XAUTOCLAIM entries idle longer than ``min_idle_ms`` (any consumer's, e.g. a dead
+        one's), then read their delivery counts (XPENDING) for the maxDeliveries check."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i, part in enumerate(self.parts):
+                pipe.xautoclaim(part.queue_key, self.group, self.consumer, min_idle_ms,
+                                self._cursors.get(i, "0-0"), count=count)
+            results = await pipe.execute()
+        claimed: dict[int, list[tuple[str, Any]]] = {}
+        for i, (cursor, entries, *rest) in enumerate(results):
+            self._cursors[i] = text(cursor)
+            deleted = rest[0] if rest else []
+            if deleted:
+                log.info("reclaim: %d trimmed entries dropped from the pending list of %s",
+                         len(deleted), self.parts[i].queue_key)
+            good = [(text(eid), f) for eid, f in entries if f is not None]
+            if good:
+                claimed[i] = good
+        if not claimed:
+            return []
+        counts = await self._delivery_counts(
+            {i: [eid for eid, _ in entries] for i, entries in claimed.items()}, held)
+        out: list[Delivery] = []
+        for i, entries in claimed.items():
+            for eid, fields in entries:
+                delivered = counts.get((i, eid))
+                if delivered is None:
+                    continue  # no longer ours: acked or dead-lettered meanwhile
+                out.append(self._decode(i, eid, fields, delivered))
+        if out:
+            log.info("reclaimed %d entries idle longer than %d ms", len(out), min_idle_ms)
+        return out
+
+    async def _delivery_counts(self, ids: dict[int, list[str]],
+                               held: set[tuple[int, str]]) -> dict[tuple[int, str], int]:
+        """Delivery counts of our own pending entries ``ids`` (one XPENDING per partition)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            order = []
+            for i, eids in ids.items():
+                lo = min(eids, key=_id_key)
+                hi = max(eids, key=_id_key)
+                extra = sum(1 for p, _ in held if p == i)
+                pipe.xpending_range(self.parts[i].queue_key, self.group, lo, hi,
+                                    len(eids) + extra + 16, consumername=self.consumer)
+                order.append(i)
+            results = await pipe.execute()
+        counts: dict[tuple[int, str], int] = {}
+        for i, rows in zip(order, results, strict=True):
+            for row in rows:
+                counts[(i, text(row["message_id"]))] = int(row["times_delivered"])
+        return counts
+
+    # --- settling ----------------------------------------------------------------------------
+
+    async def ack(self, acks: Sequence[tuple[int, str]]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for partition, ids in _by_partition(acks).items():
+                pipe.xack(self.parts[partition].queue_key, self.group, *ids)
+            await pipe.execute()
+
+    async def nack(self, partition: int, entry_id: str, due_ms: int, error: str) -> bool:
+        part = self.parts[partition]
+        done = await self.client.fcall("aq_nack", 2, part.queue_key, part.retry, self.group,
+                                       entry_id, str(due_ms), error)
+        return bool(done)
+
+    async def deadletter(self, items: Sequence[tuple[Delivery, str, int]], now_ms: int,
+                         enabled: bool) -> None:
+        """Move entries to the dead-letter stream (or just ack them when the queue's
+        dead-lettering is disabled)."""
+        if not enabled:
+            await self.ack([(d.partition, d.id) for d, _, _ in items])
+            for d, reason, _ in items:
+                log.warning("dropped entry %s (dead-lettering disabled): %s", d.id, reason)
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for d, reason, deliveries in items:
+                part = self.parts[d.partition]
+                pipe.fcall("aq_deadletter", 2, part.queue_key, part.dead_letter, self.group,
+                           d.id, self.consumer, reason, str(deliveries), str(now_ms))
+            await pipe.execute()
+        for d, reason, _ in items:
+            log.warning("dead-lettered entry %s of %s: %s", d.id,
+                        self.parts[d.partition].queue_key, reason)
+
+    # --- keeping messages ----------------------------------------------------------------------
+
+    async def heartbeat(self, held: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Reset the idle time of entries we still own; return those (others were
+        reclaimed or dead-lettered by someone else and are lost to us).
+
+        XPENDING (filtered to this consumer) first, so we never steal back an entry
+        another consumer has already reclaimed; then ``XCLAIM <us> 0 <ids> JUSTID``,
+        which resets the idle time without counting a delivery.
+        """
+        wanted = _by_partition(held)
+        owned: set[tuple[int, str]] = set()
+        async with self.client.pipeline(transaction=False) as pipe:
+            order = list(wanted)
+            for i in order:
+                eids = wanted[i]
+                pipe.xpending_range(self.parts[i].queue_key, self.group,
+                                    min(eids, key=_id_key), max(eids, key=_id_key),
+                                    len(eids) + 1024, consumername=self.consumer)
+            results = await pipe.execute()
+        for i, rows in zip(order, results, strict=True):
+            mine = {text(r["message_id"]) for r in rows}
+            owned.update((i, e) for e in wanted[i] if e in mine)
+        if owned:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for i, eids in _by_partition(owned).items():
+                    pipe.xclaim(self.parts[i].queue_key, self.group, self.consumer, 0, eids,
+                                justid=True)
+                await pipe.execute()
+        return owned
+
+    async def promote(self, now_ms: int, limit: int) -> int:
+        """Move due retries back into the streams (``aq_promote``); returns how many."""
+        total = 0
+        for _ in range(10):
+            async with self.client.pipeline(transaction=False) as pipe:
+                for part in self.parts:
+                    pipe.fcall("aq_promote", 2, part.queue_key, part.retry, str(now_ms),
+                               str(limit))
+                moved = [int(n) for n in await pipe.execute()]
+            total += sum(moved)
+            if max(moved, default=0) < limit:
+                break
+        return total
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,140 @@
+"""Client configuration: where the queue is and who we are.
+
+Built from the credentials Secret's env keys (``docs/design.md``), mounted into an
+agent's pod with ``envFrom``, or from explicit arguments::
+
+    config = ClientConfig.from_env()
+    config = ClientConfig(url="redis://localhost:6379/0", namespace="team-a",
+                          queue="jobs", username="aq.team-a.jobs.worker", password="...")
+
+The password and the CA certificate never appear in ``repr()`` or ``str()``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+
+from .. import keys
+from .errors import ConfigError
+
+QUEUE_TYPES = ("Stream", "List", "PubSub")
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s]*@", re.IGNORECASE)
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+@dataclass(frozen=True, repr=False)
+class ClientConfig:
+    """Connection and queue identity for a Producer or Consumer.
+
+    ``partitions`` and ``queue_type`` are the values at the time the Secret was written;
+    the clients refresh both from the queue's metadata hash, which wins.
+    """
+
+    url: str
+    namespace: str
+    queue: str
+    username: str | None = None
+    password: str | None = field(default=None, compare=False)
+    queue_type: str = "Stream"
+    partitions: int = 1
+    role: str | None = None
+    ca_cert: str | None = field(default=None, compare=False)
+    queue_keys: tuple[str, ...] = ()
+    dead_letter_keys: tuple[str, ...] = ()
+    key_pattern: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ConfigError("a Redis URL is required (REDIS_URL)")
+        if urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+        if not self.namespace or not self.queue:
+            raise ConfigError("namespace and queue are required (AQ_NAMESPACE, AQ_QUEUE)")
+        if self.queue_type not in QUEUE_TYPES:
+            raise ConfigError(f"queue type must be one of {', '.join(QUEUE_TYPES)}")
+        if self.partitions < 1:
+            raise ConfigError("partitions must be at least 1")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
+        """Read ``REDIS_URL``, ``REDIS_USERNAME``, ``REDIS_PASSWORD``, ``AQ_NAMESPACE``,
+        ``AQ_QUEUE``, ``AQ_QUEUE_TYPE``, ``AQ_PARTITIONS``, ``AQ_QUEUE_KEYS``,
+        ``AQ_DEAD_LETTER_KEYS``, ``AQ_KEY_PATTERN``, ``AQ_ROLE`` and ``REDIS_CA_CERT``.
+
+        Keyword arguments override what the environment says.
+
+        >>> ClientConfig.from_env({"REDIS_URL": "redis://r:6379", "AQ_NAMESPACE": "ns",
+        ...                        "AQ_QUEUE": "q"}).queue
+        'q'
+        """
+        env = os.environ if environ is None else environ
+        try:
+            partitions = int(env.get("AQ_PARTITIONS") or 1)
+        except ValueError:
+            raise ConfigError("AQ_PARTITIONS must be an integer") from None
+        values: dict[str, Any] = {
+            "url": env.get("REDIS_URL", ""),
+            "namespace": env.get("AQ_NAMESPACE", ""),
+            "queue": env.get("AQ_QUEUE", ""),
+            "username": env.get("REDIS_USERNAME") or None,
+            "password": env.get("REDIS_PASSWORD") or None,
+            "queue_type": env.get("AQ_QUEUE_TYPE") or "Stream",
+            "partitions": partitions,
+            "role": env.get("AQ_ROLE") or None,
+            "ca_cert": env.get("REDIS_CA_CERT") or None,
+            "queue_keys": _split(env.get("AQ_QUEUE_KEYS")),
+            "dead_letter_keys": _split(env.get("AQ_DEAD_LETTER_KEYS")),
+            "key_pattern": env.get("AQ_KEY_PATTERN") or None,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> ClientConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def partition_keys(self, partitions: int | None = None) -> list[keys.PartitionKeys]:
+        """The key sets of the first ``partitions`` partitions (default: the configured count)."""
+        return keys.partition_keys(self.namespace, self.queue, partitions or self.partitions)
+
+    def connect(self, **kwargs: Any) -> aioredis.Redis:
+        """A new asyncio Redis client (binary responses). The caller closes it.
+
+        Extra keyword arguments go to ``redis.asyncio.Redis.from_url``.
+        """
+        options: dict[str, Any] = {"decode_responses": False,
+                                   "health_check_interval": 30,
+                                   "socket_keepalive": True}
+        if self.username:
+            options["username"] = self.username
+        if self.password:
+            options["password"] = self.password
+        if self.ca_cert and self.url.startswith("rediss://"):
+            options["ssl_ca_data"] = self.ca_cert
+            options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+        options.update(kwargs)
+        return aioredis.Redis.from_url(self.url, **options)
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("password", "ca_cert"):
+                value = "***" if value else None
+            elif f.name == "url":
+                value = _USERINFO.sub(r"\g<scheme>***@", value)
+            shown.append(f"{f.name}={value!r}")
+        return f"ClientConfig({', '.join(shown)})"
+
+    __str__ = __repr__

@@ -1,0 +1,620 @@
+"""The consumer: read messages, process them, ack or nack.
+
+Iterator style::
+
+    async with Consumer.from_env(group="summarisers") as consumer:
+        async for msg in consumer:
+            try:
+                await summarise(msg.payload)
+            except TransientError as exc:
+                await msg.nack(exc)          # retried after the queue's backoff
+            else:
+                await msg.ack()
+
+Handler style (acks on return, nacks on an exception, stops on SIGTERM)::
+
+    consumer = Consumer.from_env(group="summarisers")
+
+    @consumer.handler
+    async def handle(msg: Message) -> None:
+        await summarise(msg.payload)
+
+    await consumer.run(concurrency=8)
+
+What the consumer does for you (Stream queues):
+
+* Reads all partitions with one blocking XREADGROUP (COUNT ``batch_size``); acks of
+  finished messages ride in the same pipeline as the next read.
+* Reclaim: every ``visibility/2`` (bounded), before reading new work, it XAUTOCLAIMs
+  entries idle longer than the group's visibility timeout — a dead consumer's messages
+  go to a live one.
+* Heartbeat: messages it holds (being processed, or read and waiting in its buffer) get
+  their idle time reset (``XCLAIM <self> 0 <id> JUSTID``) every ``visibility/3``, so a long
+  task is not reclaimed while this process is alive.
+* maxDeliveries: deliveries = PEL delivery count + the attempt field ``a``; an entry over
+  the limit goes to the dead-letter stream instead of the handler. ``nack`` on the last
+  allowed delivery dead-letters too; otherwise ``aq_nack`` schedules a retry in the retry
+  sorted set with the queue's backoff, and every consumer promotes due retries.
+* Malformed entries (see :mod:`agentqueue.client.codec` for the policy; also bad JSON
+  and schema violations) go to the dead-letter stream with the reason; the consumer
+  keeps going.
+* Pause: while the group's ``paused:<group>`` field exists it hands out no new work; it
+  keeps acking, heartbeating and promoting.
+* Shutdown (SIGTERM/SIGINT in :meth:`run`, or :meth:`stop`): stop reading, give in-flight
+  handlers ``shutdown_grace`` seconds, flush acks, leave the rest pending for reclaim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from redis.exceptions import ResponseError, WatchError
+
+from ._delivery import Delivery
+from ._lists import ListBackend
+from ._pubsub import PubSubBackend
+from ._streams import StreamBackend
+from .backoff import RetryPolicy
+from .codec import MAX_PAYLOAD_BYTES, parse_json
+from .config import ClientConfig
+from .errors import (
+    ConfigError,
+    DecodeError,
+    LibraryMissingError,
+    SchemaValidationError,
+    is_library_missing,
+    is_transient,
+    redis_errors,
+    safe_message,
+)
+from .message import Effect, Handler, Message
+from .meta import MetaCache, QueueMeta
+
+log = logging.getLogger("agentqueue.client")
+
+Backend = StreamBackend | ListBackend | PubSubBackend
+
+
+def default_consumer_name() -> str:
+    """``$HOSTNAME`` (the pod name in Kubernetes), else ``<host>-<pid>``."""
+    return os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Consumer:
+    """Consumes one queue as member ``consumer_name`` of consumer group ``group``.
+
+    ``group`` is required for Stream and List queues (List queues use it for the pause
+    flag and visibility settings); PubSub ignores it.
+
+    Tuning: ``batch_size`` (COUNT per partition per read), ``block_ms`` (longest blocking
+    read), ``expect_json`` (decode payloads as JSON; False hands out bytes),
+    ``heartbeat`` (False disables it), ``shutdown_grace`` (seconds for in-flight work on
+    stop), ``meta_refresh`` (seconds between re-reads of the metadata hash: pause flag,
+    settings, partitions), ``promote_interval`` (seconds between retry promotions),
+    ``ack_flush_interval`` (longest delay of a deferred ack).
+    """
+
+    def __init__(self, config: ClientConfig, *, group: str | None = None,
+                 consumer_name: str | None = None, client: Any = None, batch_size: int = 10,
+                 block_ms: int = 1000, expect_json: bool = True, heartbeat: bool = True,
+                 shutdown_grace: float = 10.0, meta_refresh: float = 2.0,
+                 promote_interval: float = 0.5, ack_flush_interval: float = 0.02,
+                 max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> None:
+        self.config = config
+        self.group = group
+        self.name = consumer_name or default_consumer_name()
+        if (not self.name or ":" in self.name or self.name.startswith("#")
+                or any(c.isspace() for c in self.name)):
+            raise ConfigError("consumer names may not contain ':' or whitespace, nor start "
+                              "with '#'")
+        if config.queue_type != "PubSub" and not group:
+            raise ConfigError(f"a {config.queue_type} consumer needs a group name")
+        if batch_size < 1 or block_ms < 1:
+            raise ConfigError("batch_size and block_ms must be positive")
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.expect_json = expect_json
+        self.heartbeat_enabled = heartbeat
+        self.shutdown_grace = shutdown_grace
+        self.promote_interval = promote_interval
+        self.ack_flush_interval = ack_flush_interval
+        self.max_payload_bytes = max_payload_bytes
+        self._own_client = client is None
+        self._client = client if client is not None else config.connect()
+        parts = config.partition_keys()
+        self._parts = parts
+        self._meta = MetaCache(self._client, parts[0].meta, ttl=meta_refresh,
+                               default_type=config.queue_type,
+                               default_partitions=config.partitions)
+        self._backend: Backend | None = None
+        self._buffer: deque[Message] = deque()
+        self._held: dict[tuple[int, str], Message] = {}
+        self._acks: list[Message] = []
+        self._stop = asyncio.Event()
+        self._started = False
+        self._closed = False
+        self._maintenance: asyncio.Task[None] | None = None
+        self._fatal: BaseException | None = None
+        self._handler: Handler | None = None
+        self._next_reclaim = 0.0
+        self._next_promote = 0.0
+        self._was_paused = False
+        self._pause_logged = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, group: str | None = None,
+                 consumer_name: str | None = None, **kwargs: Any) -> Consumer:
+        """A consumer configured from the credentials Secret's env keys.
+
+        ``group`` defaults to ``$AQ_GROUP``.
+        """
+        env = os.environ if environ is None else environ
+        return cls(ClientConfig.from_env(env), group=group or env.get("AQ_GROUP") or None,
+                   consumer_name=consumer_name, **kwargs)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Consumer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    @property
+    def meta(self) -> QueueMeta:
+        """The queue's settings as last read."""
+        return self._meta.current
+
+    @property
+    def visibility_ms(self) -> int:
+        return self.meta.visibility_ms(self.group or "")
+
+    @property
+    def paused(self) -> bool:
+        """True while the group's pause flag is set in the metadata hash."""
+        return self.meta.paused(self.group) is not None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def start(self) -> None:
+        """Read the metadata, set up the backend and the maintenance task. Called by the
+        first read; call it yourself to fail fast on bad credentials."""
+        if self._started:
+            return
+        meta = await self._meta.get(force=True)
+        self._parts = self.config.partition_keys(meta.partitions)
+        if meta.type == "Stream":
+            assert self.group is not None
+            self._backend = StreamBackend(self._client, self.group, self.name, self._parts,
+                                          self.max_payload_bytes)
+        elif meta.type == "List":
+            assert self.group is not None
+            self._backend = ListBackend(self._client, self.group, self.name, self._parts,
+                                        self.max_payload_bytes, meta.priority_levels)
+            await self._backend.recover_own()
+        else:
+            self._backend = PubSubBackend(self._client, self.config, self.max_payload_bytes)
+        self._started = True
+        self._maintenance = asyncio.create_task(self._maintain(), name="aq-maintenance")
+
+    def stop(self) -> None:
+        """Stop taking new work (safe from a signal handler). Iteration ends; :meth:`run`
+        finishes in-flight handlers up to ``shutdown_grace`` and returns."""
+        self._stop.set()
+
+    async def close(self) -> None:
+        """Stop, flush pending acks, close the connection (if this consumer made it).
+
+        Messages read but not acked stay pending and are reclaimed by other consumers
+        after the visibility timeout: nothing is lost.
+        """
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        with contextlib.suppress(*redis_errors()):
+            await self.flush_acks()
+        if self._backend is not None:
+            with contextlib.suppress(*redis_errors()):
+                await self._backend.close()
+        if self._own_client:
+            await self._client.aclose()
+
+    # --- iteration ------------------------------------------------------------------------------
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def __anext__(self) -> Message:
+        msg = await self.next_message()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def next_message(self) -> Message | None:
+        """The next message, waiting as long as needed; None once stopped."""
+        await self.start()
+        failures = 0
+        while True:
+            self._check_fatal()
+            paused = self._update_pause()
+            if self._buffer and not paused:
+                msg = self._buffer.popleft()
+                if not msg.settled and not msg.lost:
+                    return msg
+                continue
+            if self.stopping:
+                return None
+            if paused:
+                await self._sleep(min(0.1, self._meta.ttl))
+                continue
+            try:
+                batch = await self._fetch()
+            except ResponseError as exc:
+                if str(exc).startswith("NOGROUP"):
+                    log.warning("consumer group %r does not exist yet; waiting", self.group)
+                    await self._sleep(1.0)
+                    continue
+                if not is_transient(exc):
+                    raise self._translate(exc) from None
+                failures += 1
+                await self._sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                continue
+            except redis_errors() as exc:
+                if not is_transient(exc):
+                    raise
+                failures += 1
+                log.warning("read failed (%s); retrying", safe_message(exc, 200))
+                await self._sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                continue
+            failures = 0
+            self._buffer.extend(batch)
+
+    def _translate(self, exc: ResponseError) -> BaseException:
+        if is_library_missing(exc):
+            return LibraryMissingError("the agentqueue Functions library is not loaded")
+        return exc
+
+    def _check_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
+        task = self._maintenance
+        if task is not None and task.done() and not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+
+    def _update_pause(self) -> bool:
+        record = self.meta.paused(self.group)
+        if (record is not None) != self._was_paused:
+            self._was_paused = record is not None
+            if record is not None:
+                log.warning("group %r paused (%s): taking no new work", self.group,
+                            record.get("reason"))
+            else:
+                log.info("group %r resumed", self.group)
+        return record is not None
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    @property
+    def _reclaim_interval(self) -> float:
+        return min(5.0, max(0.05, self.visibility_ms / 2000))
+
+    async def _fetch(self) -> list[Message]:
+        backend = self._backend
+        assert backend is not None
+        deliveries: list[Delivery] = []
+        now = time.monotonic()
+        if now >= self._next_reclaim and not isinstance(backend, PubSubBackend):
+            self._next_reclaim = now + self._reclaim_interval
+            if isinstance(backend, StreamBackend):
+                deliveries = await backend.reclaim(self.visibility_ms, self.batch_size,
+                                                   set(self._held))
+            else:
+                await backend.recover(self.visibility_ms)
+        if not deliveries:
+            block = min(self.block_ms, int(self._reclaim_interval * 1000) + 1)
+            acks = self._take_acks()
+            read = asyncio.ensure_future(
+                backend.read(self.batch_size, block, [m._handle for m in acks]))
+            stopped = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+            if not read.done():
+                read.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *redis_errors()):
+                    await read
+                self._acks.extend(acks)  # maybe not sent; XACK/LREM twice is harmless
+                return []
+            try:
+                deliveries = read.result()
+            except BaseException:
+                self._acks.extend(acks)
+                raise
+        return await self._admit(deliveries)
+
+    async def _admit(self, deliveries: list[Delivery]) -> list[Message]:
+        """Turn deliveries into messages; dead-letter malformed and exhausted ones."""
+        meta = self.meta
+        limit = meta.max_deliveries_for(self.group)
+        schema = self._meta.schema()
+        rejected: list[tuple[Delivery, str, int]] = []
+        out: list[Message] = []
+        now = time.monotonic()
+        for d in deliveries:
+            env = d.envelope
+            if env is None:
+                rejected.append((d, f"malformed entry: {d.reason}", d.delivered))
+                continue
+            deliveries_so_far = d.delivered + env.attempt
+            if deliveries_so_far > limit and not isinstance(self._backend, PubSubBackend):
+                rejected.append((d, f"exceeded maxDeliveries ({deliveries_so_far} > {limit})"
+                                 + (f"; last error: {env.error}" if env.error else ""),
+                                 deliveries_so_far))
+                continue
+            payload: Any = env.body
+            if self.expect_json:
+                try:
+                    payload = parse_json(env.body)
+                    if schema is not None:
+                        schema.validate(payload)
+                except DecodeError as exc:
+                    rejected.append((d, f"malformed entry: {exc.reason}", deliveries_so_far))
+                    continue
+                except SchemaValidationError as exc:
+                    rejected.append((d, f"schema violation: {exc}", deliveries_so_far))
+                    continue
+            msg = Message(id=d.id, partition=d.partition, body=env.body, payload=payload,
+                          idempotency_key=env.idempotency_key, headers=env.headers,
+                          attempt=env.attempt, deliveries=deliveries_so_far,
+                          last_error=env.error, priority=d.priority, _consumer=self,
+                          _handle=d.handle, _touched=now)
+            out.append(msg)
+            self._held[(d.partition, d.id)] = msg
+        if rejected:
+            assert self._backend is not None
+            await self._backend.deadletter(rejected, _now_ms(), meta.dead_letter)
+        return out
+
+    # --- settling ------------------------------------------------------------------------------
+
+    def _take_acks(self) -> list[Message]:
+        acks, self._acks = self._acks, []
+        return acks
+
+    async def flush_acks(self) -> None:
+        """Send deferred acknowledgements now."""
+        acks = self._take_acks()
+        if not acks or self._backend is None:
+            return
+        try:
+            await self._backend.ack([m._handle for m in acks])
+        except BaseException:
+            self._acks.extend(acks)
+            raise
+
+    def _release(self, msg: Message) -> None:
+        msg._settle()
+        self._held.pop((msg.partition, msg.id), None)
+
+    async def _ack(self, msg: Message) -> None:
+        self._release(msg)
+        if isinstance(self._backend, PubSubBackend):
+            return
+        self._acks.append(msg)
+
+    async def _nack(self, msg: Message, error: BaseException | str | None,
+                    delay: float | None) -> None:
+        self._release(msg)
+        backend = self._backend
+        if isinstance(backend, PubSubBackend) or backend is None:
+            return
+        reason = (error if isinstance(error, str) else
+                  safe_message(error) if error is not None else "nacked")
+        meta = self.meta
+        limit = meta.max_deliveries_for(self.group)
+        if msg.deliveries >= limit:
+            d = Delivery(msg.partition, msg.id, msg._handle, None, None, msg.deliveries,
+                         msg.priority)
+            await backend.deadletter(
+                [(d, f"exhausted {limit} deliveries; last error: {reason}", msg.deliveries)],
+                _now_ms(), meta.dead_letter)
+            return
+        delay_ms = (int(delay * 1000) if delay is not None
+                    else self.retry_policy.delay_ms(msg.deliveries))
+        if isinstance(backend, StreamBackend):
+            await backend.nack(msg.partition, msg.id, _now_ms() + delay_ms, reason)
+        else:
+            await backend.nack(msg._handle, msg.partition, _now_ms() + delay_ms, reason)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.meta.retry
+
+    async def _once(self, msg: Message, name: str, effect: Effect | None) -> bool:
+        part = self._parts[msg.partition]
+        ident = msg.idempotency_key or f"id:{msg.id}"
+        marker = f"{part.idempotency_prefix}{ident}\x1f{name}"
+        ttl = self.meta.idempotency_ttl_ms
+        if effect is None:
+            return bool(await self._client.set(marker, msg.id, nx=True, px=ttl))
+        async with self._client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(marker)
+                    if await pipe.exists(marker):
+                        return False  # leaving the block unwatches
+                    pipe.multi()
+                    pipe.set(marker, msg.id, px=ttl)
+                    effect(pipe)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    # --- background work ---------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Every tick: refresh metadata, flush acks, heartbeat held messages, promote
+        retries. Transient Redis errors are logged and retried on the next tick."""
+        tick = 0.01
+        last_flush = time.monotonic()
+        last_beat = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            try:
+                now = time.monotonic()
+                if self._meta.stale():
+                    await self._refresh_meta()
+                vis = self.visibility_ms / 1000
+                tick = min(0.05, max(0.005, vis / 10))
+                if self._acks and now - last_flush >= self.ack_flush_interval:
+                    last_flush = now
+                    await self.flush_acks()
+                if self.heartbeat_enabled and now - last_beat >= vis / 6:
+                    last_beat = now
+                    await self._heartbeat(now, vis / 3)
+                if now >= self._next_promote and not isinstance(self._backend, PubSubBackend):
+                    self._next_promote = now + self.promote_interval
+                    assert self._backend is not None
+                    await self._backend.promote(_now_ms(), 100)
+            except redis_errors() as exc:
+                if isinstance(exc, ResponseError) and not is_transient(exc):
+                    self._fatal = self._translate(exc)
+                    return
+                log.warning("consumer maintenance failed (%s); retrying",
+                            safe_message(exc, 200))
+                await asyncio.sleep(0.2)
+
+    async def _refresh_meta(self) -> None:
+        meta = await self._meta.get(force=True)
+        if meta.partitions != len(self._parts) and self._backend is not None:
+            log.info("queue now has %d partitions", meta.partitions)
+            self._parts = self.config.partition_keys(meta.partitions)
+            self._backend.set_partitions(self._parts)
+
+    async def _heartbeat(self, now: float, every: float) -> None:
+        backend = self._backend
+        if backend is None or isinstance(backend, PubSubBackend):
+            return
+        if isinstance(backend, ListBackend):
+            if self._held:
+                await backend.heartbeat()
+            return
+        due = [key for key, m in self._held.items() if now - m._touched >= every]
+        if not due:
+            return
+        owned = await backend.heartbeat(due)
+        for key in due:
+            msg = self._held.get(key)
+            if msg is None:
+                continue
+            if key in owned:
+                msg._touched = now
+            else:
+                msg.lost = True
+                self._held.pop(key, None)
+                log.warning("message %s was reclaimed by another consumer or dead-lettered "
+                            "while held here; its ack will be a no-op", msg.id)
+
+    # --- handler style ---------------------------------------------------------------------
+
+    def handler(self, fn: Handler) -> Handler:
+        """Decorator registering the handler :meth:`run` uses."""
+        self._handler = fn
+        return fn
+
+    async def run(self, handler: Handler | None = None, *, concurrency: int = 1,
+                  install_signal_handlers: bool = True) -> None:
+        """Process messages until stopped (SIGTERM/SIGINT, or :meth:`stop`), then close.
+
+        The handler's return acks the message (unless it acked/nacked itself); an
+        exception nacks it (retry with backoff, dead-letter after maxDeliveries).
+        """
+        fn = handler or self._handler
+        if fn is None:
+            raise ConfigError("no handler: pass one or decorate it with @consumer.handler")
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                    loop.add_signal_handler(signum, self.stop)
+                    installed.append(signum)
+        slots = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                msg = await self.next_message()
+                if msg is None:
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._handle(fn, msg))
+                tasks.add(task)
+                task.add_done_callback(finished)
+            if tasks:
+                _, unfinished = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+                for task in unfinished:
+                    task.cancel()
+                if unfinished:
+                    log.warning("%d handlers did not finish within %.1fs; their messages "
+                                "stay pending and will be reclaimed", len(unfinished),
+                                self.shutdown_grace)
+                    await asyncio.wait(unfinished)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    async def _handle(self, fn: Handler, msg: Message) -> None:
+        try:
+            await fn(msg)
+        except asyncio.CancelledError:
+            raise  # shutdown: leave the message pending for reclaim
+        except Exception as exc:  # noqa: BLE001 - any handler failure is the message's failure: nack it, keep consuming
+            log.info("handler failed on %s: %s", msg.id, safe_message(exc, 300))
+            if not msg.settled:
+                await self._settle_safely(msg.nack(exc))
+            return
+        if not msg.settled:
+            await msg.ack()
+
+    async def _settle_safely(self, coro: Any) -> None:
+        try:
+            await coro
+        except redis_errors() as exc:
+            # The message stays pending: it is reclaimed after the visibility timeout.
+            log.warning("could not settle a message (%s)", safe_message(exc, 200))

@@ -1,0 +1,107 @@
+"""Errors raised by the agentqueue SDK.
+
+Every error derives from :class:`AgentQueueError`; messages never contain passwords.
+Redis failures are classified once, here: :func:`is_transient` tells the consumer loop
+whether to retry (connection lost, timeout, server loading) or to stop (bad password,
+missing permission, wrong key type).
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from redis import exceptions as rex
+
+
+class AgentQueueError(Exception):
+    """Base class of all SDK errors."""
+
+
+class ConfigError(AgentQueueError):
+    """The client configuration is incomplete or invalid (e.g. a missing env var)."""
+
+
+class QueueTypeError(AgentQueueError):
+    """The operation does not exist for this queue type (e.g. priorities on a Stream)."""
+
+
+class SchemaValidationError(AgentQueueError, ValueError):
+    """A payload does not satisfy the queue's JSON Schema. Nothing was sent.
+
+    ``path`` is the JSON path of the first failing element (``$.items[2].name``),
+    ``reason`` the validator's message.
+    """
+
+    def __init__(self, reason: str, path: str = "$") -> None:
+        super().__init__(f"payload violates the queue schema at {path}: {reason}")
+        self.reason = reason
+        self.path = path
+
+
+class DecodeError(AgentQueueError, ValueError):
+    """An entry read from Redis is not a valid message envelope.
+
+    ``reason`` is short and safe to store in the dead-letter queue (``x.error``).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class LibraryMissingError(AgentQueueError):
+    """The ``agentqueue`` Redis Functions library is not loaded on the server.
+
+    The operator loads it when it provisions a queue; after a Redis restart without
+    persistence it re-loads it on its next reconcile. Transient from the SDK's view.
+    """
+
+
+class MessageSettledError(AgentQueueError):
+    """``ack``/``nack`` called on a message that was already acked or nacked."""
+
+
+def is_library_missing(exc: BaseException) -> bool:
+    """True for the errors Redis returns when a function or library is not loaded."""
+    text = str(exc).lower()
+    return isinstance(exc, rex.ResponseError) and (
+        "function not found" in text or "library not found" in text)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for Redis failures worth retrying after a pause.
+
+    Authentication and permission errors are permanent (a Secret or ACL must change);
+    ``LOADING``, ``BUSY``, ``TRYAGAIN`` and connection-level failures are transient.
+    """
+    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError
+                  | rex.NoPermissionError):
+        return False
+    if isinstance(exc, rex.BusyLoadingError | rex.ConnectionError | rex.TimeoutError
+                  | builtins.TimeoutError | ConnectionError | LibraryMissingError):
+        return True
+    if isinstance(exc, rex.ResponseError):
+        text = str(exc)
+        if is_library_missing(exc):
+            return True
+        return text.startswith(("LOADING", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
+                                "READONLY", "OOM"))
+    return False
+
+
+def safe_message(exc: BaseException, limit: int = 2000) -> str:
+    """``Type: message`` truncated to ``limit`` characters, for ``x.error`` / ``e``."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def redis_errors() -> tuple[type[BaseException], ...]:
+    """The exception types a Redis call can raise (for ``except`` clauses)."""
+    return (rex.RedisError, builtins.TimeoutError, OSError)
+
+
+def describe(value: Any, limit: int = 60) -> str:
+    """A short, printable ``repr`` of hostile input for an error reason."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

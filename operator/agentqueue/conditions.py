@@ -1,0 +1,62 @@
+"""Kubernetes-style conditions: set one, keep lastTransitionTime when nothing changed."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+    now: str | None = None,
+) -> list[dict[str, Any]]:
+    """Return a new list with `type_` set; the transition time moves only on a status change."""
+    wanted = status if isinstance(status, str) else ("True" if status else "False")
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions or []:
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        changed = cond.get("status") != wanted
+        out.append({
+            "type": type_,
+            "status": wanted,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": (now or now_iso()) if changed
+            else cond.get("lastTransitionTime") or now or now_iso(),
+            "observedGeneration": generation,
+        })
+    if not found:
+        out.append({
+            "type": type_, "status": wanted, "reason": reason, "message": message,
+            "lastTransitionTime": now or now_iso(), "observedGeneration": generation,
+        })
+    for cond in out:
+        if cond.get("observedGeneration") is None:
+            cond.pop("observedGeneration", None)
+    return out
+
+
+def get_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
+    cond = get_condition(conditions, type_)
+    return bool(cond and cond.get("status") == "True")
+
+
+def remove_condition(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
+    return [dict(c) for c in conditions or [] if c.get("type") != type_]

@@ -1,0 +1,126 @@
+"""Build the Kubernetes control-plane binaries from the Go module proxy.
+
+Nothing ships kube-apiserver as a package, so we build it with the machine's ``go``.
+``k8s.io/kubernetes`` replaces every staging module ``k8s.io/X`` with a local
+directory that the module zip does not contain; a wrapper module re-points each
+of them at its published ``v0.Y.Z`` twin. The version is stamped with ldflags so
+``kubectl version`` and Helm's ``kubeVersion`` checks see the real version.
+Results are cached under ``~/.cache/agentqueue`` and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+K8S_VERSION = "1.34.4"
+ETCD_VERSION = "3.5.21"
+K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager")
+
+CACHE_ROOT = Path(os.environ.get("AGENTQUEUE_CACHE", Path.home() / ".cache" / "agentqueue"))
+
+
+def bin_dir() -> Path:
+    return CACHE_ROOT / "bin" / f"k8s-v{K8S_VERSION}"
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    print(f"+ {' '.join(cmd)}", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, cwd=cwd, env=env, check=True, text=True, stdout=subprocess.PIPE)
+    return out.stdout
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GOFLAGS", "-mod=mod")
+    env["GOTOOLCHAIN"] = "local"
+    env["CGO_ENABLED"] = "0"
+    return env
+
+
+def _staging_modules(go: str, workdir: Path, env: dict[str, str]) -> list[str]:
+    info = json.loads(
+        _run([go, "mod", "download", "-json", f"k8s.io/kubernetes@v{K8S_VERSION}"], workdir, env)
+    )
+    gomod = Path(info["GoMod"]).read_text()
+    return sorted(set(re.findall(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/", gomod, re.M)))
+
+
+def _write_module(workdir: Path, module: str, requires: list[str], replaces: list[str],
+                  imports: list[str]) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lines = [f"module {module}", "", "go 1.24.0", ""]
+    lines += [f"require {r}" for r in requires]
+    lines += [f"replace {r}" for r in replaces]
+    (workdir / "go.mod").write_text("\n".join(lines) + "\n")
+    body = "\n".join(f'\t_ "{i}"' for i in imports)
+    (workdir / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{body}\n)\n")
+
+
+def build_kubernetes(go: str = "go") -> Path:
+    """Build kube-apiserver and kube-controller-manager; return the directory."""
+    out = bin_dir()
+    if all((out / c).exists() for c in K8S_COMMANDS):
+        return out
+    env = _go_env()
+    work = CACHE_ROOT / "src" / f"k8s-v{K8S_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    minor = K8S_VERSION.split(".")[1]
+    staging = _staging_modules(go, work, env)
+    replaces = [f"{m} => {m} v0.{minor}.{K8S_VERSION.split('.')[2]}" for m in staging]
+    _write_module(work, "agentqueue.local/k8sbins", [f"k8s.io/kubernetes v{K8S_VERSION}"],
+                  replaces, [f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS])
+    _run([go, "mod", "tidy"], work, env)
+    pkg = "k8s.io/component-base/version"
+    ldflags = " ".join([
+        "-s", "-w",
+        f"-X {pkg}.gitVersion=v{K8S_VERSION}",
+        f"-X {pkg}.gitMajor=1",
+        f"-X {pkg}.gitMinor={minor}",
+        f"-X {pkg}.gitTreeState=clean",
+        f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+    ])
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for c in K8S_COMMANDS:
+        _run([go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / c),
+              f"k8s.io/kubernetes/cmd/{c}"], work, env)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def build_etcd(go: str = "go") -> Path:
+    """Build etcd (its server module uses local replaces too, so wrap it)."""
+    out = CACHE_ROOT / "bin" / f"etcd-v{ETCD_VERSION}"
+    if (out / "etcd").exists():
+        return out
+    env = _go_env()
+    work = CACHE_ROOT / "src" / f"etcd-v{ETCD_VERSION}"
+    mods = ["api/v3", "client/pkg/v3", "client/v3", "pkg/v3", "raft/v3", "server/v3"]
+    # client/v2 lives on the v2 major line: etcd v3.5.N ships it as v2.305.N.
+    patch = ETCD_VERSION.split(".")[2]
+    requires = [f"go.etcd.io/etcd/{m} v{ETCD_VERSION}" for m in mods]
+    requires.append(f"go.etcd.io/etcd/client/v2 v2.305.{patch}")
+    _write_module(work, "agentqueue.local/etcdbins", requires, [],
+                  ["go.etcd.io/etcd/server/v3"])
+    _run([go, "mod", "tidy"], work, env)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    _run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp / "etcd"),
+          "go.etcd.io/etcd/server/v3"], work, env)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+if __name__ == "__main__":
+    print(build_kubernetes())
+    print(build_etcd())

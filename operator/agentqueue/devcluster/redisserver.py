@@ -1,0 +1,422 @@
+"""A real `redis-server` on loopback, for tests and `agentqueue dev up`.
+
+ACL from the start: the `default` user is disabled and an admin user with a random
+password holds every permission, so tests see the same authentication path as
+production. Options: AOF persistence, TLS only (`--port 0`, so plain TCP is refused),
+cluster mode. `RedisCluster` builds a 3-primary cluster from three of these.
+
+Without persistence (the default) a restart loses data, functions and every ACL user
+created at run time; the ACL file only holds the admin. That is the failure the
+operator must repair, and what the restart tests exercise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import redis
+
+__all__ = ["RedisCluster", "RedisServer", "RedisServerError", "free_port", "redis_server_binary"]
+
+ADMIN_USER = "aq-admin"
+START_TIMEOUT = 10.0
+CLUSTER_SLOTS = 16384
+_CLUSTER_BUS_OFFSET = 10000
+
+_live: weakref.WeakSet[RedisServer] = weakref.WeakSet()
+
+
+class RedisServerError(RuntimeError):
+    pass
+
+
+def redis_server_binary() -> str:
+    found = os.environ.get("REDIS_SERVER") or shutil.which("redis-server")
+    if not found:
+        raise RedisServerError("redis-server not found (apt-get install redis-server, or set "
+                               "REDIS_SERVER)")
+    return found
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A free loopback port; with_bus: port + 10000 (the cluster bus) is free too."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not with_bus:
+            return port
+        if port + _CLUSTER_BUS_OFFSET > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + _CLUSTER_BUS_OFFSET))
+            except OSError:
+                continue
+        return port
+    raise RedisServerError("no free port found")
+
+
+def _write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost (ECDSA P-256:
+    generation is instant). Returns (ca, cert, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.crt", "server.crt",
+                                                              "server.key"))
+    if ca_file.exists() and cert_file.exists() and key_file.exists():
+        return ca_file, cert_file, key_file
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agentqueue test redis CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(days=365))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return ca_file, cert_file, key_file
+
+
+class RedisServer:
+    """One redis-server process. `start()` returns once it answers PING (~50 ms)."""
+
+    def __init__(
+        self,
+        workdir: Path | str,
+        port: int | None = None,
+        *,
+        admin_username: str = ADMIN_USER,
+        admin_password: str | None = None,
+        aof: bool = False,
+        tls: bool = False,
+        cluster: bool = False,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port(with_bus=cluster)
+        self.host = "127.0.0.1"
+        self.admin_username = admin_username
+        self.admin_password = admin_password or secrets.token_urlsafe(24)
+        self.aof = aof
+        self.tls = tls
+        self.cluster = cluster
+        self.extra_args = list(extra_args)
+        self.ca_file: Path | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._frozen = False
+
+    def __repr__(self) -> str:  # the admin password stays out of it
+        return f"RedisServer({self.url!r}, running={self.running})"
+
+    # --- addresses
+    @property
+    def url(self) -> str:
+        """No credentials in it (as in a Secret's REDIS_URL)."""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{self.admin_username}:{self.admin_password}@{self.host}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "redis.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def secret_data(self) -> dict[str, bytes]:
+        """The admin connection as Secret data (keys url, username, password, ca.crt)."""
+        data = {"url": self.url.encode(), "username": self.admin_username.encode(),
+                "password": self.admin_password.encode()}
+        if self.ca_file:
+            data["ca.crt"] = self.ca_file.read_bytes()
+        return data
+
+    # --- lifecycle
+    def _args(self) -> list[str]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        acl = self.workdir / "users.acl"
+        digest = hashlib.sha256(self.admin_password.encode()).hexdigest()
+        acl.write_text("user default off nopass resetchannels -@all\n"
+                       f"user {self.admin_username} on #{digest} ~* &* +@all\n")
+        args = [
+            redis_server_binary(),
+            "--bind", self.host,
+            "--dir", str(self.workdir),
+            "--aclfile", str(acl),
+            "--logfile", str(self.log_file),
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            "--save", "",
+            "--appendonly", "yes" if self.aof else "no",
+        ]
+        if self.aof:
+            args += ["--appendfsync", "always"]
+        if self.tls:
+            ca, cert, key = _write_tls_files(self.workdir)
+            self.ca_file = ca
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                     "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                     "--tls-auth-clients", "no"]
+        else:
+            args += ["--port", str(self.port)]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes",
+                     "--cluster-config-file", str(self.workdir / "nodes.conf"),
+                     "--cluster-node-timeout", "1000"]
+        return args + self.extra_args
+
+    def start(self) -> RedisServer:
+        if self.running:
+            return self
+        self._proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        self._frozen = False
+        _live.add(self)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        client = self.client(socket_timeout=1.0)
+        try:
+            while True:
+                if self._proc is None or self._proc.poll() is not None:
+                    raise RedisServerError(f"redis-server exited: {self._log_tail()}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    # BusyLoadingError is a ConnectionError: loading an AOF after restart
+                    pass
+                if time.monotonic() > deadline:
+                    raise RedisServerError(f"redis-server not ready after {START_TIMEOUT}s: "
+                                           f"{self._log_tail()}")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
+    def _log_tail(self) -> str:
+        stderr = b""
+        if self._proc is not None and self._proc.stderr is not None and \
+                self._proc.poll() is not None:
+            stderr = self._proc.stderr.read() or b""
+        try:
+            log = self.log_file.read_text(errors="replace")[-2000:]
+        except FileNotFoundError:
+            log = ""
+        return (stderr.decode(errors="replace") + log).strip() or "(no output)"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            if self._frozen:  # a stopped process does not act on SIGTERM
+                proc.send_signal(signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+        self._frozen = False
+        _live.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no shutdown work (no final AOF rewrite, no RDB)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self.stop()
+
+    def restart(self) -> None:
+        """Same port, same admin; data survives only with `aof=True`."""
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the socket stays open but nothing answers (a hung server)."""
+        if self._proc is None:
+            raise RedisServerError("not running")
+        self._proc.send_signal(signal.SIGSTOP)
+        self._frozen = True
+
+    def thaw(self) -> None:
+        if self._proc is not None and self._frozen:
+            self._proc.send_signal(signal.SIGCONT)
+        self._frozen = False
+
+    def client(self, **kwargs: object) -> redis.Redis:
+        """A synchronous admin client (for harness work and quick checks)."""
+        opts: dict[str, object] = {"host": self.host, "port": self.port,
+                                   "username": self.admin_username,
+                                   "password": self.admin_password,
+                                   "socket_connect_timeout": 2.0, "decode_responses": True}
+        if self.tls:
+            opts.update(ssl=True, ssl_ca_certs=str(self.ca_file), ssl_cert_reqs="required")
+        opts.update(kwargs)
+        return redis.Redis(**opts)  # type: ignore[arg-type]
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+class RedisCluster:
+    """`nodes` primaries (no replicas) in cluster mode, slots split evenly."""
+
+    def __init__(self, workdir: Path | str, nodes: int = 3, *,
+                 admin_password: str | None = None) -> None:
+        self.workdir = Path(workdir)
+        password = admin_password or secrets.token_urlsafe(24)
+        self.nodes = [RedisServer(self.workdir / f"node{i}", cluster=True,
+                                  admin_password=password) for i in range(nodes)]
+
+    def __repr__(self) -> str:
+        return f"RedisCluster({[n.port for n in self.nodes]})"
+
+    @property
+    def url(self) -> str:
+        """Any node's URL: clients discover the rest."""
+        return self.nodes[0].url
+
+    @property
+    def admin_username(self) -> str:
+        return self.nodes[0].admin_username
+
+    @property
+    def admin_password(self) -> str:
+        return self.nodes[0].admin_password
+
+    @property
+    def admin_url(self) -> str:
+        return self.nodes[0].admin_url
+
+    @property
+    def ca_file(self) -> Path | None:
+        return None
+
+    def secret_data(self) -> dict[str, bytes]:
+        return self.nodes[0].secret_data()
+
+    def start(self, timeout: float = 20.0) -> RedisCluster:
+        for node in self.nodes:
+            node.start()
+        clients = [node.client() for node in self.nodes]
+        try:
+            # A restarted cluster keeps its layout in nodes.conf; only a new one is built.
+            if all(int(_cluster_info(c).get("cluster_slots_assigned", 0)) == 0
+                   for c in clients):
+                self._create(clients)
+            self._wait_ok(clients, timeout)
+        finally:
+            for c in clients:
+                c.close()
+        return self
+
+    def _create(self, clients: list[redis.Redis]) -> None:
+        per = CLUSTER_SLOTS // len(clients)
+        for i, c in enumerate(clients):
+            first = i * per
+            last = CLUSTER_SLOTS - 1 if i == len(clients) - 1 else first + per - 1
+            c.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER", "MEET", node.host, node.port)
+
+    def _wait_ok(self, clients: list[redis.Redis], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        want = len(clients)
+        while True:
+            infos = [_cluster_info(c) for c in clients]
+            if all(i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == want
+                   and int(i.get("cluster_slots_ok", 0)) == CLUSTER_SLOTS for i in infos):
+                return
+            if time.monotonic() > deadline:
+                raise RedisServerError(f"cluster not ok after {timeout}s: {infos}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _cluster_info(client: redis.Redis) -> dict[str, str]:
+    raw = client.execute_command("CLUSTER", "INFO")
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Never leave redis-server processes behind a test run or a dev stack."""
+    for server in list(_live):
+        server.stop(timeout=2.0)

@@ -1,0 +1,79 @@
+"""ConsumerGroup handlers: ensure the group, then one daemon per group that polls (via
+the shared PollHub), decides (pure) and scales the target's /scale subresource."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import kopf
+
+from .. import GROUP, VERSION, events, reasons
+from ..conditions import now_iso, set_condition
+from ..kube import KubeError, KubeNotFound
+from ..runtime import Runtime
+from ..services import groups as svc
+from ..services import scaling_loop
+from .report import ready_status, run_reconcile, write_status
+
+PLURAL = "consumergroups"
+KIND = "ConsumerGroup"
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    plain = _plain(body)
+    meta = plain["metadata"]
+    async with rt.locked(KIND, meta["namespace"], meta["name"]):
+        ctx = await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.reconcile_group(rt, plain))
+        assert ctx is not None
+        status = plain.get("status") or {}
+        extra: dict[str, Any] = {"groupName": ctx.group}
+        conditions = status.get("conditions")
+        gen = meta.get("generation")
+        if ctx.spec.paused:
+            extra["pausedAt"] = status.get("pausedAt") or now_iso()
+            extra["pausedReason"] = ctx.spec.pause_reason or "paused in the ConsumerGroup spec"
+            conditions = set_condition(conditions, reasons.PAUSED, True, reasons.PAUSED_BY_SPEC,
+                                       extra["pausedReason"], gen)
+            if not status.get("pausedAt"):
+                events.info(plain, reason=reasons.PAUSED_BY_SPEC,
+                          message=f"paused: {extra['pausedReason']}")
+        else:
+            extra["pausedAt"] = None
+            extra["pausedReason"] = None
+            conditions = set_condition(conditions, reasons.PAUSED, False, reasons.NOT_PAUSED, "",
+                                       gen)
+        plain.setdefault("status", {})["conditions"] = conditions
+        msg = f"group {ctx.group!r} on {len(ctx.partitions)} partition(s)"
+        await write_status(rt, PLURAL, plain, ready_status(plain, True, reasons.ACTIVE, msg,
+                                                           extra))
+        logger.info("consumer group reconciled", extra={"group": ctx.group})
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=2.0)
+async def scaler(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
+                 logger: kopf.Logger, **_: Any) -> None:
+    """Poll → decide → scale, every pollInterval, until the group is deleted."""
+    rt: Runtime = memo.runtime
+    await scaling_loop.run(rt, lambda: _plain(body), stopped, logger)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    plain = _plain(body)
+    meta = plain["metadata"]
+    rt.hub.forget((meta["namespace"], meta["name"]))
+    await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.delete_group(rt, plain))
+
+
+__all__ = ["KubeError", "KubeNotFound", "time"]

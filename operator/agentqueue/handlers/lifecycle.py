@@ -1,0 +1,55 @@
+"""Operator start-up and shutdown: settings set explicitly, gateways kept in memo."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from ..config import OperatorConfig, default_redis_from_env
+from ..runtime import Runtime
+
+GROUP_PREFIX = "agentqueue.io"
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger,
+                  **_: Any) -> None:
+    settings.persistence.finalizer = f"{GROUP_PREFIX}/finalizer"
+    # Progress and diff-base live in annotations: the status schema is structural and
+    # would prune kopf's own status fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP_PREFIX, key="last-handled-configuration")
+    # Stalled watches are a known kopf pitfall: make the server close them regularly.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "agentqueue-operator"
+    settings.posting.event_name_prefix = "agentqueue-"
+    settings.execution.max_workers = 32
+    settings.peering.name = settings.peering.name or "agentqueue"
+
+    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig(
+        default_redis=default_redis_from_env())
+    try:
+        k8s_config.load_incluster_config()
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config()
+    api = k8s.ApiClient()
+    memo.runtime = Runtime.create(config, api)
+    await memo.runtime.start()
+    logger.info("agentqueue operator started",
+                extra={"default_redis": bool(config.default_redis),
+                       "drift_interval_s": config.drift_interval})
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    runtime: Runtime | None = getattr(memo, "runtime", None)
+    if runtime is not None:
+        await runtime.close()

@@ -1,0 +1,92 @@
+"""One lifecycle skeleton for every kind: run a reconcile, turn its outcome or failure
+into conditions, an Event and the right kopf error. Status is written explicitly
+(schema-declared fields), never returned from a handler."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import kopf
+
+from .. import events, reasons
+from ..conditions import get_condition, set_condition
+from ..kube import KubeError, KubeNotFound, KubeUnavailable
+from ..redisgw.errors import RedisAuthError, RedisUnavailable
+from ..runtime import Runtime
+from ..services.errors import SpecProblem, Waiting
+
+T = TypeVar("T")
+log = logging.getLogger("agentqueue.report")
+
+
+def ready_status(body: dict[str, Any], ok: bool, reason: str, message: str,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A status patch with Ready set; other conditions are kept."""
+    status = body.get("status") or {}
+    gen = body["metadata"].get("generation")
+    conditions = set_condition(status.get("conditions"), reasons.READY, ok, reason, message, gen)
+    out = {"observedGeneration": gen, "conditions": conditions}
+    out.update(extra or {})
+    return out
+
+
+async def write_status(rt: Runtime, plural: str, body: dict[str, Any],
+                       status: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    with contextlib.suppress(KubeNotFound):  # deleted meanwhile
+        await rt.kube.patch_status(plural, meta["namespace"], meta["name"], status)
+
+
+def _event_worthy(body: dict[str, Any], reason: str) -> bool:
+    """Post an Event when the Ready reason changes, not on every retry."""
+    cond = get_condition((body.get("status") or {}).get("conditions"), reasons.READY)
+    return not cond or cond.get("reason") != reason or cond.get("status") != "False"
+
+
+async def run_reconcile(
+    rt: Runtime,
+    kind: str,
+    plural: str,
+    body: dict[str, Any],
+    fn: Callable[[], Awaitable[T]],
+    *,
+    raise_errors: bool = True,
+) -> T | None:
+    """Run `fn`; on failure set Ready=False with a reason and raise the kopf error that
+    makes kopf retry (transient) or stop (invalid spec). Returns fn's result."""
+    started = time.monotonic()
+    reason, message, delay, permanent = "", "", 0.0, False
+    try:
+        return await fn()
+    except SpecProblem as exc:
+        reason, message = exc.reason, exc.message
+        permanent, delay = exc.retry_after is None, exc.retry_after or 0.0
+    except Waiting as exc:
+        reason, message, delay = exc.reason, exc.message, exc.delay
+    except RedisUnavailable as exc:
+        rt.metrics.redis_up.inc()
+        reason, message, delay = reasons.REDIS_UNAVAILABLE, str(exc), 10.0
+    except RedisAuthError as exc:
+        reason, message, delay = reasons.REDIS_AUTH_FAILED, str(exc), 30.0
+    except KubeUnavailable as exc:
+        reason, message, delay = "KubernetesUnavailable", str(exc), 5.0
+    except KubeError as exc:
+        reason, message, delay = "KubernetesError", str(exc), 30.0
+    finally:
+        rt.metrics.reconcile_duration.labels(kind).observe(time.monotonic() - started)
+    rt.metrics.reconcile_errors.labels(kind, reason).inc()
+    if _event_worthy(body, reason):
+        events.warn(body, reason=reason, message=message)
+    try:
+        await write_status(rt, plural, body, ready_status(body, False, reason, message))
+    except KubeError as exc:
+        log.warning("could not write status", extra={"error": str(exc)})
+    if not raise_errors:
+        return None
+    if permanent:
+        raise kopf.PermanentError(f"{reason}: {message}")
+    raise kopf.TemporaryError(f"{reason}: {message}", delay=delay)

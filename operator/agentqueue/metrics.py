@@ -1,0 +1,145 @@
+"""Prometheus metrics, in one place.
+
+Queue and group figures come from the same observations that drive status and
+scaling; the collector serves that cached snapshot, so a scrape never touches Redis.
+Series of a deleted queue or group are dropped with it (bounded cardinality: the
+only labels are namespace, queue, group, partition).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+NS = "agentqueue"
+
+
+@dataclass
+class QueueFigures:
+    partitions: dict[int, dict[str, float]] = field(default_factory=dict)
+    slo_breaches: dict[str, float] = field(default_factory=dict)
+    trimmed_total: float = 0.0
+    dropped_undelivered_total: float = 0.0
+
+
+@dataclass
+class GroupFigures:
+    queue: str
+    lag: float = 0
+    pending: float = 0
+    due_retries: float = 0
+    oldest_pending_age_seconds: float = 0
+    consumers: float = 0
+    current_replicas: float | None = None
+    desired_replicas: float | None = None
+    reclaimed_total: float = 0
+    dead_lettered_total: float = 0
+
+
+_QUEUE_GAUGES = {
+    "length": "Entries in the queue partition.",
+    "dead_letter_length": "Entries in the partition's dead-letter queue.",
+    "scheduled_retries": "Messages waiting in the partition's retry schedule.",
+    "memory_bytes": "Redis memory used by the partition's keys.",
+}
+
+
+class _SnapshotCollector(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        qlabels = ["namespace", "queue", "partition"]
+        gauges = {k: GaugeMetricFamily(f"{NS}_queue_{k}", d, labels=qlabels)
+                  for k, d in _QUEUE_GAUGES.items()}
+        trimmed = CounterMetricFamily(f"{NS}_queue_trimmed", "Entries trimmed by retention.",
+                                      labels=["namespace", "queue"])
+        dropped = CounterMetricFamily(f"{NS}_queue_dropped_undelivered",
+                                      "Undelivered entries trimmed (protection off).",
+                                      labels=["namespace", "queue"])
+        slo = GaugeMetricFamily(f"{NS}_queue_slo_breached",
+                                "1 while an objective is breached, by objective.",
+                                labels=["namespace", "queue", "objective"])
+        for (ns, queue), fig in sorted(self.m.queues.items()):
+            for part, values in sorted(fig.partitions.items()):
+                for key, family in gauges.items():
+                    family.add_metric([ns, queue, str(part)], values.get(key, 0.0))
+            trimmed.add_metric([ns, queue], fig.trimmed_total)
+            dropped.add_metric([ns, queue], fig.dropped_undelivered_total)
+            for objective, value in sorted(fig.slo_breaches.items()):
+                slo.add_metric([ns, queue, objective], value)
+        yield from gauges.values()
+        yield from (trimmed, dropped, slo)
+
+        glabels = ["namespace", "queue", "group"]
+        gfam = {
+            "lag": GaugeMetricFamily(f"{NS}_group_lag", "Entries not yet delivered.", labels=glabels),
+            "pending": GaugeMetricFamily(f"{NS}_group_pending", "Delivered, not acknowledged.",
+                                         labels=glabels),
+            "due_retries": GaugeMetricFamily(f"{NS}_group_due_retries", "Retries due now.",
+                                             labels=glabels),
+            "oldest_pending_age_seconds": GaugeMetricFamily(
+                f"{NS}_group_oldest_pending_age_seconds", "Idle time of the oldest pending entry.",
+                labels=glabels),
+            "consumers": GaugeMetricFamily(f"{NS}_group_consumers", "Consumers in the group.",
+                                           labels=glabels),
+            "current_replicas": GaugeMetricFamily(f"{NS}_group_replicas_current",
+                                                  "Replicas of the scale target.", labels=glabels),
+            "desired_replicas": GaugeMetricFamily(f"{NS}_group_replicas_desired",
+                                                  "Replicas wanted.", labels=glabels),
+        }
+        reclaimed = CounterMetricFamily(f"{NS}_group_reclaimed",
+                                        "Entries reclaimed after the visibility timeout.",
+                                        labels=glabels)
+        dead = CounterMetricFamily(f"{NS}_group_dead_lettered",
+                                   "Entries moved to the dead-letter queue.", labels=glabels)
+        for (ns, group), g in sorted(self.m.groups.items()):
+            labels = [ns, g.queue, group]
+            for key, family in gfam.items():
+                value = getattr(g, key)
+                if value is not None:
+                    family.add_metric(labels, value)
+            reclaimed.add_metric(labels, g.reclaimed_total)
+            dead.add_metric(labels, g.dead_lettered_total)
+        yield from gfam.values()
+        yield from (reclaimed, dead)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.queues: dict[tuple[str, str], QueueFigures] = {}
+        self.groups: dict[tuple[str, str], GroupFigures] = {}
+        self.reconcile_duration = Histogram(
+            f"{NS}_reconcile_duration_seconds", "Time spent reconciling one object.",
+            ["kind"], registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.reconcile_errors = Counter(
+            f"{NS}_reconcile_errors", "Failed reconciles by kind and reason.",
+            ["kind", "reason"], registry=self.registry)
+        self.redis_latency = Histogram(
+            f"{NS}_redis_command_duration_seconds", "Latency of the operator's Redis round trips.",
+            ["operation"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+        self.redis_up = Counter(
+            f"{NS}_redis_unavailable", "Times Redis could not be reached.", [],
+            registry=self.registry)
+        self.scale_events = Counter(
+            f"{NS}_scale_events", "Scale operations on consumer workloads.",
+            ["namespace", "group", "direction"], registry=self.registry)
+        self.registry.register(_SnapshotCollector(self))
+        self.started = time.time()
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def forget_queue(self, namespace: str, queue: str) -> None:
+        self.queues.pop((namespace, queue), None)
+
+    def forget_group(self, namespace: str, group: str) -> None:
+        self.groups.pop((namespace, group), None)

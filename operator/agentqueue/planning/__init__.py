@@ -1,0 +1,1 @@
+"""Pure decisions: no Redis, Kubernetes or kopf imports here."""

@@ -1,0 +1,152 @@
+"""The agentqueue Functions library (library.lua): loading it and typed wrappers.
+
+The library is loaded on every primary (Functions are per node; with Cluster each
+node needs its own copy). The version lives in library.lua (`local VERSION`), read
+here, so there is one place to bump.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aredis
+from redis import exceptions as rex
+
+from ..keys import PartitionKeys
+from .connection import RedisClient, node_name, primaries
+from .errors import classify, translate_errors
+
+__all__ = [
+    "DEFAULT_IDEMPOTENCY_TTL_MS",
+    "LIBRARY_CODE",
+    "LIBRARY_NAME",
+    "LIBRARY_VERSION",
+    "EnqueueResult",
+    "deadletter",
+    "enqueue",
+    "ensure_library",
+    "library_versions",
+    "nack",
+    "promote",
+]
+
+LIBRARY_NAME = "agentqueue"
+LIBRARY_CODE: str = resources.files(__package__).joinpath("library.lua").read_text()
+_VERSION = re.search(r"^local VERSION = '([^']+)'", LIBRARY_CODE, re.MULTILINE)
+if _VERSION is None:  # pragma: no cover - a broken edit of library.lua
+    raise RuntimeError("library.lua has no `local VERSION = '...'` line")
+LIBRARY_VERSION: str = _VERSION.group(1)
+
+DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+
+
+def _str(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _node_version(node: aredis.Redis) -> str | None:
+    """The loaded library version on one node, or None when it is not loaded."""
+    try:
+        return _str(await node.fcall_ro("aq_version", 0))
+    except rex.ResponseError as exc:
+        # "Function not found" (never loaded, or lost in a restart without persistence)
+        if "not found" in str(exc).lower():
+            return None
+        raise classify(exc) from None
+
+
+async def library_versions(client: RedisClient) -> dict[str, str | None]:
+    """Node address → loaded library version (None: missing), for every primary."""
+    nodes = await primaries(client)
+    with translate_errors("read library version"):
+        found = await asyncio.gather(*(_node_version(n) for n in nodes))
+    return {node_name(n): v for n, v in zip(nodes, found, strict=True)}
+
+
+async def ensure_library(client: RedisClient) -> bool:
+    """Load the library on every primary where it is missing or another version.
+
+    FUNCTION LOAD REPLACE is atomic per node, so callers never see a half-loaded
+    library. Returns whether any node changed."""
+    nodes = await primaries(client)
+    changed = False
+    with translate_errors("load the Functions library"):
+        for node in nodes:
+            if await _node_version(node) == LIBRARY_VERSION:
+                continue
+            await node.function_load(LIBRARY_CODE, replace=True)
+            changed = True
+    return changed
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    id: str
+    duplicate: bool
+
+
+async def enqueue(
+    client: RedisClient,
+    keys: PartitionKeys,
+    fields: Mapping[str, str | bytes | int | float],
+    idem_key: str | None = None,
+    idem_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS,
+) -> EnqueueResult:
+    """XADD `fields` to the partition's stream; with `idem_key`, at most once per TTL.
+
+    The key also goes into the entry as field `k` (the envelope's idempotency key)."""
+    if not fields:
+        raise ValueError("a message needs at least one field")
+    if idem_key is not None and idem_ttl_ms <= 0:
+        raise ValueError("idem_ttl_ms must be positive")
+    flat: list[Any] = []
+    for name, value in fields.items():
+        flat += [name, value]
+    if idem_key is not None:
+        if "k" not in fields:
+            flat += ["k", idem_key]
+        fkeys = [keys.queue_key, keys.idempotency(idem_key)]
+    else:
+        fkeys = [keys.queue_key]
+    with translate_errors("aq_enqueue"):
+        entry_id, dup = await client.fcall("aq_enqueue", len(fkeys), *fkeys, idem_ttl_ms,
+                                           *flat)
+    return EnqueueResult(_str(entry_id), bool(int(dup)))
+
+
+async def nack(client: RedisClient, keys: PartitionKeys, group: str, entry_id: str,
+               due_ms: int, error: str) -> bool:
+    """Ack the entry and schedule a retry at `due_ms` (attempt `a` + 1, error `e`).
+
+    False when the entry was no longer pending for `group` or was trimmed (acked anyway)."""
+    with translate_errors("aq_nack"):
+        res = await client.fcall("aq_nack", 2, keys.queue_key, keys.retry, group, entry_id,
+                                 int(due_ms), error)
+    return bool(int(res))
+
+
+async def promote(client: RedisClient, keys: PartitionKeys, now_ms: int,
+                  limit: int = 100) -> int:
+    """Move up to `limit` retries due at `now_ms` back into the stream; returns how many."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    with translate_errors("aq_promote"):
+        res = await client.fcall("aq_promote", 2, keys.queue_key, keys.retry, int(now_ms),
+                                 limit)
+    return int(res)
+
+
+async def deadletter(client: RedisClient, keys: PartitionKeys, group: str, entry_id: str,
+                     consumer: str, error: str, deliveries: int, now_ms: int) -> bool:
+    """Ack the entry and copy it, with x.* metadata, to the dead-letter stream.
+
+    False when the entry was no longer pending for `group` or was trimmed (acked anyway)."""
+    with translate_errors("aq_deadletter"):
+        res = await client.fcall("aq_deadletter", 2, keys.queue_key, keys.dead_letter, group,
+                                 entry_id, consumer, error, int(deliveries), int(now_ms))
+    return bool(int(res))

@@ -1,0 +1,241 @@
+"""Consumer groups on every partition: create, destroy, sweep expired deliveries,
+remove dead consumers.
+
+Visibility timeout — who claims, who redelivers
+-----------------------------------------------
+Redis Streams cannot put a delivered entry back in the "new" state: only a claim by
+another consumer redelivers it. So:
+
+- **Consumers claim.** Before blocking for new messages, a consumer (the SDK) runs
+  ``XAUTOCLAIM key group <itself> <visibilityMs> ...``, with ``visibilityMs:<group>``
+  read from the queue's metadata hash. That redelivers an entry whose consumer read it
+  and never acked (crashed, hung) to a live consumer, and bumps its delivery count.
+- **The operator sweeps** (`reclaim`, every half visibility timeout): it lists the
+  entries idle beyond the timeout (``XPENDING ... IDLE``), and
+
+  * moves those delivered ``maxDeliveries`` times or more (delivery count plus the
+    envelope's attempt field ``a`` from earlier retries) to the dead-letter stream
+    through ``aq_deadletter`` (atomic: copy with ``x.*`` metadata, XACK), so a poison
+    message stops being redelivered and never blocks anything behind it;
+  * acks entries that are pending but no longer in the stream (trimmed or deleted:
+    redis/redis #10756), which XAUTOCLAIM would otherwise report forever;
+  * leaves the others alone for a consumer's XAUTOCLAIM (reported as ``reclaimed``:
+    expired entries handed back for redelivery). Claiming them itself would reset
+    their idle time and hide them from consumers for another timeout.
+
+Dead consumers (idle beyond ``deadConsumerTimeout`` with nothing pending) are deleted
+by a script that re-checks "nothing pending" atomically: XGROUP DELCONSUMER drops a
+consumer's pending entries, which would lose messages.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis import exceptions as rex
+
+from ..keys import PartitionKeys
+from .errors import classify, is_busygroup, translate_errors
+
+__all__ = [
+    "ReclaimResult",
+    "delete_group",
+    "ensure_group",
+    "reclaim",
+    "remove_dead_consumers",
+    "start_id",
+]
+
+SWEEP_PAGE = 100
+SWEEP_PAGES = 10
+"""At most SWEEP_PAGE × SWEEP_PAGES expired entries per partition per sweep."""
+TIMEOUT_ERROR = "aq: not acknowledged within the visibility timeout"
+
+
+def start_id(start_from: str) -> str:
+    """ConsumerGroup.spec.startFrom → the id for XGROUP CREATE."""
+    if start_from == "NewMessages":
+        return "$"
+    if start_from == "Beginning":
+        return "0"
+    return start_from
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raise_first(results: Sequence[Any], ok: Any = None) -> None:
+    """Raise the first error reply that `ok(exc)` does not accept, classified."""
+    for r in results:
+        if isinstance(r, Exception) and not (ok and ok(r)):
+            raise classify(r) from None
+
+
+async def ensure_group(client: Any, partitions: Sequence[PartitionKeys], group: str,
+                       start_from: str = "NewMessages") -> list[int]:
+    """XGROUP CREATE ... MKSTREAM on every partition (one pipeline). An existing group
+    (BUSYGROUP) is success and keeps its position. Returns the partitions created."""
+    sid = start_id(start_from)
+    with translate_errors(f"create group {group!r}"):
+        pipe = client.pipeline(transaction=False)
+        for pk in partitions:
+            pipe.xgroup_create(pk.queue_key, group, id=sid, mkstream=True)
+        results = await pipe.execute(raise_on_error=False)
+    _raise_first(results, is_busygroup)
+    return [pk.partition for pk, r in zip(partitions, results, strict=True)
+            if not isinstance(r, Exception)]
+
+
+def _no_stream(exc: BaseException) -> bool:
+    return isinstance(exc, rex.ResponseError) and "requires the key to exist" in str(exc)
+
+
+async def delete_group(client: Any, partitions: Sequence[PartitionKeys], group: str) -> int:
+    """XGROUP DESTROY on every partition; a missing stream or group is success.
+    Returns how many partitions had the group."""
+    with translate_errors(f"delete group {group!r}"):
+        pipe = client.pipeline(transaction=False)
+        for pk in partitions:
+            pipe.xgroup_destroy(pk.queue_key, group)
+        results = await pipe.execute(raise_on_error=False)
+    _raise_first(results, _no_stream)
+    return sum(1 for r in results if not isinstance(r, Exception) and int(r))
+
+
+@dataclass
+class ReclaimResult:
+    reclaimed: int = 0
+    """Entries past the visibility timeout left for a consumer's XAUTOCLAIM (seen in
+    this sweep; the same entry counts again in the next sweep if nobody claimed it)."""
+    dead_lettered: int = 0
+    deleted_ids: list[str] = field(default_factory=list)
+    """Pending entries no longer in the stream (trimmed/deleted), now acked."""
+
+
+@dataclass(frozen=True)
+class _Expired:
+    keys: PartitionKeys
+    id: str
+    consumer: str
+    deliveries: int
+
+
+async def _expired_page(client: Any, cursors: dict[PartitionKeys, str], group: str,
+                        idle_ms: int) -> dict[PartitionKeys, list[_Expired]]:
+    pipe = client.pipeline(transaction=False)
+    parts = list(cursors)
+    for pk in parts:
+        pipe.xpending_range(pk.queue_key, group, min=cursors[pk], max="+", count=SWEEP_PAGE,
+                            idle=idle_ms)
+    results = await pipe.execute(raise_on_error=False)
+    out: dict[PartitionKeys, list[_Expired]] = {}
+    for pk, res in zip(parts, results, strict=True):
+        if isinstance(res, rex.ResponseError) and "NOGROUP" in str(res):
+            continue  # the poller reports missing groups; nothing to sweep here
+        _raise_first([res])
+        out[pk] = [_Expired(pk, _s(e["message_id"]), _s(e["consumer"]),
+                            int(e["times_delivered"])) for e in res]
+    return out
+
+
+async def _entries(client: Any, expired: list[_Expired]) -> list[dict[str, str] | None]:
+    """Each entry's fields, or None when it is no longer in the stream."""
+    pipe = client.pipeline(transaction=False)
+    for e in expired:
+        pipe.xrange(e.keys.queue_key, e.id, e.id)
+    results = await pipe.execute(raise_on_error=False)
+    _raise_first(results)
+    return [{_s(k): _s(v) for k, v in r[0][1].items()} if r else None for r in results]
+
+
+def _attempts(fields: dict[str, str]) -> int:
+    try:
+        return max(0, int(fields.get("a", "0")))
+    except ValueError:
+        return 0  # a malformed attempt field must not stop the sweep
+
+
+async def _settle(client: Any, group: str, poison: list[tuple[_Expired, int, str]],
+                  gone: list[_Expired], result: ReclaimResult) -> None:
+    """Dead-letter `poison` (entry, deliveries, error) and ack `gone`, one pipeline."""
+    if not poison and not gone:
+        return
+    now_ms = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for e, deliveries, error in poison:
+        pipe.fcall("aq_deadletter", 2, e.keys.queue_key, e.keys.dead_letter, group, e.id,
+                   e.consumer, error, deliveries, now_ms)
+    for e in gone:
+        pipe.xack(e.keys.queue_key, group, e.id)
+    results = await pipe.execute(raise_on_error=False)
+    _raise_first(results)
+    for (e, _, _), moved in zip(poison, results, strict=False):
+        if int(moved):
+            result.dead_lettered += 1
+        else:  # trimmed between the sweep and the move: aq_deadletter acked it
+            result.deleted_ids.append(e.id)
+    result.deleted_ids.extend(e.id for e in gone)
+
+
+async def reclaim(client: Any, partitions: Sequence[PartitionKeys], group: str,
+                  visibility_timeout_ms: int, max_deliveries: int) -> ReclaimResult:
+    """Sweep entries idle beyond the visibility timeout on every partition (see the
+    module docstring): dead-letter the exhausted ones, ack the vanished ones, count the
+    rest as handed back for redelivery. Needs the Functions library."""
+    result = ReclaimResult()
+    cursors = {pk: "-" for pk in partitions}
+    with translate_errors(f"sweep group {group!r}"):
+        for _ in range(SWEEP_PAGES):
+            if not cursors:
+                break
+            pages = await _expired_page(client, cursors, group, max(0, visibility_timeout_ms))
+            expired = [e for page in pages.values() for e in page]
+            fields = await _entries(client, expired) if expired else []
+            poison: list[tuple[_Expired, int, str]] = []
+            gone: list[_Expired] = []
+            for e, f in zip(expired, fields, strict=True):
+                if f is None:
+                    gone.append(e)
+                elif e.deliveries + _attempts(f) >= max_deliveries:
+                    poison.append((e, e.deliveries + _attempts(f), f.get("e") or TIMEOUT_ERROR))
+                else:
+                    result.reclaimed += 1
+            await _settle(client, group, poison, gone, result)
+            cursors = {pk: f"({page[-1].id}" for pk, page in pages.items()
+                       if len(page) == SWEEP_PAGE}
+    return result
+
+
+# KEYS[1] stream; ARGV group, idle ms. Deletes consumers idle longer than that with
+# nothing pending, re-checked inside the script so no pending entry can be dropped.
+_DELETE_DEAD = r"""
+local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if not ok then return 0 end
+local idle_ms, n = tonumber(ARGV[2]), 0
+for _, c in ipairs(consumers) do
+  local f = {}
+  for j = 1, #c, 2 do f[c[j]] = c[j + 1] end
+  if f['pending'] == 0 and f['idle'] > idle_ms then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+async def remove_dead_consumers(client: Any, partitions: Sequence[PartitionKeys], group: str,
+                                idle_ms: int) -> int:
+    """XGROUP DELCONSUMER for consumers idle beyond `idle_ms` with nothing pending, on
+    every partition. Returns how many were removed."""
+    with translate_errors(f"remove dead consumers of {group!r}"):
+        pipe = client.pipeline(transaction=False)
+        for pk in partitions:
+            pipe.eval(_DELETE_DEAD, 1, pk.queue_key, group, max(0, idle_ms))
+        results = await pipe.execute(raise_on_error=False)
+    _raise_first(results)
+    return sum(int(r) for r in results)

@@ -1,0 +1,135 @@
+"""ACL users on every primary (Redis keeps users per node and never replicates them).
+
+Passwords go over the wire only as SHA-256 hashes (`#<hex>`), so they can be
+compared with ACL GETUSER to detect drift, and never appear in a command log.
+Rotation without downtime: during the grace period a user holds two hashes (new
+and previous), then only the new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from ..planning.acl import acl_setuser_args, getuser_dict, normalize_getuser, rules_match
+from .connection import RedisClient, node_name, primaries
+from .errors import translate_errors
+
+__all__ = [
+    "delete_user",
+    "ensure_user",
+    "get_user",
+    "list_usernames",
+    "new_password",
+    "password_hashes",
+    "sha256_hex",
+]
+
+PASSWORD_BYTES = 32
+REFERENCE_PREFIX = "agentqueue.reference."
+
+# (node, rules) → ACL GETUSER of a scratch user with those rules: how this server
+# spells them. Redis 7.0 rewrites command rules into categories and exceptions, so
+# the only reliable comparison is with the server's own spelling.
+_references: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+
+
+def new_password() -> str:
+    """32 random bytes, URL-safe base64 (43 characters): safe in URLs and env vars."""
+    return secrets.token_urlsafe(PASSWORD_BYTES)
+
+
+def sha256_hex(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+async def get_user(node: Any, username: str) -> dict[str, Any] | None:
+    """ACL GETUSER of one node as a dict; None when the user does not exist."""
+    reply = await node.execute_command("ACL", "GETUSER", username)
+    return None if reply is None else getuser_dict(reply)
+
+
+async def _reference(node: Any, rules: Sequence[str], *, fresh: bool = False
+                     ) -> dict[str, Any]:
+    """The server's spelling of `rules`, read from a scratch user that is disabled and
+    has no password (nobody can log in as it) and is deleted at once. A random name
+    per call keeps concurrent reconciles apart."""
+    key = (node_name(node), tuple(rules))
+    if not fresh and key in _references:
+        return _references[key]
+    name = REFERENCE_PREFIX + secrets.token_hex(6)
+    try:
+        await node.execute_command("ACL", "SETUSER", name, *rules, "off", "resetpass")
+        reply = await get_user(node, name)
+    finally:
+        await node.execute_command("ACL", "DELUSER", name)
+    if reply is None:  # pragma: no cover - deleted by someone else in between
+        raise RuntimeError("reference ACL user vanished")
+    _references[key] = reply
+    return reply
+
+
+async def _matches(node: Any, observed: dict[str, Any] | None, rules: Sequence[str],
+                   hashes: Sequence[str]) -> bool:
+    if observed is None:
+        return False
+    if rules_match(observed, await _reference(node, rules), hashes):
+        return True
+    # The cached spelling may be stale (server upgraded behind the same address).
+    return rules_match(observed, await _reference(node, rules, fresh=True), hashes)
+
+
+async def ensure_user(client: RedisClient, username: str, rules: Sequence[str],
+                      password_hashes: Sequence[str]) -> bool:
+    """Make `username` exactly `rules` + `password_hashes` on every primary.
+
+    Reads ACL GETUSER first (not ACL LIST: slow with many users) and writes only on
+    drift. Returns whether any node changed."""
+    args = acl_setuser_args(username, rules, password_hashes)
+    changed = False
+    with translate_errors(f"ensure ACL user {username}"):
+        for node in await primaries(client):
+            observed = await get_user(node, username)
+            if await _matches(node, observed, rules, password_hashes):
+                continue
+            await node.execute_command("ACL", "SETUSER", *args)
+            changed = True
+    return changed
+
+
+async def password_hashes(client: RedisClient, username: str) -> list[str]:
+    """Password hashes the user holds (union over primaries; [] when absent)."""
+    found: list[str] = []
+    with translate_errors(f"read ACL user {username}"):
+        for node in await primaries(client):
+            observed = await get_user(node, username)
+            if observed is None:
+                continue
+            for h in sorted(normalize_getuser(observed).passwords):
+                if h not in found:
+                    found.append(h)
+    return found
+
+
+async def delete_user(client: RedisClient, username: str) -> bool:
+    """ACL DELUSER on every primary. Redis also closes that user's connections, so a
+    removed credential stops working at once. Returns whether it existed anywhere."""
+    existed = False
+    with translate_errors(f"delete ACL user {username}"):
+        for node in await primaries(client):
+            existed |= bool(await node.execute_command("ACL", "DELUSER", username))
+    return existed
+
+
+async def list_usernames(client: RedisClient, prefix: str = "aq.") -> set[str]:
+    """Users whose name starts with `prefix`, on any primary (for orphan clean-up)."""
+    names: set[str] = set()
+    with translate_errors("list ACL users"):
+        for node in await primaries(client):
+            for name in await node.execute_command("ACL", "USERS"):
+                text = name.decode() if isinstance(name, bytes) else str(name)
+                if text.startswith(prefix):
+                    names.add(text)
+    return names

@@ -1,0 +1,137 @@
+"""What the handlers share: the gateways, the Redis restart watcher, per-object locks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from kubernetes import client as k8s
+
+from .config import OperatorConfig
+from .kube import KubeGateway
+from .metrics import Metrics
+from .pollhub import PollHub
+from .redisgw.connection import RedisPool, RedisTarget, server_ids
+from .redisgw.errors import RedisError
+from .redisgw.poller import poll_groups
+
+log = logging.getLogger("agentqueue.runtime")
+
+
+@dataclass
+class RestartWatcher:
+    """Notices a Redis restart or failover (a new run_id on any node) so the queues on
+    that server are re-asserted at once rather than at the next drift check."""
+
+    pool: RedisPool
+    interval: float
+    _known: dict[str, dict[str, str]] = field(default_factory=dict)
+    _events: dict[str, asyncio.Event] = field(default_factory=lambda: defaultdict(asyncio.Event))
+    _targets: dict[str, RedisTarget] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def watch(self, target: RedisTarget) -> asyncio.Event:
+        """The event set when `target` restarts; call again after waking for a fresh one."""
+        key = target.key
+        self._targets[key] = target
+        event = self._events[key]
+        if event.is_set():
+            self._events[key] = event = asyncio.Event()
+        return event
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="redis-restart-watcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for key, target in list(self._targets.items()):
+                try:
+                    client = await self.pool.get(target)
+                    ids = await server_ids(client)
+                except RedisError:
+                    continue  # unreachable: the reconcilers report it
+                before = self._known.get(key)
+                self._known[key] = ids
+                if before is not None and before != ids:
+                    log.warning("redis restarted or failed over; re-asserting its queues",
+                                extra={"redis": target.display})
+                    self._events[key].set()
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    kube: KubeGateway
+    redis: RedisPool
+    watcher: RestartWatcher
+    metrics: Metrics
+    hub: PollHub[tuple[str, str]]
+    locks: dict[tuple[str, str, str], asyncio.Lock] = field(
+        default_factory=lambda: defaultdict(asyncio.Lock))
+
+    @classmethod
+    def create(cls, config: OperatorConfig, api: k8s.ApiClient) -> Runtime:
+        pool = RedisPool()
+        return cls(
+            config=config,
+            kube=KubeGateway(api),
+            redis=pool,
+            watcher=RestartWatcher(pool, config.run_id_check_interval),
+            metrics=Metrics(),
+            hub=PollHub(poll_groups),
+        )
+
+    async def start(self) -> None:
+        self.watcher.start()
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+
+    async def close(self) -> None:
+        await self.watcher.stop()
+        await self.hub.close()
+        await self.redis.close_all()
+
+    @contextlib.asynccontextmanager
+    async def locked(self, kind: str, namespace: str, name: str) -> AsyncIterator[None]:
+        """One reconcile at a time per object (handlers, timers and daemons share it)."""
+        async with self.locks[(kind, namespace, name)]:
+            yield
+
+    def default_target(self) -> RedisTarget | None:
+        default = self.config.default_redis
+        return RedisTarget.from_secret_data(default.secret_data()) if default else None
+
+    async def target_for(self, namespace: str, secret_name: str | None) -> RedisTarget:
+        from . import reasons
+        from .services.errors import SpecProblem
+
+        if secret_name is None:
+            target = self.default_target()
+            if target is None:
+                raise SpecProblem(reasons.REDIS_SECRET_MISSING,
+                                  "spec.redis is not set and the operator has no default "
+                                  "Redis connection (--redis-url)")
+            return target
+        data = await self.kube.read_secret(namespace, secret_name)
+        if data is None:
+            raise SpecProblem(reasons.REDIS_SECRET_MISSING,
+                              f"Secret {secret_name!r} named in spec.redis.secretRef "
+                              "does not exist")
+        try:
+            return RedisTarget.from_secret_data(data)
+        except (KeyError, ValueError) as exc:
+            raise SpecProblem(reasons.REDIS_SECRET_INVALID,
+                              f"Secret {secret_name!r}: {exc}") from None
+
+

@@ -1,0 +1,1 @@
+"""The reconcilers: observe → plan → apply, independent of kopf's calling conventions."""

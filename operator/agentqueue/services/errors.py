@@ -1,0 +1,27 @@
+"""Problems a reconcile can report, classified for the handlers."""
+
+from __future__ import annotations
+
+
+class SpecProblem(Exception):
+    """The spec (or something it names) is wrong: Ready=False with this reason, an Event.
+
+    `retry_after` is set when the fix may come from outside the spec (a Secret created
+    later, a queue that appears): the handler retries instead of giving up.
+    """
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = 30.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Waiting(Exception):
+    """Not an error: something we depend on is not ready yet (e.g. the queue)."""
+
+    def __init__(self, reason: str, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.delay = delay

@@ -1,0 +1,125 @@
+"""ConsumerGroup reconciler: the group on every partition, its settings in the queue's
+metadata hash, and the scale target checked. The scaling loop lives in handlers.groups."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import keys, reasons
+from ..conditions import now_iso
+from ..kube import KubeNotFound
+from ..models import AgentQueueSpec, ConsumerGroupSpec, parse_duration
+from ..redisgw import groups as redis_groups
+from ..redisgw.connection import RedisTarget
+from ..redisgw.meta import write_group_meta
+from ..runtime import Runtime
+from .errors import SpecProblem, Waiting
+from .queues import parse_spec as parse_queue_spec
+
+
+@dataclass
+class GroupContext:
+    """Everything the scaling loop needs, resolved once per reconcile."""
+
+    namespace: str
+    name: str
+    group: str
+    spec: ConsumerGroupSpec
+    queue_spec: AgentQueueSpec
+    target: RedisTarget
+    partitions: list[keys.PartitionKeys]
+
+    @property
+    def max_deliveries(self) -> int:
+        return self.spec.max_deliveries or self.queue_spec.delivery.max_deliveries
+
+
+def parse_spec(raw: dict[str, Any]) -> ConsumerGroupSpec:
+    try:
+        return ConsumerGroupSpec.from_wire(raw)
+    except ValidationError as exc:
+        msg = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                        for e in exc.errors()[:5])
+        raise SpecProblem(reasons.INVALID_SPEC, msg, retry_after=None) from None
+
+
+async def resolve(rt: Runtime, body: dict[str, Any]) -> GroupContext:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = parse_spec(body.get("spec") or {})
+    queue = await rt.kube.get_object("agentqueues", ns, spec.queue_ref.name)
+    if queue is None:
+        raise SpecProblem(reasons.QUEUE_NOT_FOUND,
+                          f"AgentQueue {spec.queue_ref.name!r} does not exist in {ns}",
+                          retry_after=10.0)
+    queue_spec = parse_queue_spec(queue.get("spec") or {})
+    if queue_spec.type != "Stream":
+        raise SpecProblem(reasons.QUEUE_TYPE_UNSUPPORTED,
+                          f"AgentQueue {spec.queue_ref.name!r} is a {queue_spec.type} queue; "
+                          "consumer groups need type Stream", retry_after=None)
+    ready = next((c for c in (queue.get("status") or {}).get("conditions") or []
+                  if c.get("type") == reasons.READY), None)
+    if not ready or ready.get("status") != "True":
+        raise Waiting(reasons.QUEUE_NOT_READY,
+                      f"waiting for AgentQueue {spec.queue_ref.name!r} to be Ready", delay=3.0)
+    secret_ref = queue_spec.redis.secret_ref.name if queue_spec.redis else None
+    target = await rt.target_for(ns, secret_ref)
+    return GroupContext(ns, name, spec.group_name or name, spec, queue_spec, target,
+                        keys.partition_keys(ns, spec.queue_ref.name, queue_spec.partitions))
+
+
+def group_meta_fields(ctx: GroupContext, previous_pause: str | None) -> tuple[dict[str, str],
+                                                                                list[str]]:
+    """Fields to set and to delete in every partition's metadata hash. Pure."""
+    g = ctx.group
+    fields = {
+        f"visibilityMs:{g}": str(int(parse_duration(ctx.spec.visibility_timeout) * 1000)),
+        f"maxDeliveries:{g}": str(ctx.max_deliveries),
+    }
+    remove: list[str] = []
+    if ctx.spec.paused:
+        fields[f"paused:{g}"] = previous_pause or json.dumps(
+            {"reason": ctx.spec.pause_reason or "paused in the ConsumerGroup spec",
+             "at": now_iso()})
+    else:
+        remove.append(f"paused:{g}")
+    return fields, remove
+
+
+async def reconcile_group(rt: Runtime, body: dict[str, Any]) -> GroupContext:
+    ctx = await resolve(rt, body)
+    client = await rt.redis.get(ctx.target)
+    await redis_groups.ensure_group(client, ctx.partitions, ctx.group, ctx.spec.start_from)
+    status = body.get("status") or {}
+    previous = None
+    if ctx.spec.paused and status.get("pausedAt"):
+        previous = json.dumps({"reason": status.get("pausedReason"), "at": status["pausedAt"]})
+    fields, remove = group_meta_fields(ctx, previous)
+    await write_group_meta(client, ctx.partitions, fields, remove)
+    ref = ctx.spec.scale_target_ref
+    if ref is not None:
+        try:
+            await rt.kube.get_scale(ref.api_version, ref.kind, ctx.namespace, ref.name)
+        except KubeNotFound as exc:
+            raise SpecProblem(reasons.SCALE_TARGET_NOT_FOUND,
+                              f"scaleTargetRef {ref.kind}/{ref.name}: {exc}",
+                              retry_after=10.0) from None
+    return ctx
+
+
+async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
+    """Destroy the group on every partition; the queue's data stays."""
+    try:
+        ctx = await resolve(rt, body)
+    except (SpecProblem, Waiting):
+        return  # the queue is gone or never worked: nothing of ours left in Redis
+    client = await rt.redis.get(ctx.target)
+    await redis_groups.delete_group(client, ctx.partitions, ctx.group)
+    await write_group_meta(
+        client, ctx.partitions, {},
+        [f"visibilityMs:{ctx.group}", f"maxDeliveries:{ctx.group}", f"paused:{ctx.group}"])
+    rt.metrics.forget_group(ctx.namespace, ctx.name)

@@ -1,0 +1,216 @@
+"""AgentQueue reconciler: make Redis match the spec, and report what was observed."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError
+
+from .. import keys, reasons
+from ..kube import standard_labels
+from ..models import AgentQueueSpec, Role, parse_duration
+from ..planning import acl, queue_plan
+from ..redisgw import provision, users
+from ..redisgw.connection import RedisTarget
+from ..runtime import Runtime
+from .errors import SpecProblem
+
+log = logging.getLogger("agentqueue.queues")
+ROTATE_ANNOTATION = "agentqueue.io/rotate-credentials"
+
+
+@dataclass
+class QueueOutcome:
+    status: dict[str, Any]
+    repaired: list[str] = field(default_factory=list)
+    rotated: bool = False
+    target: RedisTarget | None = None
+
+
+def parse_spec(raw: dict[str, Any]) -> AgentQueueSpec:
+    try:
+        spec = AgentQueueSpec.from_wire(raw)
+    except ValidationError as exc:
+        raise SpecProblem(reasons.INVALID_SPEC, _pydantic_message(exc), retry_after=None) from None
+    if spec.schema_ is not None:
+        try:
+            jsonschema.validators.validator_for(spec.schema_).check_schema(spec.schema_)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
+            raise SpecProblem(reasons.INVALID_SCHEMA,
+                              f"spec.schema is not a valid JSON Schema at {where}: {exc.message}",
+                              retry_after=None) from None
+    return spec
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z")
+
+
+def rotation_due(spec: AgentQueueSpec, annotations: dict[str, str], creds: dict[str, Any],
+                 now: float) -> str | None:
+    """Why credentials must rotate now, or None. Pure."""
+    token = annotations.get(ROTATE_ANNOTATION)
+    if token and token != creds.get("rotationToken"):
+        return f"annotation {ROTATE_ANNOTATION}={token}"
+    last = _parse_time(creds.get("lastRotation"))
+    every = spec.credentials.rotate_every
+    if every and last is not None and now - last >= parse_duration(every):
+        return f"rotateEvery {every} elapsed"
+    return None
+
+
+def secret_data(target: RedisTarget, namespace: str, name: str, spec: AgentQueueSpec,
+                role: Role, username: str, password: str) -> dict[str, str]:
+    parts = keys.partition_keys(namespace, name, spec.partitions)
+    data = {
+        "REDIS_URL": target.url_without_credentials(),
+        "REDIS_USERNAME": username,
+        "REDIS_PASSWORD": password,
+        "AQ_NAMESPACE": namespace,
+        "AQ_QUEUE": name,
+        "AQ_QUEUE_TYPE": str(spec.type),
+        "AQ_PARTITIONS": str(spec.partitions),
+        "AQ_QUEUE_KEYS": ",".join(p.queue_key for p in parts),
+        "AQ_DEAD_LETTER_KEYS": ",".join(p.dead_letter for p in parts),
+        "AQ_KEY_PATTERN": keys.queue_key_pattern(namespace, name),
+        "AQ_ROLE": str(role),
+    }
+    if spec.type == "PubSub":
+        data["AQ_CHANNEL"] = keys.channel_name(namespace, name)
+    if target.ca_pem:
+        data["REDIS_CA_CERT"] = target.ca_pem
+    return data
+
+
+async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> QueueOutcome:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = parse_spec(body.get("spec") or {})
+    status = body.get("status") or {}
+    secret_ref = spec.redis.secret_ref.name if spec.redis else None
+    target = await rt.target_for(ns, secret_ref)
+    client = await rt.redis.get(target)
+
+    # --- observe
+    observed = await provision.observe_queue(client, ns, name, spec)
+    creds = dict(status.get("credentials") or {})
+    rotate_reason = rotation_due(spec, meta.get("annotations") or {}, creds, now)
+    previous_expires = _parse_time(creds.get("previousExpires"))
+    in_grace = previous_expires is not None and now < previous_expires
+
+    # --- plan and apply the queue's keys, metadata and the Functions library
+    try:
+        actions = queue_plan.plan_queue(spec, ns, name, observed,
+                                        generation=meta.get("generation"))
+    except queue_plan.KeyConflict as exc:
+        raise SpecProblem("KeyConflict", str(exc), retry_after=30.0) from None
+    repaired = [a.describe() for a in actions]
+    await provision.apply(client, actions)
+
+    # --- users: one per access entry, passwords only in Secrets
+    user_status = []
+    for role, entry in spec.access.entries():
+        username = keys.acl_username(ns, name, entry.name)
+        sname = keys.secret_name(name, entry.name)
+        existing = await rt.kube.read_secret(ns, sname)
+        password = (existing or {}).get("REDIS_PASSWORD", b"").decode() or None
+        hashes: list[str] = []
+        if password is None or rotate_reason:
+            old = password
+            password = users.new_password()
+            hashes = [users.sha256_hex(password)]
+            if old:  # the old password keeps working during the grace period
+                hashes.append(users.sha256_hex(old))
+        else:
+            hashes = [users.sha256_hex(password)]
+            if in_grace:
+                hashes += [h for h in await users.password_hashes(client, username)
+                           if h not in hashes]
+        rules = acl.acl_rules(role, ns, name, spec.type, spec.partitions)
+        changed = await users.ensure_user(client, username, rules, hashes)
+        if changed and existing is not None and not rotate_reason:
+            repaired.append(f"ACL user {username}")
+        # The Secret is written after Redis accepted the password, never before.
+        await rt.kube.apply_secret(
+            ns, sname, secret_data(target, ns, name, spec, role, username, password),
+            owner=body, labels=standard_labels(name, "credentials"))
+        user_status.append({"name": entry.name, "role": str(role), "username": username,
+                            "secretName": sname})
+
+    wanted = {u["name"] for u in user_status}
+    for old_user in status.get("users") or []:
+        if old_user.get("name") not in wanted:
+            await users.delete_user(client, old_user["username"])
+            await rt.kube.delete_secret(ns, old_user["secretName"])
+
+    if rotate_reason:
+        creds["lastRotation"] = _iso(now)
+        creds["previousExpires"] = _iso(now + parse_duration(spec.credentials.grace_period))
+        token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
+        if token:
+            creds["rotationToken"] = token
+    elif previous_expires is not None and not in_grace:
+        creds.pop("previousExpires", None)
+    if "lastRotation" not in creds:
+        creds["lastRotation"] = _iso(now)
+
+    # --- status from what is there now
+    after = await provision.observe_queue(client, ns, name, spec) if actions else observed
+    figures = provision.figures(after)
+    new_status: dict[str, Any] = {
+        "type": str(spec.type),
+        "partitions": figures,
+        "length": sum(p["length"] for p in figures),
+        "deadLetterLength": sum(p["deadLetterLength"] for p in figures),
+        "scheduledRetries": sum(p["scheduledRetries"] for p in figures),
+        "memoryBytes": sum(p["memoryBytes"] for p in figures),
+        "keyPattern": keys.queue_key_pattern(ns, name),
+        "users": user_status,
+        "credentials": creds,
+    }
+    if spec.type == "PubSub":
+        new_status["channel"] = keys.channel_name(ns, name)
+    return QueueOutcome(new_status, repaired, bool(rotate_reason), target)
+
+
+async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    try:
+        spec = AgentQueueSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return  # never provisioned: nothing in Redis to remove
+    secret_ref = spec.redis.secret_ref.name if spec.redis else None
+    try:
+        target = await rt.target_for(ns, secret_ref)
+    except SpecProblem:
+        return  # no way to reach Redis was ever configured; nothing to clean
+    client = await rt.redis.get(target)
+    for user in (body.get("status") or {}).get("users") or []:
+        await users.delete_user(client, user["username"])
+    for role, entry in spec.access.entries():
+        del role
+        await users.delete_user(client, keys.acl_username(ns, name, entry.name))
+    if spec.deletion_policy == "Delete":
+        await provision.delete_queue_data(client, ns, name, spec.partitions)
+    rt.metrics.forget_queue(ns, name)

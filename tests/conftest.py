@@ -1,0 +1,85 @@
+"""Shared fixtures: one local Kubernetes control plane per test session.
+
+Set AGENTQUEUE_KUBECONFIG to run the k8s tests against an existing cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config
+
+from agentqueue.devcluster import (
+    Binaries,
+    ControlPlane,
+    ExistingCluster,
+    Kubectl,
+    ensure_binaries,
+)
+
+EXTERNAL_KUBECONFIG_ENV = "AGENTQUEUE_KUBECONFIG"
+
+pytest_plugins = ["tests.redis_fixtures", "tests.operator_fixtures"]
+
+
+def _progress(msg: str) -> None:
+    # Bypass pytest's capture: a first-time build takes minutes and should be visible.
+    print(f"[devcluster] {msg}", file=sys.__stderr__, flush=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "k8s: needs the local Kubernetes control plane")
+
+
+@pytest.fixture(scope="session")
+def binaries() -> Binaries:
+    """Pinned etcd/kube-apiserver/kube-controller-manager/kubectl/helm (cached)."""
+    return ensure_binaries(_progress)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory,
+                  binaries: Binaries) -> Iterator[ControlPlane | ExistingCluster]:
+    external = os.environ.get(EXTERNAL_KUBECONFIG_ENV)
+    if external:
+        yield ExistingCluster(Path(external))
+        return
+    with ControlPlane(tmp_path_factory.mktemp("devcluster"), binaries, _progress) as cp:
+        yield cp
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: ControlPlane | ExistingCluster) -> Path:
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def kubectl(binaries: Binaries, kubeconfig: Path) -> Kubectl:
+    """``kubectl(*args, input=None, check=True) -> CompletedProcess`` for the test cluster."""
+    return Kubectl(binaries.kubectl, kubeconfig)
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    core = client.CoreV1Api(kube)
+    name = f"aq-test-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    try:
+        core.delete_namespace(name)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise

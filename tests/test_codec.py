@@ -1,0 +1,196 @@
+"""The envelope codec: round trips, and hostile input that must give a DecodeError with a
+reason — never another exception."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agentqueue.client.codec import (
+    MAX_PAYLOAD_BYTES,
+    Envelope,
+    PayloadSchema,
+    check_headers,
+    check_idempotency_key,
+    decode_element,
+    decode_fields,
+    encode_element,
+    encode_fields,
+    encode_payload,
+    parse_json,
+)
+from agentqueue.client.errors import ConfigError, DecodeError, SchemaValidationError
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30)
+idem_keys = st.text(alphabet=st.characters(min_codepoint=0x20, blacklist_categories=("Cs",),
+                                           blacklist_characters="\x7f"),
+                    min_size=1, max_size=100)
+header_maps = st.dictionaries(st.text(max_size=20), st.text(max_size=50), max_size=5)
+
+
+def _stored(fields: dict[str, bytes]) -> dict[bytes, bytes]:
+    """What redis-py hands back for an entry: bytes names and values."""
+    return {k.encode(): v for k, v in fields.items()}
+
+
+@given(payload=json_values, key=st.none() | idem_keys, headers=header_maps,
+       attempt=st.integers(min_value=0, max_value=1000), error=st.none() | st.text())
+def test_stream_round_trip(payload: Any, key: str | None, headers: dict[str, str],
+                           attempt: int, error: str | None) -> None:
+    env = Envelope(encode_payload(payload), key, headers, attempt, error)
+    back = decode_fields(_stored(encode_fields(env)))
+    assert back.idempotency_key == key
+    assert dict(back.headers) == headers
+    assert back.attempt == attempt
+    assert back.error == (error.encode("utf-8", "replace").decode("utf-8", "replace")
+                          if error is not None else None)
+    assert parse_json(back.body) == payload
+
+
+@given(body=st.binary(max_size=300), key=st.none() | idem_keys, headers=header_maps,
+       priority=st.integers(min_value=0, max_value=9))
+def test_element_round_trip_with_binary_payloads(body: bytes, key: str | None,
+                                                 headers: dict[str, str], priority: int) -> None:
+    raw = encode_element(Envelope(body, key, headers), "m-1", priority)
+    msg_id, prio, env = decode_element(raw)
+    assert (msg_id, prio, env.body, env.idempotency_key, dict(env.headers)) == (
+        "m-1", priority, body, key, headers)
+
+
+@given(st.dictionaries(st.binary(max_size=8) | st.text(max_size=8),
+                       st.binary(max_size=64) | st.text(max_size=64), max_size=6))
+def test_arbitrary_field_maps_never_crash(fields: dict[Any, Any]) -> None:
+    try:
+        decode_fields(fields)
+    except DecodeError as exc:
+        assert exc.reason
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_elements_never_crash(raw: bytes) -> None:
+    try:
+        decode_element(raw)
+    except DecodeError as exc:
+        assert exc.reason
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_payloads_parse_or_fail_cleanly(raw: bytes) -> None:
+    try:
+        parse_json(raw)
+    except DecodeError as exc:
+        assert exc.reason
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({b"k": b"x"}, "missing payload field 'd'"),
+    ({b"d": b"1", b"x.id": b"1-0"}, "reserved dead-letter field"),
+    ({b"d": b"1", b"x.error": b"forged"}, "reserved dead-letter field"),
+    ({b"d": b"1", b"zzz": b"?"}, "unknown field"),
+    ({b"d": b"1", b"\xff\xfe": b"?"}, "field name is not UTF-8"),
+    ({b"d": b"1", b"a": b"-1"}, "field 'a'"),
+    ({b"d": b"1", b"a": b"1e3"}, "field 'a'"),
+    ({b"d": b"1", b"a": b"99999999999999999999"}, "field 'a'"),
+    ({b"d": b"1", b"h": b"[1,2]"}, "field 'h'"),
+    ({b"d": b"1", b"h": b'{"a": 1}'}, "field 'h'"),
+    ({b"d": b"1", b"h": b"{" * 100_000}, "field 'h'"),
+    ({b"d": b"1", b"k": b"\xff"}, "field 'k' is not valid UTF-8"),
+    ({b"d": b"1", b"k": b""}, "field 'k' is empty"),
+    ({b"d": b"1", b"k": b"x" * 10_000}, "field 'k' longer"),
+    ({b"d": b"x" * (MAX_PAYLOAD_BYTES + 1)}, "payload larger"),
+    ("not a mapping", "entry is not a field map"),
+    ({b"d": [1, 2]}, "field 'd' of type list"),
+])
+def test_hostile_fields(fields: Any, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_fields(fields)
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"\xff\xfe{}", "not valid UTF-8"),
+    (b"{not json", "not valid JSON"),
+    (b"NaN", "not valid JSON"),
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b"1" * 10_000, "not valid JSON"),  # above Python's int digit limit
+    (b"", "not valid JSON"),
+])
+def test_hostile_payloads(body: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        parse_json(body)
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b'{"d": "x"}', "message id"),
+    (b'{"i": "1", "d": "x", "b": "eA=="}', "exactly one"),
+    (b'{"i": "1", "b": "***"}', "base64"),
+    (b'{"i": "1", "d": "x", "x.id": "1"}', "reserved"),
+    (b'{"i": "1", "d": "x", "what": 1}', "unknown field"),
+    (b'{"i": "1", "d": "x", "a": "3"}', "field 'a'"),
+    (b'{"i": "1", "d": "x", "p": true}', "field 'p'"),
+    (b'{"i": "1", "d": 5}', "field 'd'"),
+    (b"[]", "not a JSON object"),
+    (b"\xff", "not a valid JSON envelope"),
+])
+def test_hostile_elements(raw: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_element(raw)
+    assert reason in info.value.reason
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=20)
+@given(size=st.integers(min_value=MAX_PAYLOAD_BYTES - 2, max_value=MAX_PAYLOAD_BYTES + 2))
+def test_payload_size_limit_is_exact(size: int) -> None:
+    fields = {b"d": b"0" * size}
+    if size <= MAX_PAYLOAD_BYTES:
+        assert len(decode_fields(fields).body) == size
+    else:
+        with pytest.raises(DecodeError):
+            decode_fields(fields)
+
+
+def test_encode_payload_rules() -> None:
+    assert encode_payload(b"\x00raw") == b"\x00raw"
+    assert encode_payload("hi") == b'"hi"'
+    assert encode_payload({"é": 1}) == '{"é":1}'.encode()
+    with pytest.raises(ValueError, match="JSON"):
+        encode_payload(float("nan"))
+    with pytest.raises(ValueError, match="JSON"):
+        encode_payload(object())
+
+
+def test_producer_side_checks() -> None:
+    assert check_idempotency_key("order-1") == "order-1"
+    for bad in ("", "a\nb", "x" * 600, "\x7f", "\ud800"):
+        with pytest.raises(ValueError):
+            check_idempotency_key(bad)
+    assert check_headers({"a": "b"}) == {"a": "b"}
+    for bad_headers in ({"a": 1}, {i: "x" for i in range(1)}, {str(i): "" for i in range(65)}):
+        with pytest.raises(ValueError):
+            check_headers(bad_headers)  # type: ignore[arg-type]
+
+
+def test_schema() -> None:
+    schema = PayloadSchema(json.dumps({"type": "object", "required": ["n"],
+                                       "properties": {"n": {"type": "integer"},
+                                                      "tags": {"type": "array",
+                                                               "items": {"type": "string"}}}}))
+    schema.validate({"n": 1, "tags": ["a"]})
+    with pytest.raises(SchemaValidationError) as info:
+        schema.validate({"n": 1, "tags": ["a", 2]})
+    assert info.value.path == "$.tags[1]"
+    with pytest.raises(SchemaValidationError, match="'n' is a required property"):
+        schema.validate({})
+    with pytest.raises(ConfigError):
+        PayloadSchema('{"type": 12}')
+    with pytest.raises(ConfigError):
+        PayloadSchema("{nope")

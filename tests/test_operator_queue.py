@@ -1,0 +1,201 @@
+"""AgentQueue end to end: the real operator against a real apiserver and redis-server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from .operator_fixtures import condition, get_obj, wait_for, wait_reason, wait_ready
+
+pytestmark = pytest.mark.k8s
+
+
+def apply(kubectl: Any, namespace: str, manifest: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+
+
+def queue(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "agentqueue.io/v1alpha1", "kind": "AgentQueue",
+            "metadata": {"name": name}, "spec": spec}
+
+
+def secret_values(kubectl: Any, namespace: str, name: str) -> dict[str, str]:
+    obj = get_obj(kubectl, "secret", name, namespace)
+    assert obj is not None, f"Secret {name} missing"
+    return {k: base64.b64decode(v).decode() for k, v in obj["data"].items()}
+
+
+def client_for(creds: dict[str, str]) -> redis.Redis:
+    return redis.Redis.from_url(creds["REDIS_URL"], username=creds["REDIS_USERNAME"],
+                                password=creds["REDIS_PASSWORD"], decode_responses=True)
+
+
+def admin(server: Any) -> redis.Redis:
+    return redis.Redis.from_url(server.url, username=server.admin_username,
+                                password=server.admin_password, decode_responses=True)
+
+
+ACCESS = {"producers": [{"name": "intake"}], "consumers": [{"name": "worker"}],
+          "observers": [{"name": "dash"}]}
+
+
+def test_create_update_and_status(operator: Any, kubectl: Any, namespace: str,
+                                  operator_redis: Any) -> None:
+    t0 = time.monotonic()
+    apply(kubectl, namespace, queue("billing", partitions=2, access=ACCESS))
+    obj = wait_ready(kubectl, "agentqueues", "billing", namespace)
+    ready_s = time.monotonic() - t0
+    print(f"AgentQueue Ready after {ready_s:.2f}s")
+    st = obj["status"]
+    assert st["type"] == "Stream"
+    assert [p["index"] for p in st["partitions"]] == [0, 1]
+    assert st["length"] == 0
+    assert {u["role"] for u in st["users"]} == {"producer", "consumer", "observer"}
+    r = admin(operator_redis)
+    for p in (0, 1):
+        assert r.type(f"aq:{{{namespace}/billing/{p}}}:q") == "stream"
+        assert r.hget(f"aq:{{{namespace}/billing/{p}}}:meta", "maxDeliveries") == "5"
+    creds = secret_values(kubectl, namespace, "billing.intake")
+    assert creds["AQ_QUEUE"] == "billing" and creds["AQ_ROLE"] == "producer"
+    assert "REDIS_PASSWORD" in creds and creds["REDIS_PASSWORD"] not in creds["REDIS_URL"]
+    prod = client_for(creds)
+    assert prod.ping()
+    secret = get_obj(kubectl, "secret", "billing.intake", namespace)
+    assert secret is not None
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "AgentQueue"
+
+    # Update: a new consumer, more partitions, new retry settings.
+    spec = {"partitions": 3, "access": {**ACCESS, "consumers": [{"name": "worker"},
+                                                                 {"name": "second"}]},
+            "delivery": {"maxDeliveries": 7, "retry": {"initialDelay": "2s"}}}
+    apply(kubectl, namespace, queue("billing", **spec))
+    obj = wait_ready(kubectl, "agentqueues", "billing", namespace)
+    assert len(obj["status"]["partitions"]) == 3
+    assert r.type(f"aq:{{{namespace}/billing/2}}:q") == "stream"
+    assert r.hget(f"aq:{{{namespace}/billing/0}}:meta", "maxDeliveries") == "7"
+    assert r.hget(f"aq:{{{namespace}/billing/0}}:meta", "retryInitialMs") == "2000"
+    assert client_for(secret_values(kubectl, namespace, "billing.second")).ping()
+
+    # Remove the observer: its user and Secret go.
+    apply(kubectl, namespace, queue("billing", **{**spec, "access": {
+        "producers": ACCESS["producers"], "consumers": spec["access"]["consumers"]}}))
+    wait_for(lambda: get_obj(kubectl, "secret", "billing.dash", namespace) is None,
+             what="observer Secret removed")
+    assert r.acl_getuser(f"aq.{namespace}.billing.dash") is None
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_delete_policies(policy: str, operator: Any, kubectl: Any, namespace: str,
+                         operator_redis: Any) -> None:
+    apply(kubectl, namespace, queue("gone", deletionPolicy=policy, access=ACCESS))
+    wait_ready(kubectl, "agentqueues", "gone", namespace)
+    r = admin(operator_redis)
+    key = f"aq:{{{namespace}/gone/0}}:q"
+    r.xadd(key, {"d": "x"})
+    kubectl("delete", "agentqueues", "gone", "-n", namespace, "--wait=true", "--timeout=30s")
+    assert r.acl_getuser(f"aq.{namespace}.gone.intake") is None
+    if policy == "Retain":
+        assert r.xlen(key) == 1
+    else:
+        assert r.exists(key) == 0
+        assert not list(r.scan_iter(match=f"aq:{{{namespace}/gone/*"))
+
+
+def test_drift_is_repaired(operator: Any, kubectl: Any, namespace: str,
+                           operator_redis: Any) -> None:
+    apply(kubectl, namespace, queue("drift", access=ACCESS))
+    wait_ready(kubectl, "agentqueues", "drift", namespace)
+    r = admin(operator_redis)
+    key = f"aq:{{{namespace}/drift/0}}:q"
+    user = f"aq.{namespace}.drift.worker"
+    r.delete(key, f"aq:{{{namespace}/drift/0}}:meta")
+    r.acl_deluser(user)
+    t0 = time.monotonic()
+    wait_for(lambda: r.exists(key) and r.acl_getuser(user), timeout=20, what="repair")
+    print(f"drift repaired after {time.monotonic() - t0:.2f}s")
+    creds = secret_values(kubectl, namespace, "drift.worker")
+    assert client_for(creds).ping()  # the old Secret still works
+    obj = wait_for(lambda: (get_obj(kubectl, "agentqueues", "drift", namespace) or {})
+                   .get("status", {}).get("lastRepair") and
+                   get_obj(kubectl, "agentqueues", "drift", namespace), what="lastRepair")
+    assert "ACL user" in obj["status"]["lastRepairDetail"] or key in obj["status"][
+        "lastRepairDetail"]
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "DriftRepaired" in events
+
+
+def test_missing_admin_secret_and_bad_schema(operator: Any, kubectl: Any,
+                                             namespace: str) -> None:
+    apply(kubectl, namespace, queue("nosecret", redis={"secretRef": {"name": "absent"}}))
+    obj = wait_reason(kubectl, "agentqueues", "nosecret", namespace, "RedisSecretMissing")
+    assert "absent" in (condition(obj) or {})["message"]
+    apply(kubectl, namespace, queue("badschema", schema={"type": "objekt"}))
+    obj = wait_reason(kubectl, "agentqueues", "badschema", namespace, "InvalidSchema")
+    assert "spec.schema" in (condition(obj) or {})["message"]
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "InvalidSchema" in events and "RedisSecretMissing" in events
+
+
+def test_redis_unreachable_is_reported(operator: Any, kubectl: Any, namespace: str) -> None:
+    from .operator_fixtures import free_port
+    url = f"redis://127.0.0.1:{free_port()}"
+    kubectl("create", "secret", "generic", "deadredis", "-n", namespace,
+            f"--from-literal=url={url}")
+    apply(kubectl, namespace, queue("dead", redis={"secretRef": {"name": "deadredis"}}))
+    obj = wait_reason(kubectl, "agentqueues", "dead", namespace, "RedisUnavailable")
+    assert (condition(obj) or {})["status"] == "False"
+    # The operator keeps serving other queues meanwhile.
+    apply(kubectl, namespace, queue("alive"))
+    wait_ready(kubectl, "agentqueues", "alive", namespace)
+
+
+def test_rotation_keeps_old_password_for_grace(operator: Any, kubectl: Any, namespace: str,
+                                               operator_redis: Any) -> None:
+    apply(kubectl, namespace, queue("rot", access=ACCESS,
+                                    credentials={"gracePeriod": "3s"}))
+    wait_ready(kubectl, "agentqueues", "rot", namespace)
+    old = secret_values(kubectl, namespace, "rot.intake")
+    old_client = client_for(old)
+    assert old_client.ping()
+    kubectl("annotate", "agentqueues", "rot", "-n", namespace,
+            "agentqueue.io/rotate-credentials=r1", "--overwrite")
+    new = wait_for(lambda: (v := secret_values(kubectl, namespace, "rot.intake"))[
+        "REDIS_PASSWORD"] != old["REDIS_PASSWORD"] and v, what="rotated Secret")
+    failures = 0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # old and new both work during the grace period
+        try:
+            old_client.ping()
+            client_for(old).ping()
+        except redis.AuthenticationError:
+            failures += 1
+        time.sleep(0.05)
+    assert failures == 0
+    assert client_for(new).ping()
+
+    def old_rejected() -> bool:
+        try:
+            client_for(old).ping()
+        except redis.AuthenticationError:
+            return True
+        return False
+    wait_for(old_rejected, timeout=20, what="old password removed after grace")
+    assert client_for(new).ping()
+
+
+def test_no_secret_in_logs_events_status(operator: Any, kubectl: Any, namespace: str) -> None:
+    apply(kubectl, namespace, queue("leak", access=ACCESS))
+    obj = wait_ready(kubectl, "agentqueues", "leak", namespace)
+    passwords = [secret_values(kubectl, namespace, f"leak.{n}")["REDIS_PASSWORD"]
+                 for n in ("intake", "worker", "dash")]
+    events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    log = operator.log_text()
+    for pw in passwords + [operator.env["AGENTQUEUE_REDIS_PASSWORD"]]:
+        assert pw not in log
+        assert pw not in events
+        assert pw not in json.dumps(obj)
