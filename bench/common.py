@@ -96,6 +96,8 @@ def fmt_ms(seconds: float) -> str:
     ms = seconds * 1000.0
     if ms >= 10_000:
         return f"{seconds:.1f} s"
+    if ms >= 1000:
+        return f"{seconds:.2f} s"
     if ms >= 100:
         return f"{ms:.0f} ms"
     if ms >= 1:

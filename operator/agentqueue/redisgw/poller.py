@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aredis
@@ -197,9 +197,9 @@ class GroupTarget:
         return partition_keys(self.namespace, self.queue, self.partitions)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GroupState:
-    """One group on one partition, as observed."""
+    """One group on one partition, as observed (`lag` filled in by `LagPoller.assess`)."""
 
     name: str
     consumers: int
@@ -213,7 +213,7 @@ class GroupState:
     lag_source: LagSource = LagSource.REPORTED
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PartitionState:
     keys: PartitionKeys
     exists: bool
@@ -337,7 +337,8 @@ class LagPoller:
         self._calibrations: dict[tuple[str, str], tuple[Calibration, float]] = {}
 
     async def assess(self, client: Any, parts: list[PartitionState]) -> list[PartitionState]:
-        """Fill in each group's effective lag, counting where the report is in doubt."""
+        """Fill in each group's effective lag (in place), counting where the report is
+        in doubt. Returns `parts`."""
         now = time.monotonic()
         results: dict[tuple[int, str], LagAssessment] = {}
         to_count: list[tuple[int, str]] = []
@@ -357,7 +358,10 @@ class LagPoller:
             info = parts[i].lag_info(parts[i].groups[name])
             results[(i, name)] = lag_from_count(info, found.get((i, name)))
         self._remember(parts, results, now)
-        return [_with_lags(i, part, results) for i, part in enumerate(parts)]
+        for (i, name), a in results.items():
+            g = parts[i].groups[name]
+            g.lag, g.lag_source = a.lag or 0, a.source
+        return parts
 
     def _remember(self, parts: list[PartitionState],
                   results: dict[tuple[int, str], LagAssessment], now: float) -> None:
@@ -383,15 +387,6 @@ class LagPoller:
         parts = await self.assess(client, parts)
         by_keys = {p.keys: p for p in parts}
         return [_figures(t, [by_keys[pk] for pk in t.partition_keys()]) for t in targets]
-
-
-def _with_lags(i: int, part: PartitionState,
-               results: dict[tuple[int, str], LagAssessment]) -> PartitionState:
-    groups = {}
-    for name, g in part.groups.items():
-        a = results[(i, name)]
-        groups[name] = replace(g, lag=a.lag or 0, lag_source=a.source)
-    return replace(part, groups=groups)
 
 
 def _figures(target: GroupTarget, parts: list[PartitionState]) -> GroupFigures:
