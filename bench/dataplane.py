@@ -22,7 +22,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,7 +273,8 @@ def fill(server: BenchRedis, n: int) -> None:
         for lo in range(0, n, 1000):
             pipe = c.pipeline(transaction=False)
             for i in range(lo, min(n, lo + 1000)):
-                pipe.xadd(key, encode_fields(Envelope(body=encode_payload(payload(i)))))
+                fields: dict[Any, Any] = encode_fields(Envelope(body=encode_payload(payload(i))))
+                pipe.xadd(key, fields)
             pipe.execute()
     finally:
         c.close()
@@ -290,8 +291,9 @@ def measure(server: BenchRedis, repeat: int, setup: Callable[[], None],
     return median(rates)
 
 
-def arun(factory: Callable[[], Awaitable[float]]) -> Callable[[], float]:
-    return lambda: asyncio.run(factory())  # type: ignore[arg-type]
+def arun(fn: Callable[..., Coroutine[Any, Any, float]], *args: Any) -> Callable[[], float]:
+    """A callable running ``fn(*args)`` in a fresh event loop."""
+    return lambda: asyncio.run(fn(*args))
 
 
 def sdk_available() -> str | None:
@@ -337,14 +339,14 @@ def run(quick: bool) -> list[Row]:
         for case, n, batch, idem in produce_cases:
             log(f"dataplane: {case}, {n} messages")
             raw = measure(server, s.repeat, reset_,
-                          arun(lambda n=n, b=batch, i=idem: raw_produce(server, n, b, i)),
+                          arun(raw_produce, server, n, batch, idem),
                           length(n))
             goal = "SDK ≥ 60% of raw"
             if missing_sdk:
                 rows.append(skipped(NAME, f"SDK {case}", missing_sdk, goal))
                 continue
             sdk = measure(server, s.repeat, reset_,
-                          arun(lambda n=n, b=batch, i=idem: sdk_produce(server, n, b, i)),
+                          arun(sdk_produce, server, n, batch, idem),
                           length(n))
             sdk_rates[case] = sdk
             rows.append(Row(NAME, f"SDK {case} vs raw redis.asyncio, same commands",
@@ -354,13 +356,13 @@ def run(quick: bool) -> list[Row]:
         case = f"consume+ack (batches of {BATCH})"
         log(f"dataplane: {case}, {s.consume} messages")
         raw = measure(server, s.repeat, filled(s.consume),
-                      arun(lambda: raw_consume(server, s.consume)), all_acked)
+                      arun(raw_consume, server, s.consume), all_acked)
         sdk_consume_rate: float | None = None
         if missing_sdk:
             rows.append(skipped(NAME, f"SDK {case}", missing_sdk, "SDK ≥ 60% of raw"))
         else:
             sdk_consume_rate = measure(server, s.repeat, filled(s.consume),
-                                       arun(lambda: sdk_consume(server, s.consume)),
+                                       arun(sdk_consume, server, s.consume),
                                        all_acked)
             rows.append(Row(NAME, f"SDK {case} vs raw redis.asyncio, same commands",
                             fmt_rate(sdk_consume_rate), fmt_rate(raw),

@@ -18,7 +18,7 @@ import asyncio
 import random
 import string
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from . import dataplane
@@ -44,12 +44,12 @@ def used_memory(server: BenchRedis) -> int:
         c.close()
 
 
-def per_message(server: BenchRedis, n: int, write: Callable[[], Awaitable[None]],
+def per_message(server: BenchRedis, n: int, write: Callable[[], Coroutine[Any, Any, None]],
                 setup: Callable[[], None]) -> float:
     server.flush()
     setup()
     before = used_memory(server)
-    asyncio.run(write())  # type: ignore[arg-type]
+    asyncio.run(write())
     return (used_memory(server) - before) / n
 
 

@@ -20,10 +20,15 @@ Quick mode: 3 single trials, 10 queues at once, 10 groups, a 3 s idle window.
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .common import (
@@ -53,12 +58,14 @@ class Plan:
     batches: tuple[int, ...]
     groups: int
     settle_s: float
+    queue_window_s: float
     idle_window_s: float
 
 
-QUICK = Plan(single_trials=3, batches=(10,), groups=10, settle_s=2.0, idle_window_s=3.0)
+QUICK = Plan(single_trials=3, batches=(10,), groups=10, settle_s=2.0, queue_window_s=2.0,
+             idle_window_s=3.0)
 FULL = Plan(single_trials=30, batches=(100, 1000), groups=1000, settle_s=40.0,
-            idle_window_s=60.0)
+            queue_window_s=30.0, idle_window_s=60.0)
 
 
 def queue_body(name: str) -> dict[str, Any]:
@@ -118,27 +125,83 @@ def batch(stack: LocalStack, n: int, timeout: float) -> tuple[list[float], float
     return latencies, all_ready, created, ns
 
 
-def idle_cost(stack: LocalStack, ns: str, queues: int, plan: Plan,
-              timeout: float) -> tuple[float, int, float]:
-    """Groups on the first ``plan.groups`` queues of ``ns``; → (cpu share, rss, groups
-    Ready after s)."""
-    names = {f"g-{i:04d}" for i in range(min(plan.groups, queues))}
+def create_groups(stack: LocalStack, ns: str, count: int, timeout: float) -> float:
+    """A ConsumerGroup on each of the first ``count`` queues; → seconds until all Ready."""
+    names = {f"g-{i:04d}" for i in range(count)}
     with ReadyWatch(stack, "consumergroups", ns) as watch:
         t0 = time.monotonic()
         create_all(stack, "consumergroups", ns,
-                   [group_body(f"g-{i:04d}", f"q-{i:04d}") for i in range(len(names))])
+                   [group_body(f"g-{i:04d}", f"q-{i:04d}") for i in range(count)])
         watch.wait(names, timeout, stack.check_operator)
-        groups_ready = time.monotonic() - t0
-    log(f"reconcile: {len(names)} groups Ready after {groups_ready:.1f}s; settling "
-        f"{plan.settle_s:.0f}s")
-    time.sleep(plan.settle_s)
+        return time.monotonic() - t0
+
+
+def idle(stack: LocalStack, settle_s: float, window_s: float, label: str) -> tuple[float, int]:
+    """Operator CPU share (of one core) over ``window_s`` after ``settle_s``, and RSS.
+
+    With AQ_BENCH_PROFILE_DIR set (and py-spy installed) the window is also sampled by
+    py-spy; the collapsed stacks land in that directory and the top frames in the log.
+    """
+    time.sleep(settle_s)
     stack.check_operator()
     pid = stack.operator_pid
+    profiler = start_profiler(pid, window_s, label)
     cpu0, t_start = proc_cpu_seconds(pid), time.monotonic()
-    time.sleep(plan.idle_window_s)
+    time.sleep(window_s)
     cpu1, t_end = proc_cpu_seconds(pid), time.monotonic()
     stack.check_operator()
-    return (cpu1 - cpu0) / (t_end - t_start), proc_rss_bytes(pid), groups_ready
+    if profiler is not None:
+        finish_profiler(*profiler)
+    return (cpu1 - cpu0) / (t_end - t_start), proc_rss_bytes(pid)
+
+
+def start_profiler(pid: int, seconds: float,
+                   label: str) -> tuple[subprocess.Popen[bytes], Path] | None:
+    out_dir = os.environ.get("AQ_BENCH_PROFILE_DIR")
+    pyspy = shutil.which("py-spy")
+    if not out_dir or not pyspy:
+        return None
+    path = Path(out_dir) / f"operator-{label}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([pyspy, "record", "--pid", str(pid), "--duration",
+                             str(int(seconds)), "--rate", "100", "--format", "raw",
+                             "--nonblocking", "--output", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc, path
+
+
+def finish_profiler(proc: subprocess.Popen[bytes], path: Path) -> None:
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if not path.exists():
+        log(f"reconcile: py-spy wrote no profile to {path}")
+        return
+    log(f"reconcile: py-spy profile in {path}; frames by share of samples:")
+    for line in summarize_profile(path):
+        log("  " + line)
+
+
+def summarize_profile(path: Path, top: int = 25) -> list[str]:
+    """Share of samples in which each function appears (inclusive), from py-spy's
+    collapsed stacks (``frame;frame;... count`` per line)."""
+    total = 0
+    inclusive: Counter[str] = Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = {f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
+                  for f in stack.split(";")}
+        for frame in frames:
+            inclusive[frame] += n
+    if not total:
+        return []
+    return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
 
 
 def run(quick: bool) -> list[Row]:
@@ -172,13 +235,20 @@ def run(quick: bool) -> list[Row]:
                             fmt_s(all_ready), "", "", goal,
                             met(all_ready < ALL_READY_GOAL) if goal else ""))
 
-        log(f"reconcile: {min(plan.groups, last_n)} consumer groups, then idle")
-        cpu, rss, groups_ready = idle_cost(stack, last_ns, last_n, plan,
-                                           timeout=max(120.0, 0.5 * plan.groups))
         total_queues = 1 + plan.single_trials + sum(plan.batches)
+        log(f"reconcile: idle with {total_queues} queues")
+        cpu_q, rss_q = idle(stack, plan.settle_s / 4, plan.queue_window_s, "queues-only")
+        rows.append(Row(NAME, f"operator idle CPU / RSS ({total_queues:,} queues, no groups, "
+                        f"{plan.queue_window_s:.0f} s window)",
+                        f"{cpu_q * 100:.1f}% / {rss_q / 1e6:.0f} MB", "", "", "", ""))
+
         groups = min(plan.groups, last_n)
-        rows.append(Row(NAME, f"{groups:,} groups at once: all Ready", fmt_s(groups_ready),
-                        "", "", "", ""))
+        log(f"reconcile: {groups} consumer groups at once")
+        groups_ready = create_groups(stack, last_ns, groups, timeout=max(120.0, 0.5 * groups))
+        rows.append(Row(NAME, f"{groups:,} groups at once: first create → all Ready",
+                        fmt_s(groups_ready), "", "", "", ""))
+        log(f"reconcile: groups Ready after {groups_ready:.1f}s; settling {plan.settle_s:.0f}s")
+        cpu, rss = idle(stack, plan.settle_s, plan.idle_window_s, "queues-and-groups")
         what = f"{total_queues:,} queues + {groups:,} groups"
         rows.append(Row(NAME, f"operator idle CPU ({what}, {plan.idle_window_s:.0f} s window)",
                         f"{cpu * 100:.1f}% of a core", "", "", "< 5%", met(cpu < CPU_GOAL)))

@@ -90,7 +90,7 @@ class Scaling:
     def setup(self, poll: str) -> None:
         stack = self.stack
         stack.create_namespace(NS)
-        self.apps.create_namespaced_deployment(NS, deployment(DEPLOY))
+        self.apps.create_namespaced_deployment(NS, deployment(DEPLOY))  # type: ignore[arg-type]
         stack.create("agentqueues", NS, {"apiVersion": API_VERSION, "kind": "AgentQueue",
                                          "metadata": {"name": QUEUE},
                                          "spec": {"type": "Stream", "partitions": 1}})
@@ -110,7 +110,7 @@ class Scaling:
 
     def replicas(self) -> int:
         scale = self.apps.read_namespaced_deployment_scale(DEPLOY, NS)
-        return int(scale.spec.replicas or 0)
+        return int(scale.spec.replicas or 0) if scale.spec is not None else 0
 
     def wait_replicas(self, pred: Any, timeout: float) -> float:
         deadline = time.monotonic() + timeout

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from .common import ROOT, MissingPrerequisite, log
 
@@ -170,9 +170,9 @@ class LocalStack:
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         from kubernetes import client
 
-        obj: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+        obj = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
             GROUP, VERSION, namespace, plural, name)
-        return obj
+        return cast(dict[str, Any], obj)
 
     def wait_ready(self, plural: str, namespace: str, name: str, timeout: float) -> float:
         """Poll until Ready (10 ms apart); returns when it saw it (monotonic)."""

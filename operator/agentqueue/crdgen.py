@@ -47,7 +47,7 @@ class Kind:
     short: str
     spec: type[BaseModel]
     status: type[BaseModel]
-    spec_rules: list[dict[str, str]]
+    spec_rules: list[Any]
     columns: list[dict[str, Any]] = field(default_factory=list)
     description: str = ""
 

@@ -120,7 +120,7 @@ class KubeGateway:
             await self._call(self.core.create_namespaced_secret, namespace, body)
         else:
             # Replace, not patch: keys the operator no longer writes must go.
-            body["data"] = None
+            body["data"] = {}
             await self._call(self.core.replace_namespaced_secret, name, namespace, body)
         return True
 

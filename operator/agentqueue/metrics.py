@@ -93,9 +93,9 @@ class _SnapshotCollector(Collector):
             "desired_replicas": GaugeMetricFamily(f"{NS}_group_replicas_desired",
                                                   "Replicas wanted.", labels=glabels),
         }
-        reclaimed = CounterMetricFamily(f"{NS}_group_reclaimed",
-                                        "Entries reclaimed after the visibility timeout.",
-                                        labels=glabels)
+        reclaimed = GaugeMetricFamily(f"{NS}_group_expired_pending",
+                                      "Entries past the visibility timeout at the last sweep.",
+                                      labels=glabels)
         dead = CounterMetricFamily(f"{NS}_group_dead_lettered",
                                    "Entries moved to the dead-letter queue.", labels=glabels)
         for (ns, group), g in sorted(self.m.groups.items()):

@@ -576,8 +576,7 @@ class Consumer:
             slots.release()
 
         try:
-            while True:
-                await slots.acquire()
+            while await self._acquire_unless_stopped(slots):
                 msg = await self.next_message()
                 if msg is None:
                     slots.release()
@@ -598,6 +597,24 @@ class Consumer:
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.close()
+
+    async def _acquire_unless_stopped(self, slots: asyncio.Semaphore) -> bool:
+        """Wait for a free handler slot; False (and no slot taken) once stopped."""
+        acquire = asyncio.ensure_future(slots.acquire())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if acquire.done():
+            if not self.stopping:
+                return True
+            slots.release()
+            return False
+        acquire.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquire
+        if acquire.done() and not acquire.cancelled():
+            slots.release()
+        return False
 
     async def _handle(self, fn: Handler, msg: Message) -> None:
         try:

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from .. import GROUP, VERSION, reasons
+from ..conditions import set_condition
 from ..runtime import Runtime
 from ..services import retention as svc
 from .report import ready_status, run_reconcile, write_status
@@ -33,8 +34,13 @@ async def _run_once(rt: Runtime, plain: dict[str, Any], raise_errors: bool) -> N
         msg = (f"applies to {len(outcome.status['matchedQueues'])} queue(s)"
                + (f"; {len(outcome.status['conflicts'])} conflict(s)"
                   if outcome.status["conflicts"] else ""))
-        await write_status(rt, PLURAL, plain,
-                           ready_status(plain, True, reasons.ACTIVE, msg, outcome.status))
+        status = ready_status(plain, True, reasons.ACTIVE, msg, outcome.status)
+        conflicts = outcome.status["conflicts"]
+        status["conditions"] = set_condition(
+            status["conditions"], reasons.POLICY_CONFLICT, bool(conflicts),
+            reasons.POLICY_CONFLICT if conflicts else reasons.NO_CONFLICT, "; ".join(conflicts),
+            meta.get("generation"))
+        await write_status(rt, PLURAL, plain, status)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

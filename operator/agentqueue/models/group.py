@@ -104,7 +104,8 @@ class ConsumerGroupStatus(CommonStatus):
                                         description="When the target was last scaled.")
     last_active_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
                                          description="Last time work was waiting (cooldown).")
-    reclaimed: int = Field(default=0, description="Entries reclaimed after the visibility timeout.")
+    reclaimed: int = Field(default=0, description="Entries past the visibility timeout at the "
+                           "last sweep, handed back for another consumer to claim.")
     dead_lettered: int = Field(default=0, description="Entries moved to the dead-letter queue.")
     paused_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
                                   description="When the group was paused.")

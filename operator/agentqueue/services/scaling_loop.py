@@ -74,7 +74,6 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
                                                  reasons.FALLBACK):
         raise Waiting(reasons.RECONCILING, "group not reconciled yet", 1.0)
     if not state.loaded:
-        state.reclaimed = int(status.get("reclaimed") or 0)
         state.dead_lettered = int(status.get("deadLettered") or 0)
         state.last_active = _parse_time(status.get("lastActiveTime"))
         state.loaded = True
@@ -107,7 +106,9 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         res = await redis_groups.reclaim(
             client, ctx.partitions, ctx.group,
             int(parse_duration(spec.visibility_timeout) * 1000), ctx.max_deliveries)
-        state.reclaimed += res.reclaimed
+        # A gauge: entries past the timeout at this sweep, left for consumers to claim
+        # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
+        state.reclaimed = res.reclaimed
         state.dead_lettered += res.dead_lettered
         if res.dead_lettered:
             events.warn(body, reason=reasons.DEAD_LETTERED,

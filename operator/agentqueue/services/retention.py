@@ -1,0 +1,149 @@
+"""RetentionPolicy reconciler: find the queues a policy governs, trim them, report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .. import events, keys, reasons
+from ..conditions import get_condition, now_iso, set_condition
+from ..kube import KubeNotFound
+from ..metrics import QueueFigures
+from ..models import AgentQueueSpec, RetentionPolicySpec, parse_duration
+from ..planning.retention import RetentionSettings, effective_policy
+from ..redisgw.errors import RedisError
+from ..redisgw.retention import RetentionResult, adjust_idempotency_ttl, apply_retention
+from ..runtime import Runtime
+from .errors import SpecProblem
+
+MIN_INTERVAL_S = 1.0
+
+
+@dataclass
+class PolicyOutcome:
+    status: dict[str, Any]
+
+
+def interval_of(body: dict[str, Any]) -> float:
+    raw = (body.get("spec") or {}).get("interval") or "30s"
+    try:
+        return max(MIN_INTERVAL_S, parse_duration(raw))
+    except ValueError:
+        return 30.0
+
+
+def parse_spec(raw: dict[str, Any]) -> RetentionPolicySpec:
+    try:
+        return RetentionPolicySpec.from_wire(raw)
+    except ValidationError as exc:
+        msg = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                        for e in exc.errors()[:5])
+        raise SpecProblem(reasons.INVALID_SPEC, msg, retry_after=None) from None
+
+
+def blocked_condition(result: RetentionResult, policy: str) -> tuple[bool, str, str]:
+    """(blocked, reason, message) for the queue's RetentionBlockedByLag condition. Pure."""
+    blocked = sorted(set(result.blocked_by))
+    if result.protected and blocked:
+        return (True, reasons.PROTECTED,
+                f"RetentionPolicy {policy!r} keeps {result.protected} entries over its limit "
+                f"because consumer group(s) {', '.join(blocked)} have not acknowledged them")
+    return False, reasons.NOT_BLOCKED, f"RetentionPolicy {policy!r} trims as specified"
+
+
+async def _report_on_queue(rt: Runtime, queue: dict[str, Any], policy: str,
+                           result: RetentionResult | None) -> None:
+    meta = queue["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    async with rt.locked("AgentQueue", ns, name):
+        fresh = await rt.kube.get_object("agentqueues", ns, name)
+        if fresh is None:
+            return
+        status = fresh.get("status") or {}
+        conditions = status.get("conditions")
+        patch: dict[str, Any] = {"retentionPolicy": policy}
+        if result is not None:
+            blocked, reason, message = blocked_condition(result, policy)
+            before = get_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG)
+            conditions = set_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG, blocked,
+                                       reason, message, meta.get("generation"))
+            patch["conditions"] = conditions
+            if blocked and (before is None or before.get("status") != "True"):
+                events.warn(fresh, reasons.RETENTION_BLOCKED_BY_LAG, message)
+        if status.get("retentionPolicy") == policy and "conditions" not in patch:
+            return
+        try:
+            await rt.kube.patch_status("agentqueues", ns, name, patch)
+        except KubeNotFound:
+            return
+
+
+async def apply_policy(rt: Runtime, body: dict[str, Any]) -> PolicyOutcome:
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = parse_spec(body.get("spec") or {})
+    settings = RetentionSettings.from_spec(spec)
+    previous = body.get("status") or {}
+    queues = await rt.kube.list_objects("agentqueues", ns)
+    policies = await rt.kube.list_objects("retentionpolicies", ns)
+    refs = [(p["metadata"]["name"], p["metadata"].get("creationTimestamp", ""),
+             (p.get("spec") or {}).get("selector")) for p in policies]
+    matched: list[str] = []
+    conflicts: list[str] = []
+    trimmed = protected = dropped = 0
+    failures: list[RedisError] = []
+    for queue in sorted(queues, key=lambda q: q["metadata"]["name"]):
+        qname = queue["metadata"]["name"]
+        try:
+            qspec = AgentQueueSpec.from_wire(queue.get("spec") or {})
+        except ValidationError:
+            continue  # the queue reports its own spec problem
+        explicit = qspec.retention_policy_ref.name if qspec.retention_policy_ref else None
+        winner, others = effective_policy(queue["metadata"].get("labels") or {}, explicit, refs)
+        if winner != name and name not in others:
+            continue
+        if winner != name:
+            conflicts.append(f"{qname}: governed by {winner}")
+            continue
+        if others:
+            conflicts.append(f"{qname}: also selected by {', '.join(others)}")
+        matched.append(qname)
+        if qspec.type != "Stream":
+            continue  # Lists and channels have no stream to trim
+        secret_ref = qspec.redis.secret_ref.name if qspec.redis else None
+        target = await rt.target_for(ns, secret_ref)
+        try:
+            client = await rt.redis.get(target)
+            parts = keys.partition_keys(ns, qname, qspec.partitions)
+            result = await apply_retention(client, parts, settings)
+            if settings.idempotency_ttl_ms:
+                await adjust_idempotency_ttl(client, ns, qname, settings.idempotency_ttl_ms)
+        except RedisError as exc:
+            failures.append(exc)
+            continue
+        trimmed += result.trimmed + result.dead_letter_trimmed
+        protected += result.protected
+        dropped += result.dropped_undelivered
+        figures = rt.metrics.queues.setdefault((ns, qname), QueueFigures())
+        figures.trimmed_total += result.trimmed + result.dead_letter_trimmed
+        figures.dropped_undelivered_total += result.dropped_undelivered
+        await _report_on_queue(rt, queue, name, result)
+    if failures:
+        raise failures[0]
+    if trimmed:
+        events.info(body, reasons.TRIMMED, f"trimmed {trimmed} entries from "
+                    f"{len(matched)} queue(s)")
+    status = {
+        "matchedQueues": matched,
+        "lastRun": now_iso(),
+        "trimmedTotal": int(previous.get("trimmedTotal") or 0) + trimmed,
+        "protectedTotal": protected,
+        "droppedUndeliveredTotal": int(previous.get("droppedUndeliveredTotal") or 0) + dropped,
+        "conflicts": conflicts,
+    }
+    if conflicts and conflicts != previous.get("conflicts"):
+        events.warn(body, reasons.POLICY_CONFLICT, "; ".join(conflicts))
+
+    return PolicyOutcome(status)
