@@ -20,6 +20,7 @@ lint:
 	$(VENV)/ruff check operator tests bench
 	$(VENV)/mypy
 	$(VENV)/agentqueue crds --check
+	./scripts/chart-crds.sh --check
 
 test: bootstrap lint
 	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600
@@ -32,10 +33,16 @@ bench: bootstrap
 
 crds:
 	$(VENV)/agentqueue crds
+	./scripts/chart-crds.sh
 
 # --- kind, for users with Docker (not used by our own suite) -------------------------
+# make kind-up image kind-load deploy e2e    (what .github/workflows/kind-e2e.yml runs)
+RELEASE_NAMESPACE ?= agentqueue-system
+E2E_NAMESPACE ?= agentqueue-e2e
+CHART := charts/agentqueue-operator
+
 kind-up:
-	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml
+	kind create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --wait 120s
 
 image:
 	docker build -t $(IMAGE) .
@@ -43,11 +50,25 @@ image:
 kind-load:
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
 
+# CRDs first, server-side (the documented upgrade path: Helm never upgrades crds/), then a
+# throwaway Redis and the chart pointing at it.
 deploy:
-	helm upgrade --install agentqueue charts/agentqueue-operator -n agentqueue-system \
-	  --create-namespace --set image.repository=$(firstword $(subst :, ,$(IMAGE))) \
-	  --set image.tag=$(lastword $(subst :, ,$(IMAGE))) --set image.pullPolicy=Never
+	kubectl apply --server-side --force-conflicts -f $(CHART)/crds/
+	kubectl create namespace $(RELEASE_NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
+	kubectl apply -n $(RELEASE_NAMESPACE) -f $(CHART)/ci/e2e-redis.yaml
+	kubectl rollout status -n $(RELEASE_NAMESPACE) deployment/redis --timeout=180s
+	helm upgrade --install agentqueue $(CHART) -n $(RELEASE_NAMESPACE) --skip-crds \
+	  --set image.repository=$(firstword $(subst :, ,$(IMAGE))) \
+	  --set image.tag=$(lastword $(subst :, ,$(IMAGE))) --set image.pullPolicy=Never \
+	  --set redis.existingSecret.name=redis-admin --wait --timeout 300s
 
+# The quickstart must become Ready, its credentials Secret appear, and `helm test` pass.
 e2e:
-	kubectl apply -f examples/quickstart.yaml
-	kubectl wait --for=condition=Ready agentqueues --all --timeout=120s
+	kubectl create namespace $(E2E_NAMESPACE) --dry-run=client -o yaml | kubectl apply -f -
+	kubectl apply -n $(E2E_NAMESPACE) -f examples/quickstart.yaml
+	kubectl wait -n $(E2E_NAMESPACE) --for=condition=Ready agentqueues --all --timeout=120s
+	kubectl wait -n $(E2E_NAMESPACE) --for=condition=Ready consumergroups --all --timeout=120s
+	kubectl wait -n $(E2E_NAMESPACE) --for=condition=Ready retentionpolicies --all --timeout=120s
+	kubectl get -n $(E2E_NAMESPACE) secret billing.intake billing.billing-agent
+	helm test agentqueue -n $(RELEASE_NAMESPACE) --timeout 180s
+	kubectl get -n $(E2E_NAMESPACE) agentqueues,consumergroups,retentionpolicies -o wide

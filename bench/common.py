@@ -364,6 +364,7 @@ def environment() -> dict[str, str]:
         "kubernetes (python client)": package_version("kubernetes"),
         "taskiq-redis": package_version("taskiq-redis"),
         "rq": package_version("rq"),
+        "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
 
 

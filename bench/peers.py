@@ -80,7 +80,7 @@ async def _taskiq(server: BenchRedis, jobs: int) -> PeerResult:
     finally:
         await broker.shutdown()
     return PeerResult("taskiq-redis (streams)", jobs / produce, jobs / process, jobs,
-                      "acked after the task ran; reclaim after 10 min idle; no DLQ")
+                      "ack after run, no DLQ")
 
 
 def taskiq(server: BenchRedis, jobs: int) -> PeerResult:
@@ -116,4 +116,4 @@ def rq(server: BenchRedis, jobs: int) -> PeerResult:
     finally:
         conn.close()
     return PeerResult("RQ (default forking Worker)", jobs / produce, jobs / process, jobs,
-                      "no ack: a lost worker's job goes to the failed registry")
+                      "no ack, no redelivery")

@@ -11,16 +11,21 @@ through a watch.
   Goal: p95 < 300 ms.
 - 100 and 1,000 queues created at once (8 client threads): per-queue latency
   p50/p95/max and the time until all are Ready. Goal: 1,000 all Ready < 60 s.
-- Idle: after a ConsumerGroup on each of the 1,000 queues is Ready and things have
-  settled, the operator's CPU (from /proc, over a window) and RSS.
-  Goals: CPU < 5% of one core; RSS < 200 MB.
+- Idle: the operator's CPU (from /proc/<pid>/stat, over a window) and RSS, first with
+  the queues only (a 30 s window: one drift interval), then after a ConsumerGroup on
+  each of the 1,000 queues is Ready and things have settled (60 s window).
+  Goals (with the groups): CPU < 5% of one core; RSS < 200 MB.
 
-Quick mode: 3 single trials, 10 queues at once, 10 groups, a 3 s idle window.
+Profiling: with ``AQ_BENCH_PROFILE_DIR=<dir>`` and py-spy installed, the 1,000-queue
+burst (first 60 s) and each idle window are also sampled by py-spy (collapsed stacks written to <dir>, a summary to the log).
+
+Quick mode: 3 single trials, 10 queues at once, 10 groups, 2-3 s idle windows.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,6 +50,7 @@ from .common import (
 from .stack import LocalStack, ReadyWatch
 
 NAME = "reconcile"
+_LINE = re.compile(r":\d+\)$")
 API_VERSION = "agentqueue.io/v1alpha1"
 SINGLE_P95_GOAL = 0.300
 ALL_READY_GOAL = 60.0
@@ -115,6 +121,7 @@ def batch(stack: LocalStack, n: int, timeout: float) -> tuple[list[float], float
     ns = f"bench-batch-{n}"
     stack.create_namespace(ns)
     names = {f"q-{i:04d}" for i in range(n)}
+    profiler = start_profiler(stack.operator_pid, 60, f"burst-{n}") if n >= 1000 else None
     with ReadyWatch(stack, "agentqueues", ns) as watch:
         t0 = time.monotonic()
         started = create_all(stack, "agentqueues", ns, [queue_body(x) for x in sorted(names)])
@@ -122,6 +129,8 @@ def batch(stack: LocalStack, n: int, timeout: float) -> tuple[list[float], float
         watch.wait(names, timeout, stack.check_operator)
         all_ready = max(watch.ready_at.values()) - t0
         latencies = [watch.ready_at[x] - started[x] for x in names]
+    if profiler is not None:
+        finish_profiler(*profiler)
     return latencies, all_ready, created, ns
 
 
@@ -184,24 +193,29 @@ def finish_profiler(proc: subprocess.Popen[bytes], path: Path) -> None:
         log("  " + line)
 
 
-def summarize_profile(path: Path, top: int = 25) -> list[str]:
-    """Share of samples in which each function appears (inclusive), from py-spy's
-    collapsed stacks (``frame;frame;... count`` per line)."""
+def summarize_profile(path: Path, top: int = 12) -> list[str]:
+    """From py-spy's collapsed stacks (``frame;frame;... count``, outermost first):
+    the share of busy samples by innermost agentqueue frame, by innermost kopf frame,
+    and by leaf frame."""
     total = 0
-    inclusive: Counter[str] = Counter()
+    by: dict[str, Counter[str]] = {"agentqueue": Counter(), "kopf": Counter(),
+                                   "leaf": Counter()}
     for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
+        if not count.isdigit() or not stack:
             continue
         n = int(count)
         total += n
-        frames = {f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
-                  for f in stack.split(";")}
-        for frame in frames:
-            inclusive[frame] += n
-    if not total:
-        return []
-    return [f"{100 * n / total:5.1f}%  {frame}" for frame, n in inclusive.most_common(top)]
+        frames = [_LINE.sub(")", f) for f in stack.split(";")]
+        by["leaf"][frames[-1]] += n
+        for package in ("agentqueue", "kopf"):
+            mine = [f for f in frames if f"({package}/" in f]
+            by[package][mine[-1] if mine else "(none)"] += n
+    out: list[str] = []
+    for name, counter in by.items():
+        out.append(f"by innermost {name} frame ({total} samples):")
+        out += [f"  {100 * n / total:5.1f}%  {frame}" for frame, n in counter.most_common(top)]
+    return out
 
 
 def run(quick: bool) -> list[Row]:

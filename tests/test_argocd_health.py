@@ -9,6 +9,7 @@ import copy
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import yaml
 from lupa import lua51
 
 from agentqueue import reasons
+
+from .test_chart import IsolatedCluster, fresh_namespace, isolated_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 ARGOCD = ROOT / "docs" / "argocd"
@@ -34,7 +37,7 @@ def health_script(kind: str) -> str:
 
 
 def cases() -> list[tuple[str, dict[str, Any]]]:
-    out = []
+    out: list[tuple[str, dict[str, Any]]] = []
     for kind in KINDS:
         spec = yaml.safe_load((CUSTOMIZATIONS / kind / "health_test.yaml").read_text())
         out.extend((kind, case) for case in spec["tests"])
@@ -85,9 +88,11 @@ def test_testdata_objects_are_the_kind_they_claim() -> None:
 
 def test_script_handles_missing_pieces() -> None:
     """Argo CD calls the script on any live object, however bare; it must never error."""
+    bare: list[dict[str, Any]] = [{}, {"metadata": {}}, {"status": {}},
+                                  {"status": {"conditions": []}},
+                                  {"status": {"conditions": [{"type": "Ready"}]}}]
     for kind in KINDS:
-        for obj in ({}, {"metadata": {}}, {"status": {}}, {"status": {"conditions": []}},
-                    {"status": {"conditions": [{"type": "Ready"}]}}):
+        for obj in bare:
             result = run_health(health_script(kind), obj)
             assert result["status"] in ("Progressing", "Degraded", "Healthy"), (kind, obj)
 
@@ -131,6 +136,29 @@ def test_example_application_keeps_replicas_out_of_the_diff() -> None:
 
 
 # --- against the real apiserver -------------------------------------------------------------
+# On a control plane of this module's own: the suite's session-wide operator would
+# otherwise reconcile these objects and rewrite their status.
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory: pytest.TempPathFactory,
+             binaries: Any) -> Iterator[IsolatedCluster]:
+    yield from isolated_cluster(tmp_path_factory, binaries)
+
+
+@pytest.fixture(scope="module")
+def kubectl(isolated: IsolatedCluster) -> Any:
+    return isolated.kubectl
+
+
+@pytest.fixture(scope="module")
+def crds_installed(isolated: IsolatedCluster) -> None:
+    return None  # isolated_cluster() installed them
+
+
+@pytest.fixture
+def namespace(kubectl: Any) -> Iterator[str]:
+    yield from fresh_namespace(kubectl)
+
 
 def _strip_server_fields(obj: dict[str, Any], namespace: str) -> dict[str, Any]:
     manifest = copy.deepcopy(obj)
@@ -267,3 +295,15 @@ def test_operator_writes_cause_no_gitops_diff(crds_installed: None, kubectl: Any
                              ("retentionpolicies", "default")):
             kubectl("patch", plural, name, "-n", namespace, "--type=merge", "-p",
                     '{"metadata":{"finalizers":null}}', check=False)
+
+
+def test_operator_labels_do_not_collide_with_argocd_tracking() -> None:
+    """Argo CD's label tracking (the default before 3.0) claims every object labelled
+    `app.kubernetes.io/instance: <Application name>`. The operator's credentials Secrets
+    are not in Git: if they carried the queue's name in that label, an Application named
+    like a queue would show them OutOfSync and prune them, and the operator would
+    recreate them, forever."""
+    from agentqueue.kube import standard_labels
+
+    labels = standard_labels("billing", "credentials")
+    assert labels.get("app.kubernetes.io/instance") != "billing", labels

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import yaml
 from kopf._cogs.structs import references as kopf_references
 
 import agentqueue
+from agentqueue.devcluster import ControlPlane, Kubectl
 from agentqueue.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +36,38 @@ VALUE_IDS = ["default", *(p.name.removesuffix("-values.yaml") for p in CI_VALUES
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+@dataclass
+class IsolatedCluster:
+    """A control plane of a module's own, with our CRDs and kopf's peering CRDs, so that
+    no other operator (the suite's session-wide one) reconciles what a test creates."""
+
+    control_plane: ControlPlane
+    kubectl: Kubectl
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.control_plane.kubeconfig
+
+
+def isolated_cluster(tmp_path_factory: pytest.TempPathFactory,
+                     binaries: Any) -> Iterator[IsolatedCluster]:
+    """Generator for a module-scoped fixture (about 5 s to start)."""
+    with ControlPlane(tmp_path_factory.mktemp("isolated-cluster"), binaries) as cp:
+        kubectl = Kubectl(binaries.kubectl, cp.kubeconfig)
+        kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        kubectl("apply", "--server-side", "-f", str(CHART / "crds" / "kopf.dev_peerings.yaml"))
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        yield IsolatedCluster(cp, kubectl)
+
+
+def fresh_namespace(kubectl: Kubectl) -> Iterator[str]:
+    """Generator for a function-scoped `namespace` fixture on an isolated cluster."""
+    name = f"aq-test-{uuid.uuid4().hex[:8]}"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
 
 def helm(binaries: Any, *args: str, kubeconfig: Path | None = None,
          check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -333,6 +368,14 @@ def test_render_ha_monitoring(binaries: Any) -> None:
     egress_ports = {p["port"] for rule in np["spec"]["egress"] for p in rule["ports"]}
     assert {53, 443, 6443, 6379, 26379} <= egress_ports
     assert len(np["spec"]["ingress"][0]["from"]) == 2
+    # The policy, the Service and the PDB select the operator pods, not the test Pod, which
+    # the policy's ingress admits instead.
+    test_labels = one(docs, "Pod")["metadata"]["labels"]
+    for selector in (np["spec"]["podSelector"]["matchLabels"], svc["spec"]["selector"],
+                     one(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]):
+        assert not selector.items() <= test_labels.items()
+    assert np["spec"]["ingress"][0]["from"][1]["podSelector"]["matchLabels"].items() <= \
+        test_labels.items()
 
 
 def test_alerts_and_dashboard_use_real_metric_names(binaries: Any) -> None:
@@ -475,7 +518,26 @@ def monitoring_crds() -> list[dict[str, Any]]:
     } for plural, kind, spec in MONITORING_CRDS]
 
 
-@pytest.fixture(scope="session")
+# A control plane of this module's own: the documented CRD upgrade and Helm's own CRD
+# handling must not change the CRDs under the rest of the suite.
+
+@pytest.fixture(scope="module")
+def isolated(tmp_path_factory: pytest.TempPathFactory,
+             binaries: Any) -> Iterator[IsolatedCluster]:
+    yield from isolated_cluster(tmp_path_factory, binaries)
+
+
+@pytest.fixture(scope="module")
+def kubectl(isolated: IsolatedCluster) -> Any:
+    return isolated.kubectl
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(isolated: IsolatedCluster) -> Path:
+    return isolated.kubeconfig
+
+
+@pytest.fixture(scope="module")
 def chart_crds_installed(kubectl: Any) -> None:
     """The chart's crds/ (ours + kopf's peering) and the monitoring stand-ins."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
@@ -575,3 +637,91 @@ def test_helm_install_upgrade_uninstall(binaries: Any, kubeconfig: Path, kubectl
     assert get("deployment", full) is None and get("clusterrole", full, None) is None
     # Uninstalling never deletes the CRDs, so no AgentQueue is lost with the release.
     assert get("crd", "agentqueues.agentqueue.io", None)
+
+
+@pytest.mark.k8s
+def test_server_side_dry_run_catches_mistakes(binaries: Any, kubectl: Any,
+                                              chart_crds_installed: None,
+                                              namespaces: Any) -> None:
+    """Negative control for the dry-run above: the same check refuses a misspelt field,
+    a container that escalates, and a misspelt ServiceMonitor field."""
+    (ns,) = namespaces(1, **{"pod-security.kubernetes.io/enforce": "restricted"})
+    docs = render(binaries, CHART / "ci" / "ha-monitoring-values.yaml", namespace=ns)
+
+    def dry_run(doc: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-",
+                       input=json.dumps(doc), check=False)
+
+    deploy = json.loads(json.dumps(one(docs, "Deployment")))
+    deploy["spec"]["replica"] = 2
+    assert "unknown field" in dry_run(deploy).stderr
+    pod = json.loads(json.dumps(one(docs, "Pod")))
+    pod["spec"]["containers"][0]["securityContext"]["allowPrivilegeEscalation"] = True
+    assert "violates PodSecurity" in dry_run(pod).stderr
+    sm = json.loads(json.dumps(one(docs, "ServiceMonitor")))
+    sm["spec"]["endpoints"][0]["scrapeTimout"] = "5s"
+    assert "unknown field" in dry_run(sm).stderr
+
+
+@pytest.mark.k8s
+def test_e2e_redis_manifest_is_valid_and_restricted(kubectl: Any, namespaces: Any) -> None:
+    (ns,) = namespaces(1, **{"pod-security.kubernetes.io/enforce": "restricted",
+                             "pod-security.kubernetes.io/warn": "restricted"})
+    out = kubectl("apply", "-n", ns, "--dry-run=server", "--validate=strict", "-f",
+                  str(CHART / "ci" / "e2e-redis.yaml"), check=False)
+    assert out.returncode == 0 and "Warning" not in out.stderr, out.stderr
+    secret = next(d for d in yaml.safe_load_all((CHART / "ci" / "e2e-redis.yaml").read_text())
+                  if d["kind"] == "Secret")
+    assert set(secret["stringData"]) == {"url", "username", "password"}
+
+
+# --- the kind end-to-end workflow -------------------------------------------------------------------
+
+WORKFLOW = ROOT / ".github" / "workflows" / "kind-e2e.yml"
+ACTIONLINT_VERSION = "v1.7.7"
+
+
+def test_workflow_runs_the_make_targets() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    runs = [step.get("run", "") for job in workflow["jobs"].values() for step in job["steps"]]
+    made = [r.split()[1] for r in runs if r.startswith("make ")]
+    assert made == ["unit", "kind-up", "image", "kind-load", "deploy", "e2e"], made
+    assert workflow["jobs"]["kind-e2e"]["needs"] == "unit"
+    kind_cfg = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert kind_cfg["kind"] == "Cluster" and kind_cfg["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    assert [n["role"] for n in kind_cfg["nodes"]].count("worker") >= 2  # room for 2 replicas
+    # The Makefile targets exist and expand (make -n runs nothing).
+    out = subprocess.run(["make", "-n", "kind-up", "image", "kind-load", "deploy", "e2e"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    for needle in ("kind create cluster", "--config kind-config.yaml", "docker build",
+                   "kind load docker-image", "apply --server-side", "ci/e2e-redis.yaml",
+                   "helm upgrade --install", "image.pullPolicy=Never",
+                   "redis.existingSecret.name=redis-admin", "examples/quickstart.yaml",
+                   "condition=Ready agentqueues", "helm test"):
+        assert needle in out.stdout, needle
+
+
+def actionlint() -> str | None:
+    """actionlint built once from the Go module proxy (cached next to the other tools)."""
+    from agentqueue.devcluster.binaries import cache_root
+
+    binary = cache_root() / "bin" / f"actionlint-{ACTIONLINT_VERSION}" / "actionlint"
+    if binary.exists():
+        return str(binary)
+    go = shutil.which("go")
+    if go is None:
+        return None
+    env = dict(os.environ, GOBIN=str(binary.parent), GOFLAGS="-mod=mod")
+    subprocess.run([go, "install", f"github.com/rhysd/actionlint/cmd/actionlint@"
+                    f"{ACTIONLINT_VERSION}"], env=env, check=True, capture_output=True,
+                   timeout=300)
+    return str(binary)
+
+
+def test_workflow_lints_clean() -> None:
+    tool = actionlint()
+    if tool is None:
+        pytest.skip("go is missing: cannot build actionlint")
+    out = subprocess.run([tool, "-no-color", str(WORKFLOW)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -362,3 +362,24 @@ async def test_waits_for_a_missing_group(redis_server: Any, admin: Any) -> None:
         await admin.xgroup_create(part(cfg).queue_key, GROUP, id="0")
         (msg,) = await reader
         assert msg.payload == 1
+
+
+async def test_tls_with_the_secrets_ca(redis_tls_server: Any) -> None:
+    assert redis_tls_server.ca_file is not None
+    cfg = sdk_config(redis_tls_server, "secure").with_(
+        ca_cert=redis_tls_server.ca_file.read_text())
+    assert cfg.url.startswith("rediss://")
+    admin = cfg.connect()
+    try:
+        await admin.flushall()
+        await provision(admin, cfg)
+        async with Producer(cfg) as producer, consumer(cfg) as c:
+            await producer.send({"tls": True}, idempotency_key="t-1")
+            (msg,) = await take(c, 1)
+            assert msg.payload == {"tls": True}
+            await msg.ack()
+    finally:
+        await admin.aclose()
+    with pytest.raises(Exception, match="(?i)certificate|ssl"):
+        async with Producer(cfg.with_(ca_cert=None)) as producer:
+            await producer.send({"tls": False})

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from .operator_fixtures import condition, get_obj, wait_for, wait_reason, wait_ready
+from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 from .test_operator_queue import admin, apply, queue
 
 pytestmark = pytest.mark.k8s

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from .operator_fixtures import condition, get_obj, wait_for, wait_reason, wait_ready
+from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 
 pytestmark = pytest.mark.k8s
 

@@ -141,7 +141,7 @@ async def test_stream_consumer(login: Login, redis_client: RedisClient) -> None:
     await denied(c.xgroup_destroy(MINE.queue_key, GROUP))
     await denied(c.xtrim(MINE.queue_key, maxlen=0))
     await denied(c.xdel(MINE.queue_key, ids[0]))
-    await denied(c.get(MINE.idempotency("k")))
+    await denied(c.delete(MINE.idempotency("k")))  # may read/mark, never delete
     await denied(c.xreadgroup(GROUP, "c1", {OTHER_QUEUE.queue_key: ">"}))
     await denied(c.xrange(OTHER_NS.queue_key))
     await _forbidden_everywhere(c)

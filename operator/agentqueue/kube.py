@@ -9,7 +9,7 @@ import base64
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
@@ -62,7 +62,9 @@ class ScaleInfo:
 def standard_labels(name: str, component: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "agentqueue",
-        "app.kubernetes.io/instance": name,
+        # Not app.kubernetes.io/instance: Argo CD tracks by that label, and a queue named
+        # like an Application would make Argo CD prune the operator's Secrets.
+        "agentqueue.io/queue": name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
@@ -137,14 +139,15 @@ class KubeGateway:
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._call(self.custom.get_namespaced_custom_object,
-                                    GROUP, VERSION, namespace, plural, name)
+            obj = await self._call(self.custom.get_namespaced_custom_object,
+                                   GROUP, VERSION, namespace, plural, name)
         except KubeNotFound:
             return None
+        return cast(dict[str, Any], obj)
 
     async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        out = await self._call(self.custom.list_namespaced_custom_object,
-                               GROUP, VERSION, namespace, plural)
+        out = cast(dict[str, Any], await self._call(self.custom.list_namespaced_custom_object,
+                                                    GROUP, VERSION, namespace, plural))
         return list(out.get("items", []))
 
     # --- /scale --------------------------------------------------------------------------
@@ -186,10 +189,11 @@ class KubeGateway:
         for hpa in hpas.items:
             ref = hpa.spec.scale_target_ref
             if ref.kind == kind and ref.name == name:
-                return f"HorizontalPodAutoscaler/{hpa.metadata.name}"
+                return f"HorizontalPodAutoscaler/{hpa.metadata.name if hpa.metadata else '?'}"
         try:
-            scaled = await self._call(self.custom.list_namespaced_custom_object,
-                                      "keda.sh", "v1alpha1", namespace, "scaledobjects")
+            scaled = cast(dict[str, Any], await self._call(
+                self.custom.list_namespaced_custom_object,
+                "keda.sh", "v1alpha1", namespace, "scaledobjects"))
         except KubeNotFound:
             return None
         for obj in scaled.get("items", []):

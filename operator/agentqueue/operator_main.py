@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import kopf
 
@@ -25,7 +26,11 @@ async def run_operator(
         "starting operator",
         extra={"namespaces": list(config.namespaces) or "all", "peering": peering or "standalone"},
     )
+    # kopf keeps one replica active only when replicas have distinct priorities;
+    # with equal ones both pause. A random priority per process makes them distinct.
+    priority = random.SystemRandom().randint(1, 2**31 - 1) if peering else None
     await kopf.operator(
+        priority=priority,
         clusterwide=not config.namespaces,
         namespaces=list(config.namespaces),
         standalone=peering is None,

@@ -63,6 +63,7 @@ class ListBackend:
         self.max_payload_bytes = max_payload_bytes
         self.levels = max(1, priority_levels)
         self._rotate = 0
+        self._suspects: set[tuple[int, bytes]] = set()
 
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         self.parts = list(parts)
@@ -216,10 +217,10 @@ class ListBackend:
         for i, part in enumerate(self.parts):
             await self._recover_list(i, part.processing(self.consumer), self.consumer)
 
-    async def recover(self, visibility_ms: int) -> int:
+    async def recover(self, visibility_ms: int, kept: set[bytes]) -> int:
         """Recover the processing lists of consumers silent for longer than
-        ``visibility_ms``; returns how many messages went back."""
-        moved = 0
+        ``visibility_ms``, and our own orphans; returns how many messages went back."""
+        moved = await self._recover_orphans(kept)
         deadline = _now_ms() - visibility_ms
         for i, part in enumerate(self.parts):
             dead = await self.client.zrange(consumers_key(part), "-inf", f"({deadline}",
@@ -231,6 +232,34 @@ class ListBackend:
                 moved += await self._recover_list(i, part.processing(owner), owner)
                 # Forget it. If it was only slow, its next heartbeat adds it back.
                 await self.client.zrem(consumers_key(part), raw_name)
+        return moved
+
+    async def _recover_orphans(self, kept: set[bytes]) -> int:
+        """Elements in our own processing list that we do not hold (a read whose reply
+        was lost to a timeout or a cancellation) go back to the queue unchanged. Only
+        those seen as orphans on two passes in a row: a read in flight is never raced."""
+        moved = 0
+        suspects: set[tuple[int, bytes]] = set()
+        for i, part in enumerate(self.parts):
+            proc = part.processing(self.consumer)
+            elements = await self.client.lrange(proc, 0, 999)
+            orphans = {(i, raw) for raw in elements if raw not in kept}
+            suspects |= orphans
+            confirmed = [raw for j, raw in orphans & self._suspects if j == i]
+            if confirmed:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    for raw in confirmed:
+                        pipe.lrem(proc, 1, raw)
+                        try:
+                            level = min(decode_element(raw)[1], self.levels - 1)
+                        except DecodeError:
+                            level = 0
+                        pipe.rpush(part.priority_key(level), raw)
+                    await pipe.execute()
+                moved += len(confirmed)
+                log.warning("returned %d orphaned messages of our own processing list",
+                            len(confirmed))
+        self._suspects = suspects
         return moved
 
     async def _recover_list(self, partition: int, proc: str, owner: str) -> int:

@@ -73,6 +73,7 @@ from .errors import (
     LibraryMissingError,
     SchemaValidationError,
     is_library_missing,
+    is_no_group,
     is_transient,
     redis_errors,
     safe_message,
@@ -90,6 +91,18 @@ def default_consumer_name() -> str:
     return os.environ.get("HOSTNAME") or f"{socket.gethostname()}-{os.getpid()}"
 
 
+_READ_RETRY = RetryPolicy(initial_ms=100, max_ms=5000, multiplier=2.0, jitter=True)
+
+
+def _reraise_swallowed_cancel() -> None:
+    """Raise CancelledError if this task was cancelled but the cancellation was turned
+    into another exception below us (redis-py's timeouts can do that on Python 3.11), so
+    retry loops never outlive a cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -101,7 +114,8 @@ class Consumer:
     flag and visibility settings); PubSub ignores it.
 
     Tuning: ``batch_size`` (COUNT per partition per read), ``block_ms`` (longest blocking
-    read), ``expect_json`` (decode payloads as JSON; False hands out bytes),
+    read), ``expect_json`` (decode payloads as JSON and check them against the queue's
+    schema; False hands out the bytes unchecked),
     ``heartbeat`` (False disables it), ``shutdown_grace`` (seconds for in-flight work on
     stop), ``meta_refresh`` (seconds between re-reads of the metadata hash: pause flag,
     settings, partitions), ``promote_interval`` (seconds between retry promotions),
@@ -144,6 +158,7 @@ class Consumer:
         self._buffer: deque[Message] = deque()
         self._held: dict[tuple[int, str], Message] = {}
         self._acks: list[Message] = []
+        self._late: list[Delivery] = []
         self._stop = asyncio.Event()
         self._started = False
         self._closed = False
@@ -153,7 +168,6 @@ class Consumer:
         self._next_reclaim = 0.0
         self._next_promote = 0.0
         self._was_paused = False
-        self._pause_logged = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, group: str | None = None,
@@ -212,6 +226,7 @@ class Consumer:
             await self._backend.recover_own()
         else:
             self._backend = PubSubBackend(self._client, self.config, self.max_payload_bytes)
+            await self._backend.subscribe()  # from now on nothing published is missed
         self._started = True
         self._maintenance = asyncio.create_task(self._maintain(), name="aq-maintenance")
 
@@ -232,8 +247,7 @@ class Consumer:
         self._closed = True
         if self._maintenance is not None:
             self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+            await asyncio.wait({self._maintenance}, timeout=5)
         with contextlib.suppress(*redis_errors()):
             await self.flush_acks()
         if self._backend is not None:
@@ -258,6 +272,7 @@ class Consumer:
         await self.start()
         failures = 0
         while True:
+            _reraise_swallowed_cancel()
             self._check_fatal()
             paused = self._update_pause()
             if self._buffer and not paused:
@@ -271,26 +286,30 @@ class Consumer:
                 await self._sleep(min(0.1, self._meta.ttl))
                 continue
             try:
-                batch = await self._fetch()
+                await self._fetch()
             except ResponseError as exc:
-                if str(exc).startswith("NOGROUP"):
+                if is_no_group(exc):
                     log.warning("consumer group %r does not exist yet; waiting", self.group)
                     await self._sleep(1.0)
                     continue
                 if not is_transient(exc):
                     raise self._translate(exc) from None
                 failures += 1
-                await self._sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                await self._pause_after_failure(exc, failures)
                 continue
             except redis_errors() as exc:
                 if not is_transient(exc):
                     raise
                 failures += 1
-                log.warning("read failed (%s); retrying", safe_message(exc, 200))
-                await self._sleep(min(5.0, 0.1 * 2 ** min(failures, 6)))
+                await self._pause_after_failure(exc, failures)
                 continue
             failures = 0
-            self._buffer.extend(batch)
+
+    async def _pause_after_failure(self, exc: BaseException, failures: int) -> None:
+        """Transient Redis trouble (connection lost, LOADING, failover): back off with
+        full jitter, 100 ms doubling up to 5 s, and try again."""
+        log.warning("read failed (%s); retry %d", safe_message(exc, 200), failures)
+        await self._sleep(_READ_RETRY.delay_ms(failures) / 1000)
 
     def _translate(self, exc: ResponseError) -> BaseException:
         if is_library_missing(exc):
@@ -325,18 +344,21 @@ class Consumer:
     def _reclaim_interval(self) -> float:
         return min(5.0, max(0.05, self.visibility_ms / 2000))
 
-    async def _fetch(self) -> list[Message]:
+    async def _fetch(self) -> None:
+        """One round: adopt late deliveries, or reclaim, or read; admitted messages go
+        to the buffer."""
         backend = self._backend
         assert backend is not None
-        deliveries: list[Delivery] = []
+        deliveries, self._late = self._late, []
         now = time.monotonic()
-        if now >= self._next_reclaim and not isinstance(backend, PubSubBackend):
+        if (not deliveries and now >= self._next_reclaim
+                and not isinstance(backend, PubSubBackend)):
             self._next_reclaim = now + self._reclaim_interval
             if isinstance(backend, StreamBackend):
                 deliveries = await backend.reclaim(self.visibility_ms, self.batch_size,
                                                    set(self._held))
             else:
-                await backend.recover(self.visibility_ms)
+                await backend.recover(self.visibility_ms, self._kept_elements())
         if not deliveries:
             block = min(self.block_ms, int(self._reclaim_interval * 1000) + 1)
             acks = self._take_acks()
@@ -345,28 +367,42 @@ class Consumer:
             stopped = asyncio.ensure_future(self._stop.wait())
             try:
                 await asyncio.wait({read, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # Our caller gave up (e.g. a timeout around next_message): what this read
+                # brings is kept for the next call instead of being stranded.
+                read.add_done_callback(lambda t: self._adopt(t, acks))
+                raise
             finally:
                 stopped.cancel()
-            if not read.done():
+            if not read.done():  # stopping: entries it may still deliver stay pending
                 read.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *redis_errors()):
-                    await read
+                await asyncio.wait({read})
                 self._acks.extend(acks)  # maybe not sent; XACK/LREM twice is harmless
-                return []
+                return
             try:
                 deliveries = read.result()
             except BaseException:
                 self._acks.extend(acks)
                 raise
-        return await self._admit(deliveries)
+        await self._admit(deliveries)
 
-    async def _admit(self, deliveries: list[Delivery]) -> list[Message]:
-        """Turn deliveries into messages; dead-letter malformed and exhausted ones."""
+    def _adopt(self, read: asyncio.Future[list[Delivery]], acks: list[Message]) -> None:
+        if read.cancelled() or read.exception() is not None:
+            self._acks.extend(acks)
+        else:
+            self._late.extend(read.result())
+
+    def _kept_elements(self) -> set[bytes]:
+        """List elements this consumer holds or is about to ack (not orphans)."""
+        return {m._handle[1] for m in (*self._held.values(), *self._acks)}
+
+    async def _admit(self, deliveries: list[Delivery]) -> None:
+        """Buffer the good deliveries as messages; dead-letter malformed and exhausted
+        ones. Messages are buffered before any await, so a cancellation strands none."""
         meta = self.meta
         limit = meta.max_deliveries_for(self.group)
         schema = self._meta.schema()
         rejected: list[tuple[Delivery, str, int]] = []
-        out: list[Message] = []
         now = time.monotonic()
         for d in deliveries:
             env = d.envelope
@@ -396,12 +432,12 @@ class Consumer:
                           attempt=env.attempt, deliveries=deliveries_so_far,
                           last_error=env.error, priority=d.priority, _consumer=self,
                           _handle=d.handle, _touched=now)
-            out.append(msg)
-            self._held[(d.partition, d.id)] = msg
+            self._buffer.append(msg)
+            if not isinstance(self._backend, PubSubBackend):  # nothing to keep or ack
+                self._held[(d.partition, d.id)] = msg
         if rejected:
             assert self._backend is not None
             await self._backend.deadletter(rejected, _now_ms(), meta.dead_letter)
-        return out
 
     # --- settling ------------------------------------------------------------------------------
 
@@ -487,14 +523,15 @@ class Consumer:
         tick = 0.01
         last_flush = time.monotonic()
         last_beat = time.monotonic()
-        while True:
+        while not self._closed:
             await asyncio.sleep(tick)
+            _reraise_swallowed_cancel()
             try:
                 now = time.monotonic()
                 if self._meta.stale():
                     await self._refresh_meta()
                 vis = self.visibility_ms / 1000
-                tick = min(0.05, max(0.005, vis / 10))
+                tick = min(0.05, self.ack_flush_interval, max(0.005, vis / 10))
                 if self._acks and now - last_flush >= self.ack_flush_interval:
                     last_flush = now
                     await self.flush_acks()
@@ -506,9 +543,12 @@ class Consumer:
                     assert self._backend is not None
                     await self._backend.promote(_now_ms(), 100)
             except redis_errors() as exc:
-                if isinstance(exc, ResponseError) and not is_transient(exc):
+                if is_no_group(exc):
+                    log.warning("consumer group %r is missing; waiting for it", self.group)
+                elif isinstance(exc, ResponseError) and not is_transient(exc):
                     self._fatal = self._translate(exc)
                     return
+                _reraise_swallowed_cancel()
                 log.warning("consumer maintenance failed (%s); retrying",
                             safe_message(exc, 200))
                 await asyncio.sleep(0.2)
@@ -610,9 +650,8 @@ class Consumer:
             slots.release()
             return False
         acquire.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await acquire
-        if acquire.done() and not acquire.cancelled():
+        await asyncio.wait({acquire})
+        if not acquire.cancelled():
             slots.release()
         return False
 

@@ -62,6 +62,19 @@ class MessageSettledError(AgentQueueError):
     """``ack``/``nack`` called on a message that was already acked or nacked."""
 
 
+def response_text(exc: BaseException) -> str:
+    """A Redis error reply without redis-py's pipeline wrapper
+    (``Command # 2 (...) of pipeline caused error: ('NOGROUP ...',)`` → ``NOGROUP ...``)."""
+    text = str(exc)
+    _, sep, inner = text.partition("of pipeline caused error: ")
+    return inner.lstrip("('\"") if sep else text
+
+
+def is_no_group(exc: BaseException) -> bool:
+    """The consumer group (or its stream) does not exist (yet)."""
+    return isinstance(exc, rex.ResponseError) and response_text(exc).startswith("NOGROUP")
+
+
 def is_library_missing(exc: BaseException) -> bool:
     """True for the errors Redis returns when a function or library is not loaded."""
     text = str(exc).lower()
@@ -82,7 +95,7 @@ def is_transient(exc: BaseException) -> bool:
                   | builtins.TimeoutError | ConnectionError | LibraryMissingError):
         return True
     if isinstance(exc, rex.ResponseError):
-        text = str(exc)
+        text = response_text(exc)
         if is_library_missing(exc):
             return True
         return text.startswith(("LOADING", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",

@@ -47,10 +47,15 @@ class _LoopThread:
         self._thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if not self._thread.is_alive() or self.loop.is_closed():
+            coro.close()
+            raise RuntimeError("this client is closed")
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return future.result()
 
     def stop(self) -> None:
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if not self._thread.is_alive():

@@ -44,6 +44,8 @@ _BASE = ["+ping", "+client|setname", "+client|getname", "+client|id", "+cluster|
          "+cluster|shards", "+cluster|nodes", "+cluster|myid", "+command", "+readonly",
          "+readwrite", "+fcall_ro|aq_version"]
 _META_READ = ["+hget", "+hgetall", "+hmget"]
+# Keyless transaction commands (WATCH is keyed and granted per key pattern).
+_TXN = ["+multi", "+exec", "+discard", "+unwatch"]
 _STREAM_READ = ["+xlen", "+xrange", "+xrevrange", "+xpending", "+xinfo|stream",
                 "+xinfo|groups", "+xinfo|consumers"]
 
@@ -107,12 +109,14 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
             commands = (["+xreadgroup", "+xack", "+xclaim", "+xautoclaim", "+xadd",
                          "+zadd", "+zrange", "+zrem", "+zcard",
                          "+fcall|aq_nack", "+fcall|aq_deadletter", "+fcall|aq_promote"]
-                        + _STREAM_READ + _META_READ)
+                        + _STREAM_READ + _META_READ + _TXN)
+            # The SDK's once(): a done-marker under idem:* set in a transaction.
+            selectors = [f"(~{idem} -@all +get +set +exists +watch)"]
     else:  # List
         if role is Role.PRODUCER:
             key_rules = [f"%W~{q}", f"%W~{prio}", f"~{idem}", f"%R~{meta}"]
-            commands = ["+lpush", "+rpush"] + _META_READ
-            selectors = [f"(~{idem} -@all +get +set)"]
+            commands = ["+lpush", "+rpush"] + _META_READ + _TXN
+            selectors = [f"(~{idem} -@all +get +set +watch)"]
         else:
             # LMOVE into a per-consumer processing list; retries and dead letters
             # use the same retry zset and DLQ stream as Stream queues.
@@ -121,7 +125,9 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
             commands = (["+lmove", "+blmove", "+lmpop", "+blmpop", "+lpop", "+rpop",
                          "+blpop", "+brpop", "+lrem", "+lrange", "+llen", "+lindex",
                          "+lpush", "+rpush", "+xadd", "+xlen", "+xrange",
-                         "+zadd", "+zrange", "+zrem", "+zcard"] + _META_READ)
+                         "+zadd", "+zrange", "+zrem", "+zcard", "+lpos", "+watch"]
+                        + _META_READ + _TXN)
+            selectors = [f"(~{idem} -@all +get +set +exists +watch)"]
 
     return (["reset", "on", "resetkeys", "resetchannels", *key_rules, *channel_rules,
              "-@all", *_BASE, *commands, *selectors])

@@ -31,6 +31,7 @@ from .queues import _iso, _parse_time
 log = logging.getLogger("agentqueue.scaling")
 CONFLICT_RECHECK_S = 10.0
 SCALE_REFRESH_S = 5.0
+CTX_TTL_S = 15.0
 
 
 @dataclass
@@ -47,6 +48,9 @@ class LoopState:
     dead_lettered: int = 0
     loaded: bool = False
     last_active: float | None = None
+    ctx: svc.GroupContext | None = None
+    ctx_key: tuple[Any, ...] = ()
+    ctx_at: float = 0.0
 
 
 async def run(rt: Runtime, get_body: Callable[[], dict[str, Any]], stopped: kopf.DaemonStopped,
@@ -77,7 +81,12 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         state.dead_lettered = int(status.get("deadLettered") or 0)
         state.last_active = _parse_time(status.get("lastActiveTime"))
         state.loaded = True
-    ctx = await svc.resolve(rt, body)
+    # Resolving reads the AgentQueue and maybe a Secret from the API: not every tick.
+    key = (meta.get("generation"),)
+    if state.ctx is None or state.ctx_key != key or time.monotonic() - state.ctx_at > CTX_TTL_S:
+        state.ctx = await svc.resolve(rt, body)
+        state.ctx_key, state.ctx_at = key, time.monotonic()
+    ctx = state.ctx
     spec = ctx.spec
     interval = parse_duration(spec.scaling.poll_interval)
     request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions)
@@ -93,6 +102,7 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
 
     # Drift: the group vanished (Redis restarted without persistence) → recreate it.
     if redis_ok and figures.missing_partitions:
+        state.ctx = None
         await svc.reconcile_group(rt, body)
         events.info(body, reason=reasons.DRIFT_REPAIRED,
                   message=f"recreated group {ctx.group!r} on partitions "

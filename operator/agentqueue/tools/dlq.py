@@ -145,20 +145,29 @@ async def dlq_list(client: Any, namespace: str, queue: str, *, count: int = 100,
 
 async def _find(client: Any, parts: Sequence[keys.PartitionKeys],
                 ref: str) -> DeadLetter | None:
+    """The dead letter ``ref`` points to; a bare id found in several partitions (ids are
+    per partition) raises ValueError rather than picking one."""
     partition, entry_id = parse_ref(ref)
-    for part in parts:
-        if partition is not None and part.partition != partition:
-            continue
-        entries = await client.xrange(part.dead_letter, entry_id, entry_id, count=1)
-        if entries:
-            eid, raw = entries[0]
-            return _letter(part.partition, eid, raw)
-    return None
+    chosen = [p for p in parts if partition is None or p.partition == partition]
+    async with client.pipeline(transaction=False) as pipe:
+        for part in chosen:
+            pipe.xrange(part.dead_letter, entry_id, entry_id, count=1)
+        found = [(part, entries[0]) for part, entries
+                 in zip(chosen, await pipe.execute(), strict=True) if entries]
+    if len(found) > 1:
+        raise ValueError(f"dead-letter id {entry_id} exists in partitions "
+                         f"{', '.join(str(p.partition) for p, _ in found)}: "
+                         "use <partition>/<id>")
+    if not found:
+        return None
+    part, (eid, raw) = found[0]
+    return _letter(part.partition, eid, raw)
 
 
 async def dlq_show(client: Any, namespace: str, queue: str, ref: str, *,
                    partitions: int | None = None) -> DeadLetter | None:
-    """One dead letter by reference (``<partition>/<id>`` or a bare id); None if absent."""
+    """One dead letter by reference (``<partition>/<id>`` or a bare id); None if absent.
+    A bare id present in several partitions raises ValueError."""
     _, parts = await queue_layout(client, namespace, queue, partitions)
     return await _find(client, parts, ref)
 
@@ -253,7 +262,8 @@ async def dlq_purge(client: Any, namespace: str, queue: str,
                     ids: Sequence[str] | Literal["all"], *,
                     partitions: int | None = None) -> int:
     """Delete dead letters for good; returns how many. ``"all"`` empties every
-    partition's dead-letter stream (XTRIM MAXLEN 0: the key stays)."""
+    partition's dead-letter stream (XTRIM MAXLEN 0: the key stays); a bare id deletes
+    that id in every partition that has it."""
     _, parts = await queue_layout(client, namespace, queue, partitions)
     if ids == "all":
         async with client.pipeline(transaction=False) as pipe:
