@@ -97,6 +97,147 @@ INVALID: list[Case] = [
     Case("rp-exact-type", rp({"maxLength": 5, "exact": "no"}), ["spec.exact", "boolean"]),
 ]
 
+# Appended (drills): more schema errors across the three kinds, each with the exact text.
+INVALID += [
+    Case("aq-max-deliveries-huge", aq({"delivery": {"maxDeliveries": 1001}}),
+         ["spec.delivery.maxDeliveries", "less than or equal to 1000"]),
+    Case("aq-priority-levels-huge", aq({"type": "List", "priorityLevels": 11}),
+         ["spec.priorityLevels", "less than or equal to 10"]),
+    Case("aq-jitter-type", aq({"delivery": {"retry": {"jitter": "yes"}}}),
+         ["spec.delivery.retry.jitter", "must be of type boolean"]),
+    Case("aq-access-entry-no-name", aq({"access": {"producers": [{}]}}),
+         ["spec.access.producers[0].name", "Required value"]),
+    Case("aq-access-too-many",
+         aq({"access": {"producers": [{"name": f"p{i}"} for i in range(33)]}}),
+         ["spec.access.producers", "must have at most 32 items"]),
+    Case("aq-access-name-too-long", aq({"access": {"consumers": [{"name": "c" * 64}]}}),
+         ["spec.access.consumers[0].name", "may not be more than 63 bytes"]),
+    Case("aq-redis-secret-ref-no-name", aq({"redis": {"secretRef": {}}}),
+         ["spec.redis.secretRef.name", "Required value"]),
+    Case("aq-schema-not-object", aq({"schema": "string"}),
+         ["spec.schema", "must be of type object"]),
+    Case("aq-slo-depth-negative", aq({"slo": {"maxDepth": -1}}),
+         ["spec.slo.maxDepth", "greater than or equal to 0"]),
+    Case("aq-rotate-every-bad", aq({"credentials": {"rotateEvery": "weekly"}}),
+         ["spec.credentials.rotateEvery", "should match"]),
+    Case("aq-retention-ref-bad-name", aq({"retentionPolicyRef": {"name": "Bad_Name"}}),
+         ["spec.retentionPolicyRef.name", "should match"]),
+    Case("cg-max-replicas-zero", cg({**Q, "scaling": {"maxReplicas": 0}}),
+         ["spec.scaling.maxReplicas", "greater than or equal to 1"]),
+    Case("cg-bad-poll-interval", cg({**Q, "scaling": {"pollInterval": "fast"}}),
+         ["spec.scaling.pollInterval", "should match"]),
+    Case("cg-max-deliveries-zero", cg({**Q, "maxDeliveries": 0}),
+         ["spec.maxDeliveries", "greater than or equal to 1"]),
+    Case("cg-group-name-bad", cg({**Q, "groupName": "-bad name"}),
+         ["spec.groupName", "should match"]),
+    Case("cg-fallback-negative", cg({**Q, "scaling": {"fallbackReplicas": -1}}),
+         ["spec.scaling.fallbackReplicas", "greater than or equal to 0"]),
+    Case("cg-queue-ref-bad-name", cg({"queueRef": {"name": "UPPER"}}),
+         ["spec.queueRef.name", "should match"]),
+    Case("rp-dlq-max-length-zero", rp({"deadLetter": {"maxLength": 0}}),
+         ["spec.deadLetter.maxLength", "greater than or equal to 1"]),
+    Case("rp-bad-idem-ttl", rp({"idempotencyKeyTTL": "1 day"}),
+         ["spec.idempotencyKeyTTL", "should match"]),
+    Case("rp-protect-type", rp({"maxLength": 5, "protectUndelivered": "no"}),
+         ["spec.protectUndelivered", "must be of type boolean"]),
+    Case("rp-label-value-type", rp({"maxLength": 5, "selector": {"matchLabels": {"tier": 1}}}),
+         ["spec.selector.matchLabels.tier", "must be of type string"]),
+]
+
+
+@dataclass
+class SemanticCase:
+    """Accepted by the apiserver, refused by the operator: the object's Ready condition
+    goes False with `reason` and a message containing every `message` substring.
+
+    `manifests` are applied in order (the object checked is the last one). Placeholders
+    in Secret `stringData` values: {url} (the operator's default Redis), {user},
+    {password}, {bad_password}, {closed_url} (nothing listens there). `redis_setup`:
+    admin commands run on the operator's default Redis first; {ns} in them is the test
+    namespace. {ns} in `message` too.
+    """
+
+    id: str
+    manifests: list[dict[str, Any]]
+    reason: str
+    message: list[str]
+    redis_setup: list[list[str]] = field(default_factory=list)
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "stringData": data}
+
+
+def deployment(name: str) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "a", "image": "agent"}]}}}}
+
+
+SEMANTIC: list[SemanticCase] = [
+    SemanticCase("aq-admin-secret-missing",
+                 [aq({"redis": {"secretRef": {"name": "absent"}}})],
+                 "RedisSecretMissing", ["Secret 'absent'", "does not exist"]),
+    SemanticCase("aq-admin-secret-without-url",
+                 [secret("nourl", username="u", password="p"),
+                  aq({"redis": {"secretRef": {"name": "nourl"}}})],
+                 "RedisSecretInvalid", ["Secret 'nourl'", "'url'"]),
+    SemanticCase("aq-admin-secret-bad-scheme",
+                 [secret("http", url="http://127.0.0.1:6379"),
+                  aq({"redis": {"secretRef": {"name": "http"}}})],
+                 "RedisSecretInvalid", ["Secret 'http'", "url must start with redis://"]),
+    SemanticCase("aq-admin-secret-wrong-password",
+                 [secret("wrongpw", url="{url}", username="{user}", password="{bad_password}"),
+                  aq({"redis": {"secretRef": {"name": "wrongpw"}}})],
+                 "RedisAuthFailed", ["invalid username-password pair"]),
+    SemanticCase("aq-redis-unreachable",
+                 [secret("closed", url="{closed_url}"),
+                  aq({"redis": {"secretRef": {"name": "closed"}}})],
+                 "RedisUnavailable", ["connect to redis://127.0.0.1"]),
+    SemanticCase("aq-schema-bad-type", [aq({"schema": {"type": "objekt"}})],
+                 "InvalidSchema", ["spec.schema is not a valid JSON Schema at type"]),
+    SemanticCase("aq-schema-bad-keyword-value",
+                 [aq({"schema": {"properties": {"n": {"minimum": "zero"}}}})],
+                 "InvalidSchema", ["at properties/n/minimum", "'zero' is not of type 'number'"]),
+    SemanticCase("aq-schema-required-not-array", [aq({"schema": {"required": "n"}})],
+                 "InvalidSchema", ["at required", "'n' is not of type 'array'"]),
+    SemanticCase("aq-key-holds-a-string", [aq({}, name="kc")],
+                 "KeyConflict", ["key aq:{{{ns}/kc/0}}:q holds a string, expected stream"],
+                 redis_setup=[["SET", "aq:{{{ns}/kc/0}}:q", "squatter"]]),
+    SemanticCase("aq-list-over-retained-stream", [aq({"type": "List"}, name="kc")],
+                 "KeyConflict", ["key aq:{{{ns}/kc/0}}:q holds a stream, expected list"],
+                 redis_setup=[["XADD", "aq:{{{ns}/kc/0}}:q", "*", "d", "retained"]]),
+    SemanticCase("aq-dead-letter-key-holds-a-hash", [aq({}, name="kc")],
+                 "KeyConflict", ["key aq:{{{ns}/kc/0}}:dlq holds a hash, expected stream"],
+                 redis_setup=[["HSET", "aq:{{{ns}/kc/0}}:dlq", "f", "v"]]),
+    SemanticCase("cg-queue-not-found", [cg({"queueRef": {"name": "nope"}})],
+                 "QueueNotFound", ["AgentQueue 'nope' does not exist"]),
+    SemanticCase("cg-list-queue", [aq({"type": "List"}, name="lq"),
+                                   cg({"queueRef": {"name": "lq"}})],
+                 "QueueTypeUnsupported", ["'lq' is a List queue",
+                                          "consumer groups need type Stream"]),
+    SemanticCase("cg-pubsub-queue", [aq({"type": "PubSub"}, name="pq"),
+                                     cg({"queueRef": {"name": "pq"}})],
+                 "QueueTypeUnsupported", ["'pq' is a PubSub queue"]),
+    SemanticCase("cg-scale-target-missing",
+                 [aq({}, name="sq"), cg({"queueRef": {"name": "sq"},
+                                         "scaleTargetRef": {"name": "absent"}})],
+                 "ScaleTargetNotFound", ["scaleTargetRef Deployment/absent"]),
+    SemanticCase("cg-scale-target-unknown-kind",
+                 [aq({}, name="sq"), deployment("agent"),
+                  cg({"queueRef": {"name": "sq"},
+                      "scaleTargetRef": {"kind": "Frobnicator", "name": "agent"}})],
+                 "ScaleTargetNotFound", ["no API serves Frobnicator in apps/v1"]),
+    SemanticCase("cg-scale-target-without-scale",
+                 [aq({}, name="sq"),
+                  cg({"queueRef": {"name": "sq"},
+                      "scaleTargetRef": {"apiVersion": "v1", "kind": "ConfigMap",
+                                         "name": "cm"}})],
+                 "ScaleTargetNotFound", ["ConfigMap in v1 has no /scale subresource"]),
+]
+
 VALID: list[dict[str, Any]] = [
     aq({}, name="minimal"),
     aq({"type": "List", "priorityLevels": 3, "access": {"consumers": [{"name": "worker"}]}},

@@ -403,6 +403,3 @@ def test_redis_frozen_then_thawed(operator: Any, kubectl: Any, namespace: str,
     finally:
         frozen.stop()
         other.stop()
-
-
-__all__ = ["condition", "get_obj", "wait_for", "wait_reason"]

@@ -87,6 +87,8 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
         if role is Role.PRODUCER:
             channel_rules = [f"&{channel}"]
             commands += ["+publish", "+spublish"]
+            # The SDK suppresses duplicate publishes with idempotency keys.
+            selectors = [f"(~{idem} -@all +get +set)"]
         elif role is Role.CONSUMER:
             channel_rules = [f"&{channel}"]
             commands += ["+subscribe", "+unsubscribe", "+ssubscribe", "+sunsubscribe"]
