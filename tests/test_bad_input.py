@@ -248,6 +248,9 @@ async def test_names_at_their_limits(operator: Any, kubectl: Any, long_namespace
             msg = await asyncio.wait_for(c.next_message(), 20)
             assert msg is not None
             got.append(msg.payload["n"])
+            # once() writes a done-marker under the queue's idem:* keys: allowed too.
+            assert await msg.once("seen") is True
+            assert await msg.once("seen") is False
             await msg.ack()
     assert sorted(got) == list(range(6))
 
@@ -265,5 +268,5 @@ async def test_names_at_their_limits(operator: Any, kubectl: Any, long_namespace
             prod.execute_command("FCALL", "aq_enqueue", 1, key, 0, "d", "1")
     say(f"63-character names: namespace {ns!r}, queue {qname!r}; ACL user of "
         f"{len(pcreds['REDIS_USERNAME'])} characters, Secret name of "
-        f"{len(qname) + 1 + len(producer_name)}; produce/consume ok; "
+        f"{len(qname) + 1 + len(producer_name)}; produce, consume and once() ok; "
         f"{len(neighbours)} neighbour keys refused")

@@ -182,14 +182,3 @@ def kopf_log_lines(text: str) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return out
-
-
-def stop_quietly(proc: subprocess.Popen[bytes] | None, timeout: float = 10) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -139,19 +139,27 @@ def _check_no_duplicates_or_orphans(plane: Plane, ns: str, server: RedisServer,
     return {"users": len(in_redis), "keys": len(keys), "secrets": len(secrets)}
 
 
+def _at_generation(kubectl: Any, plural: str, ns: str, generation: int) -> int:
+    """Objects Ready at (at least) `generation`: reconciled since the last apply."""
+    return sum(1 for o in list_objs(kubectl, plural, ns)
+               if is_ready(o) and o["metadata"].get("generation", 0) >= generation)
+
+
 def _kill_when(plane: Plane, op: Any, server: RedisServer, ns: str, n: int,
-               provisioned: Any, what: str, timeout: float, t0: float) -> None:
+               provisioned: Any, what: str, timeout: float, t0: float,
+               generation: int) -> None:
     """SIGKILL the operator once `provisioned()` (users in Redis) passes a third of the
     work, and print how far it had got."""
     wait_until(provisioned, timeout, what, interval=0.05)
     op.kill()
     r = server.client()
     users = len(acl_users(r, server.admin_username))
-    queues = count_ready(plane.kubectl, "agentqueues", ns)
+    queues = _at_generation(plane.kubectl, "agentqueues", ns, generation)
     groups = count_ready(plane.kubectl, "consumergroups", ns)
     say(f"operator SIGKILLed {time.monotonic() - t0:.1f}s into {what}: {users} ACL users "
-        f"in Redis, {queues}/{n} queues and {groups}/{n} groups Ready (current generation)")
-    assert queues < n, "the kill came too late: everything was already Ready"
+        f"in Redis, {queues}/{n} queues reconciled at generation {generation}, "
+        f"{groups}/{n} groups Ready")
+    assert queues < n, "the kill came too late: everything was already reconciled"
 
 
 def _restart_and_verify(plane: Plane, op: Any, server: RedisServer, ns: str, n: int,
@@ -174,9 +182,9 @@ def _restart_and_verify(plane: Plane, op: Any, server: RedisServer, ns: str, n: 
 
 
 def _operator_kill_drill(plane: Plane, server: RedisServer, tmp_path: Path, n: int,
-                         timeout: float) -> None:
+                         timeout: float, extra_args: list[str] | None = None) -> None:
     ns = fresh_namespace(plane, "kill")
-    op = new_operator(plane, server, tmp_path / "operator.log")
+    op = new_operator(plane, server, tmp_path / "operator.log", extra_args)
     r = server.client()
     admin = server.admin_username
     try:
@@ -186,7 +194,7 @@ def _operator_kill_drill(plane: Plane, server: RedisServer, tmp_path: Path, n: i
         applying = apply_in_background(plane, ns, _fleet(n))
         _kill_when(plane, op, server, ns, n,
                    lambda: len(acl_users(r, admin)) >= (2 * n) // 3,
-                   f"creating {n} queues + {n} groups", timeout, t0)
+                   f"creating {n} queues + {n} groups", timeout, t0, generation=1)
         assert applying.wait(120) == 0, applying.stderr.read() if applying.stderr else ""
         _restart_and_verify(plane, op, server, ns, n, timeout, "creation")
 
@@ -197,7 +205,7 @@ def _operator_kill_drill(plane: Plane, server: RedisServer, tmp_path: Path, n: i
         applying = apply_in_background(plane, ns, _fleet(n, consumer="c2", grow=True))
         _kill_when(plane, op, server, ns, n,
                    lambda: sum(1 for u in acl_users(r, admin) if u.endswith(".c2")) >= n // 3,
-                   f"updating {n} queues", timeout, t0)
+                   f"updating {n} queues", timeout, t0, generation=2)
         assert applying.wait(120) == 0, applying.stderr.read() if applying.stderr else ""
         _restart_and_verify(plane, op, server, ns, n, timeout, "update")
         assert not [u for u in acl_users(r, admin) if u.endswith(".c")]
@@ -253,17 +261,20 @@ def test_kube_apiserver_restart(plane: Plane, drill_redis: RedisServer,
         apply_all(plane.kubectl, ns, [aq("after", access=access),
                                       cg("after-g", queueRef={"name": "after"}),
                                       aq("before", access=access, partitions=2)])
-        q_after = _wait_ready_on(plane, "agentqueues", "after", ns, 120)
-        g_after = _wait_ready_on(plane, "consumergroups", "after-g", ns, 120)
-        q_changed = _wait_ready_on(plane, "agentqueues", "before", ns, 120)
-        since = time.monotonic() - t1
+        # Times from the moment the apiserver answered again (the apply included).
+        _wait_ready_on(plane, "agentqueues", "after", ns, 120)
+        q_after = time.monotonic() - t1
+        _wait_ready_on(plane, "consumergroups", "after-g", ns, 120)
+        g_after = time.monotonic() - t1
+        _wait_ready_on(plane, "agentqueues", "before", ns, 120)
+        q_changed = time.monotonic() - t1
         r = drill_redis.client()
         assert r.type(f"aq:{{{ns}/before/1}}:q") == "stream"  # the change reached Redis
         assert r.acl_getuser(f"aq.{ns}.after.c")
         assert op.proc is not None and op.proc.pid == pid and op.proc.poll() is None
         say(f"kube-apiserver down {down:.1f}s (restart to /readyz {started:.1f}s); after it: "
             f"new queue Ready in {q_after:.1f}s, its group in {g_after:.1f}s, the changed "
-            f"queue in {q_changed:.1f}s ({since:.1f}s in all); operator not restarted")
+            f"queue in {q_changed:.1f}s (apply included); operator not restarted")
     finally:
         op.stop()
         plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
@@ -417,12 +428,20 @@ def _ha_drill(plane: Plane, server: RedisServer, tmp_path: Path, lifetime: int |
             f"kill Ready in {q_ready:.1f}s, its group in {g_ready:.1f}s; objects handled by "
             f"the standby only after it resumed: {sorted(b)}")
 
-        # The killed replica comes back with a new random priority: whichever wins, one
-        # replica is active, and a new object is handled by that one only.
+        # The killed replica comes back. With the wrapper, with a priority above every
+        # peer's, to force a handover (the standby must pause, and the two must not
+        # handle objects at the same time); as the chart runs it, with a new random
+        # priority: whichever wins, one replica is active and handles new objects alone.
+        if active.wrapped:
+            peers = json.loads(plane.kubectl("get", "clusterkopfpeering", "agentqueue",
+                                             "-o", "json").stdout).get("status") or {}
+            top = max(int(p.get("priority") or 0) for p in peers.values())
+            active.env["AQ_DRILL_PEERING_PRIORITY"] = str(top + 1)
         back_at = time.time()
         active.start()
         now_active, now_paused = _one_active([active, standby])
         switched = now_active is active
+        assert switched or not active.wrapped
         apply_all(plane.kubectl, ns, [aq("three", access=access)])
         _wait_ready_on(plane, "agentqueues", "three", ns, 60)
         time.sleep(2)

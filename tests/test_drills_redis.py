@@ -96,8 +96,6 @@ class Traffic:
         self.consumer_errors: collections.Counter[str] = collections.Counter()
         self.consumer_restarts = 0
         self.done = asyncio.Event()
-        self.first_error: dict[str, float] = {}
-        self.recovered: dict[str, float] = {}
 
     async def produce(self, rate_per_s: float) -> None:
         async with Producer(self.producer_cfg, meta_ttl=1.0) as producer:
@@ -110,10 +108,7 @@ class Traffic:
                         break
                     except Exception as exc:  # an agent retries with the same keys
                         self.send_errors[type(exc).__name__] += 1
-                        self.first_error.setdefault("producer", time.monotonic())
                         await asyncio.sleep(0.1)
-                if "producer" in self.first_error and "producer" not in self.recovered:
-                    self.recovered["producer"] = time.monotonic()
                 for i, mid in zip(items, ids, strict=True):
                     assert self.ids.setdefault(i, mid) == mid, f"message {i} got two ids"
                     self.acked_sends.add(i)
@@ -137,7 +132,6 @@ class Traffic:
                     await c.flush_acks()
             except Exception as exc:  # the process would exit; kubelet restarts it
                 self.consumer_errors[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
-                self.first_error.setdefault("consumer", time.monotonic())
                 self.consumer_restarts += 1
                 await asyncio.sleep(0.5)
 
