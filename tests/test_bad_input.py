@@ -91,8 +91,10 @@ def test_semantic_error_in_status(case: SemanticCase, operator: Any, kubectl: An
         assert subst["bad_password"] not in json.dumps(obj)
         say(f"{case.id}: Ready=False {case.reason} after {time.monotonic() - t0:.1f}s: "
             f"{cond['message'][:120]}")
-        events = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
-        assert case.reason in events
+        # kopf posts Events from a background queue: give it a moment.
+        wait_for(lambda: case.reason in kubectl("get", "events", "-n", namespace, "-o",
+                                                "json").stdout,
+                 timeout=20, what=f"Event {case.reason}")
     finally:
         if setup_keys:
             r.delete(*setup_keys)

@@ -57,6 +57,39 @@ class Plane:
         self.kubectl("create", "namespace", name)
         return name
 
+    def drop_namespace(self, name: str, timeout: float = 60) -> None:
+        """Delete a drill's namespace, stripping the operator's finalizers so it really
+        goes (the drill's Redis goes with the test anyway): objects left behind would be
+        picked up by the next drill's operator on this control plane."""
+        from kubernetes import client, config
+
+        self.kubectl("delete", "namespace", name, "--wait=false", check=False)
+        api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        custom = client.CustomObjectsApi(api)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                left = 0
+                for plural in ("consumergroups", "agentqueues", "retentionpolicies"):
+                    items = custom.list_namespaced_custom_object(
+                        "agentqueue.io", "v1alpha1", name, plural)["items"]
+                    for obj in items:
+                        left += 1
+                        if obj["metadata"].get("finalizers"):
+                            try:
+                                custom.patch_namespaced_custom_object(
+                                    "agentqueue.io", "v1alpha1", name, plural,
+                                    obj["metadata"]["name"],
+                                    {"metadata": {"finalizers": None}})
+                            except client.ApiException as exc:
+                                if exc.status != 404:
+                                    raise
+                if not left:
+                    return
+                time.sleep(0.5)
+        finally:
+            api.close()
+
     # --- one component at a time ----------------------------------------------------------
     def component(self, name: str) -> Any:
         """The running `_Process` of one component (etcd, kube-apiserver, ...)."""

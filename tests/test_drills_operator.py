@@ -210,8 +210,8 @@ def _operator_kill_drill(plane: Plane, server: RedisServer, tmp_path: Path, n: i
         _restart_and_verify(plane, op, server, ns, n, timeout, "update")
         assert not [u for u in acl_users(r, admin) if u.endswith(".c")]
     finally:
+        plane.drop_namespace(ns)
         op.stop()
-        plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def test_operator_sigkill_mid_reconcile(plane: Plane, drill_redis: RedisServer,
@@ -276,8 +276,8 @@ def test_kube_apiserver_restart(plane: Plane, drill_redis: RedisServer,
             f"new queue Ready in {q_after:.1f}s, its group in {g_after:.1f}s, the changed "
             f"queue in {q_changed:.1f}s (apply included); operator not restarted")
     finally:
+        plane.drop_namespace(ns)
         op.stop()
-        plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 # --- 5. HA: two replicas with kopf peering --------------------------------------------------------
@@ -373,12 +373,28 @@ def _first(op: OperatorProcess, text: str, after: float = 0.0) -> float | None:
     return None
 
 
-def _one_active(ops: list[PeeredOperator]) -> tuple[PeeredOperator, PeeredOperator]:
-    def settled() -> tuple[PeeredOperator, PeeredOperator] | None:
+def _one_active(plane: Plane, ops: list[PeeredOperator]
+                ) -> tuple[PeeredOperator, PeeredOperator]:
+    """(active, standby) once both replicas are in the peering object and one of them
+    is active, the other paused, twice in a row a second apart (a replica that starts
+    while it is alone is active until it sees the other's record)."""
+    def peers() -> int:
+        out = plane.kubectl("get", "clusterkopfpeering", "agentqueue", "-o", "json",
+                            check=False)
+        return len(json.loads(out.stdout).get("status") or {}) if out.returncode == 0 else 0
+
+    def split() -> tuple[PeeredOperator, PeeredOperator] | None:
         states = [op.state() for op in ops]
         if sorted(map(str, states)) == ["active", "paused"]:
             return (ops[0], ops[1]) if states[0] == "active" else (ops[1], ops[0])
         return None
+
+    def settled() -> tuple[PeeredOperator, PeeredOperator] | None:
+        if peers() < 2:
+            return None
+        first = split()
+        time.sleep(1.0)
+        return first if first is not None and split() == first else None
     return wait_until(settled, 60, "exactly one active replica", interval=0.3)  # type: ignore[no-any-return]
 
 
@@ -396,7 +412,7 @@ def _ha_drill(plane: Plane, server: RedisServer, tmp_path: Path, lifetime: int |
     try:
         for op in ops:
             op.start()
-        active, standby = _one_active(ops)
+        active, standby = _one_active(plane, ops)
         assert not any(_first(op, "Pausing all operators, including self") for op in ops)
         apply_all(plane.kubectl, ns, [aq("one", access=access),
                                       cg("one-g", queueRef={"name": "one"})])
@@ -439,7 +455,7 @@ def _ha_drill(plane: Plane, server: RedisServer, tmp_path: Path, lifetime: int |
             active.env["AQ_DRILL_PEERING_PRIORITY"] = str(top + 1)
         back_at = time.time()
         active.start()
-        now_active, now_paused = _one_active([active, standby])
+        now_active, now_paused = _one_active(plane, [active, standby])
         switched = now_active is active
         assert switched or not active.wrapped
         apply_all(plane.kubectl, ns, [aq("three", access=access)])
@@ -460,9 +476,9 @@ def _ha_drill(plane: Plane, server: RedisServer, tmp_path: Path, lifetime: int |
         say(f"comeback: the restarted replica is {'active' if switched else 'the standby'}"
             f"{handover}; 'three' handled by the active replica only")
     finally:
+        plane.drop_namespace(ns)
         for op in ops:
             op.stop()
-        plane.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         plane.kubectl("delete", "clusterkopfpeering", "agentqueue", "--wait=false",
                       check=False)
 

@@ -526,7 +526,7 @@ def test_two_replicas_one_active_and_failover(cluster_release: Release, kubectl:
         def conflicting(op: OperatorProcess) -> bool:
             return "Possibly conflicting operators with the same priority" in op.log_text()
 
-        wait_for(lambda: any(paused(op) or conflicting(op) for op in ops), timeout=30,
+        wait_for(lambda: any(paused(op) or conflicting(op) for op in ops), timeout=90,
                  what="the replicas to settle who is active")
         time.sleep(2)
         assert not any(conflicting(op) for op in ops), (
