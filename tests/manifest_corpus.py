@@ -183,7 +183,7 @@ SEMANTIC: list[SemanticCase] = [
     SemanticCase("aq-admin-secret-without-url",
                  [secret("nourl", username="u", password="p"),
                   aq({"redis": {"secretRef": {"name": "nourl"}}})],
-                 "RedisSecretInvalid", ["Secret 'nourl'", "'url'"]),
+                 "RedisSecretInvalid", ["Secret 'nourl' has no key 'url'"]),
     SemanticCase("aq-admin-secret-bad-scheme",
                  [secret("http", url="http://127.0.0.1:6379"),
                   aq({"redis": {"secretRef": {"name": "http"}}})],

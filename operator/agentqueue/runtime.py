@@ -130,7 +130,12 @@ class Runtime:
                               "does not exist")
         try:
             return RedisTarget.from_secret_data(data)
-        except (KeyError, ValueError) as exc:
+        except KeyError as exc:
+            raise SpecProblem(reasons.REDIS_SECRET_INVALID,
+                              f"Secret {secret_name!r} has no key {exc.args[0]!r} "
+                              "(expected url, and optionally username, password, ca.crt)"
+                              ) from None
+        except ValueError as exc:
             raise SpecProblem(reasons.REDIS_SECRET_INVALID,
                               f"Secret {secret_name!r}: {exc}") from None
 

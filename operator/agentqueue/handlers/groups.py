@@ -4,14 +4,12 @@ the shared PollHub), decides (pure) and scales the target's /scale subresource."
 from __future__ import annotations
 
 import copy
-import time
 from typing import Any
 
 import kopf
 
 from .. import GROUP, VERSION, events, reasons
 from ..conditions import now_iso, set_condition
-from ..kube import KubeError, KubeNotFound
 from ..runtime import Runtime
 from ..services import groups as svc
 from ..services import scaling_loop
@@ -75,5 +73,3 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     rt.hub.forget((meta["namespace"], meta["name"]))
     await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.delete_group(rt, plain))
 
-
-__all__ = ["KubeError", "KubeNotFound", "time"]
