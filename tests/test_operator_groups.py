@@ -121,9 +121,11 @@ def test_scaling_up_down_zero_pause_conflict(operator: Any, kubectl: Any, namesp
     apply(kubectl, namespace, group("workers", **spec, paused=True, pauseReason="incident"))
     wait_for(lambda: replicas(kubectl, namespace, "worker") == 0, timeout=10, what="paused")
     assert "incident" in (r.hget(f"aq:{{{namespace}/jobs/0}}:meta", "paused:workers") or "")
-    obj = get_obj(kubectl, "consumergroups", "workers", namespace)
-    assert (condition(obj, "Paused") or {}).get("status") == "True"
-    assert obj and obj["status"]["pausedReason"] == "incident"
+    # Replicas may reach zero (daemon) before the handler writes the condition.
+    obj = wait_for(lambda: (o := get_obj(kubectl, "consumergroups", "workers", namespace))
+                   and (condition(o, "Paused") or {}).get("status") == "True" and o,
+                   timeout=10, what="Paused condition")
+    assert obj["status"]["pausedReason"] == "incident"
     apply(kubectl, namespace, group("workers", **spec, paused=False))
     wait_for(lambda: replicas(kubectl, namespace, "worker") == 1, timeout=10, what="unpaused")
     assert r.hget(f"aq:{{{namespace}/jobs/0}}:meta", "paused:workers") is None

@@ -222,8 +222,30 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         comparable.get("waiting") == 0) != (state.last_status.get("waiting") == 0)
     if comparable != state.last_status and (scaled or due or transition):
         try:
-            await rt.kube.patch_status("consumergroups", ns, name, new)
+            if not await _write_status(rt, ns, name, new, status.get("conditions")):
+                return
         except KubeNotFound:
             return
         state.last_status, state.last_status_at = comparable, now
 
+
+async def _write_status(rt: Runtime, ns: str, name: str, new: dict[str, Any],
+                        seen: list[dict[str, Any]] | None) -> bool:
+    """Patch status without clobbering conditions another writer set meanwhile.
+
+    The daemon's body can lag behind the create/update handler (which sets Paused and
+    Ready); a merge patch replaces the whole conditions list, so merge into the fresh
+    object, under the per-object lock, only the conditions this loop changed."""
+    ours = {c["type"]: c for c in new["conditions"] or []}
+    before = {c["type"]: c for c in seen or []}
+    changed = {t for t, c in ours.items() if before.get(t) != c}
+    async with rt.locked("ConsumerGroup", ns, name):
+        fresh = await rt.kube.get_object("consumergroups", ns, name)
+        if fresh is None:
+            return False
+        merged = [ours[c["type"]] if c.get("type") in changed else c
+                  for c in (fresh.get("status") or {}).get("conditions") or []]
+        present = {c.get("type") for c in merged}
+        merged += [c for t, c in ours.items() if t in changed and t not in present]
+        await rt.kube.patch_status("consumergroups", ns, name, {**new, "conditions": merged})
+    return True
