@@ -280,10 +280,6 @@ async def test_redis_restart_with_aof_default_user_off(operator: Any, kubectl: A
         server.stop()
 
 
-@pytest.mark.xfail(raises=redis.exceptions.AuthenticationError, strict=True,
-                   reason="SDK: a consumer's read raises WRONGPASS while the operator "
-                   "re-creates the ACL users after a Redis restart (users are not persisted); "
-                   "errors.is_transient() treats AuthenticationError as permanent")
 async def test_consumer_rides_out_a_redis_restart(operator: Any, kubectl: Any, namespace: str,
                                                   tmp_path: Path) -> None:
     """A consumer blocked in a read when Redis restarts keeps consuming by itself once

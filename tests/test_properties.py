@@ -417,11 +417,9 @@ def test_trim_plan_against_a_model_stream(case: tuple[list[tuple[int, int]],
         return
     # Protected: nothing at or after the floor is trimmed ...
     assert all(i < floor for i in trimmed)
-    if unknown:
-        # The docstring promises 0; it says "unknown" (see the xfail test below).
-        assert plan.dropped_undelivered(len(trimmed)) in (0, None)
-        return
     assert plan.dropped_undelivered(len(trimmed)) == 0
+    if unknown:
+        return
     # ... everything before the floor the policy wanted gone is gone ...
     assert [i for i in wanted_gone if i < floor] == trimmed
     # ... and `protected` counts exactly the unacked entries the policy would drop.
@@ -429,9 +427,6 @@ def test_trim_plan_against_a_model_stream(case: tuple[list[tuple[int, int]],
     assert bool(plan.blocked_by) == (plan.protected > 0)
 
 
-@pytest.mark.xfail(strict=True, reason="TrimPlan.dropped_undelivered returns None (unknown) "
-                   "for a protected plan whose unacked count is unknown, although a protected "
-                   "trim never passes the floor (its docstring: 'Always 0 under protection')")
 def test_protected_plan_never_reports_unknown_drops() -> None:
     groups = [GroupPosition("g", "5-0")]
     plan = plan_trim(RetentionSettings(max_age_ms=1, exact=True),

@@ -58,7 +58,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import AuthenticationError, ResponseError, WatchError
 
 from ._delivery import Delivery
 from ._lists import ListBackend
@@ -68,6 +68,7 @@ from .backoff import RetryPolicy
 from .codec import MAX_PAYLOAD_BYTES, parse_json
 from .config import ClientConfig
 from .errors import (
+    AUTH_GRACE_S,
     ConfigError,
     DecodeError,
     LibraryMissingError,
@@ -168,6 +169,7 @@ class Consumer:
         self._next_reclaim = 0.0
         self._next_promote = 0.0
         self._was_paused = False
+        self._auth_failing_since: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, group: str | None = None,
@@ -298,12 +300,25 @@ class Consumer:
                 await self._pause_after_failure(exc, failures)
                 continue
             except redis_errors() as exc:
-                if not is_transient(exc):
+                if not self._retryable(exc):
                     raise
                 failures += 1
                 await self._pause_after_failure(exc, failures)
                 continue
             failures = 0
+            self._auth_failing_since = None
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """Transient, including ``WRONGPASS`` for up to :data:`AUTH_GRACE_S` once these
+        credentials have worked (the server lost its in-memory ACL users: a restart
+        without persistence or a failover; the operator re-creates them)."""
+        if not isinstance(exc, AuthenticationError):
+            return is_transient(exc)
+        now = time.monotonic()
+        if self._auth_failing_since is None:
+            self._auth_failing_since = now
+        return is_transient(exc, authenticated_before=self._started) and (
+            now - self._auth_failing_since < AUTH_GRACE_S)
 
     async def _pause_after_failure(self, exc: BaseException, failures: int) -> None:
         """Transient Redis trouble (connection lost, LOADING, failover): back off with

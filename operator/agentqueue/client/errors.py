@@ -82,14 +82,20 @@ def is_library_missing(exc: BaseException) -> bool:
         "function not found" in text or "library not found" in text)
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException, *, authenticated_before: bool = False) -> bool:
     """True for Redis failures worth retrying after a pause.
 
-    Authentication and permission errors are permanent (a Secret or ACL must change);
     ``LOADING``, ``BUSY``, ``TRYAGAIN`` and connection-level failures are transient.
+    Permission errors are permanent (an ACL must change). Authentication errors
+    (``WRONGPASS``/``NOAUTH``) are permanent for credentials never accepted, but
+    transient once they were (``authenticated_before``): ACL users live in memory, so
+    after a Redis restart without persistence or a failover they are missing until the
+    operator re-creates them (seconds). Callers bound that grace (see
+    :data:`AUTH_GRACE_S`).
     """
-    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError
-                  | rex.NoPermissionError):
+    if isinstance(exc, rex.AuthenticationError):
+        return authenticated_before
+    if isinstance(exc, rex.AuthorizationError | rex.NoPermissionError):
         return False
     if isinstance(exc, rex.BusyLoadingError | rex.ConnectionError | rex.TimeoutError
                   | builtins.TimeoutError | ConnectionError | LibraryMissingError):
@@ -101,6 +107,13 @@ def is_transient(exc: BaseException) -> bool:
         return text.startswith(("LOADING", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
                                 "READONLY", "OOM"))
     return False
+
+
+#: How long a consumer whose credentials worked keeps retrying ``WRONGPASS`` before it
+#: gives up: long enough for the operator to notice a restarted Redis (run_id check,
+#: every few seconds) and re-create the users, short enough to surface a rotated-away
+#: password.
+AUTH_GRACE_S = 60.0
 
 
 def safe_message(exc: BaseException, limit: int = 2000) -> str:

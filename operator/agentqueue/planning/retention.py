@@ -148,6 +148,8 @@ class TrimPlan:
     """Entries before the floor (all acked by every group); None: unknown."""
     skipped: str | None = None
     """Why a trim the policy asks for was not planned (unknown figures)."""
+    protecting: bool = False
+    """Planned under protection: no trim passes the floor."""
 
     @property
     def trims(self) -> bool:
@@ -168,7 +170,7 @@ class TrimPlan:
     def dropped_undelivered(self, trimmed: int) -> int | None:
         """Entries some group had not acked among the `trimmed` oldest (exact when the
         figures were known). Always 0 under protection."""
-        if self.floor is None:
+        if self.floor is None or self.protecting:
             return 0
         if self.acked_before_floor is None:
             return None
@@ -231,7 +233,7 @@ def _protected(settings: RetentionSettings, obs: PartitionObservation, floor: St
     return TrimPlan(minid=minid, maxlen=maxlen, approximate=approx, limit=limit,
                     guard_unacked=guard, protected=protected, protected_exact=exact,
                     floor=format_id(floor), blocked_by=tuple(holders) if protected else (),
-                    acked_before_floor=before_floor, skipped=skipped)
+                    acked_before_floor=before_floor, skipped=skipped, protecting=True)
 
 
 def plan_dead_letter(settings: RetentionSettings, now_ms: int) -> TrimPlan:
