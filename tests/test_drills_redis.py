@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import hashlib
 import json
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -54,20 +52,13 @@ def aof_server(workdir: Path, default_user: str) -> RedisServer:
     again so the drill does not depend on that default: an acknowledged write is on
     disk).
 
-    default_user "off": the ACL file RedisServer writes (`user default off`), as a
+    default_user "off": `user default off`, as a
     hardened production server has it. "locked": `default` enabled with all permissions
     but an unknown random password (clients still must AUTH), which sidesteps the Redis
     AOF-replay bug described in docs/drills.md.
     """
-    server = RedisServer(workdir, aof=True, extra_args=["--appendfsync", "always"])
-    if default_user == "locked":
-        acl = workdir / "locked-default.acl"
-        workdir.mkdir(parents=True, exist_ok=True)
-        admin = hashlib.sha256(server.admin_password.encode()).hexdigest()
-        nobody = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
-        acl.write_text(f"user default on #{nobody} ~* &* +@all\n"
-                       f"user {server.admin_username} on #{admin} ~* &* +@all\n")
-        server.extra_args += ["--aclfile", str(acl)]  # the last --aclfile wins
+    server = RedisServer(workdir, aof=True, extra_args=["--appendfsync", "always"],
+                         default_user="locked" if default_user == "locked" else "off")
     return server.start()
 
 

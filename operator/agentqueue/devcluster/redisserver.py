@@ -1,8 +1,11 @@
 """A real `redis-server` on loopback, for tests and `agentqueue dev up`.
 
-ACL from the start: the `default` user is disabled and an admin user with a random
+ACL from the start: the `default` user cannot be used and an admin user with a random
 password holds every permission, so tests see the same authentication path as
-production. Options: AOF persistence, TLS only (`--port 0`, so plain TCP is refused),
+production. Without AOF `default` is `off`; with AOF it is *locked* instead (on, with
+the hash of a random password nobody keeps): Redis replays Function transactions from
+the AOF as `default` and drops them when it is off (redis/redis#14541, see
+planning/server_risks.py). Options: AOF persistence, TLS only (`--port 0`, so plain TCP is refused),
 cluster mode. `RedisCluster` builds a 3-primary cluster from three of these.
 
 Without persistence (the default) a restart loses data, functions and every ACL user
@@ -27,6 +30,7 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import redis
 
@@ -132,6 +136,7 @@ class RedisServer:
         tls: bool = False,
         cluster: bool = False,
         extra_args: Sequence[str] = (),
+        default_user: Literal["off", "locked"] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port(with_bus=cluster)
@@ -142,6 +147,7 @@ class RedisServer:
         self.tls = tls
         self.cluster = cluster
         self.extra_args = list(extra_args)
+        self.default_user = default_user or ("locked" if aof else "off")
         self.ca_file: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._frozen = False
@@ -186,7 +192,12 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         acl = self.workdir / "users.acl"
         digest = hashlib.sha256(self.admin_password.encode()).hexdigest()
-        acl.write_text("user default off nopass resetchannels -@all\n"
+        if self.default_user == "off":
+            default = "user default off nopass resetchannels -@all"
+        else:  # usable by nobody: nobody knows the password the hash is of
+            nobody = hashlib.sha256(secrets.token_bytes(32)).hexdigest()
+            default = f"user default on #{nobody} ~* &* +@all"
+        acl.write_text(f"{default}\n"
                        f"user {self.admin_username} on #{digest} ~* &* +@all\n")
         args = [
             redis_server_binary(),
