@@ -42,6 +42,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+try:  # optional accelerator; the standard parser is the reference
+    import orjson
+except ImportError:  # pragma: no cover
+    orjson = None  # type: ignore[assignment]
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, best_match
 
@@ -56,6 +60,7 @@ MAX_ERROR_BYTES = 8 * 1024
 
 PAYLOAD, KEY, HEADERS, ATTEMPT, ERROR = "d", "k", "h", "a", "e"
 ENVELOPE_FIELDS = frozenset({PAYLOAD, KEY, HEADERS, ATTEMPT, ERROR})
+_PAYLOAD_B = PAYLOAD.encode()
 DLQ_PREFIX = "x."
 DLQ_FIELDS = ("x.id", "x.deliveries", "x.group", "x.consumer", "x.error", "x.time")
 # List/PubSub elements only.
@@ -220,6 +225,11 @@ def decode_fields(fields: Mapping[bytes, bytes] | Mapping[str, str] | Any, *,
     Raises :class:`DecodeError` (with a reason) for anything that is not a valid
     envelope, including ``x.*`` and unknown fields (see the module docstring).
     """
+    if type(fields) is dict and len(fields) == 1:
+        # The common entry, a payload and nothing else: skip the general walk.
+        body = fields.get(_PAYLOAD_B)
+        if type(body) is bytes and len(body) <= max_payload_bytes:
+            return Envelope(body=body)
     if not isinstance(fields, Mapping):
         raise DecodeError(f"entry is not a field map: {type(fields).__name__}")
     values: dict[str, bytes] = {}
@@ -311,14 +321,25 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every payload: json.loads(..., parse_constant=...) builds a new one
+# per call, which cost more than the parse of a small payload.
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_json(body: bytes) -> Any:
     """Parse a payload as strict JSON (UTF-8, no NaN/Infinity); :class:`DecodeError`."""
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # let the standard parser decide and word the reason (it also takes
+            # integers beyond 64 bits, which orjson refuses)
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise DecodeError("payload is not valid UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _STRICT_JSON.decode(text)
     except RecursionError:
         raise DecodeError("payload JSON is nested too deeply") from None
     except ValueError as exc:

@@ -170,6 +170,7 @@ class Consumer:
         self._next_promote = 0.0
         self._was_paused = False
         self._auth_failing_since: float | None = None
+        self._pause_field = f"paused:{self.group}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, group: str | None = None,
@@ -264,7 +265,7 @@ class Consumer:
         return self
 
     async def __anext__(self) -> Message:
-        msg = await self.next_message()
+        msg = self._take_buffered() or await self.next_message()
         if msg is None:
             raise StopAsyncIteration
         return msg
@@ -274,6 +275,9 @@ class Consumer:
         await self.start()
         failures = 0
         while True:
+            msg = self._take_buffered()
+            if msg is not None:
+                return msg
             _reraise_swallowed_cancel()
             self._check_fatal()
             paused = self._update_pause()
@@ -340,7 +344,18 @@ class Consumer:
             if exc is not None:
                 raise exc
 
+    def _take_buffered(self) -> Message | None:
+        """The hot path: the next buffered message when nothing else needs doing."""
+        buffer = self._buffer
+        while buffer and self._fatal is None and not self._update_pause():
+            msg = buffer.popleft()
+            if not msg.settled and not msg.lost:
+                return msg
+        return None
+
     def _update_pause(self) -> bool:
+        if not self._was_paused and self._pause_field not in self._meta.current.raw:
+            return False  # the common case, without building the record
         record = self.meta.paused(self.group)
         if (record is not None) != self._was_paused:
             self._was_paused = record is not None
@@ -475,7 +490,9 @@ class Consumer:
         msg._settle()
         self._held.pop((msg.partition, msg.id), None)
 
-    async def _ack(self, msg: Message) -> None:
+    def _ack(self, msg: Message) -> None:
+        """Settle now; the XACK/LREM goes with the next read or flush (no await here:
+        this runs once per message)."""
         self._release(msg)
         if isinstance(self._backend, PubSubBackend):
             return

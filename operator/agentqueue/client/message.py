@@ -66,7 +66,7 @@ class Message:
         ``await consumer.flush_acks()`` to force it. If the process dies before it was
         sent, the message is redelivered (at least once).
         """
-        await self._owner()._ack(self)
+        self._owner()._ack(self)
 
     async def nack(self, error: BaseException | str | None = None, *,
                    delay: float | None = None) -> None:
