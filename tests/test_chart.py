@@ -488,7 +488,7 @@ MONITORING_CRDS = [
         "endpoints": {"type": "array", "items": {"type": "object", "properties": {
             "port": {"type": "string"}, "path": {"type": "string"},
             "scheme": {"type": "string"}, "interval": {"type": "string"},
-            "scrapeTimeout": {"type": "string"},
+            "scrapeTimeout": {"type": "string"}, "honorLabels": {"type": "boolean"},
             "relabelings": {"type": "array", "items": _RELABEL},
             "metricRelabelings": {"type": "array", "items": _RELABEL}}}}}),
     ("prometheusrules", "PrometheusRule", {
