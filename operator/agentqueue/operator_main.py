@@ -7,7 +7,7 @@ import random
 
 import kopf
 
-from . import logs
+from . import logs, tracing
 from .config import OperatorConfig
 
 
@@ -20,6 +20,8 @@ async def run_operator(
     log_format: str = "json",
 ) -> None:
     logs.configure(log_level, log_format)
+    # Before kopf starts: its aiohttp sessions are instrumented when they are created.
+    tracing.setup()
     from . import handlers  # noqa: F401  (registers the handlers)
 
     logging.getLogger("agentqueue").info(
@@ -29,12 +31,15 @@ async def run_operator(
     # kopf keeps one replica active only when replicas have distinct priorities;
     # with equal ones both pause. A random priority per process makes them distinct.
     priority = random.SystemRandom().randint(1, 2**31 - 1) if peering else None
-    await kopf.operator(
-        priority=priority,
-        clusterwide=not config.namespaces,
-        namespaces=list(config.namespaces),
-        standalone=peering is None,
-        peering_name=peering,
-        liveness_endpoint=liveness or None,
-        memo=kopf.Memo(config=config),
-    )
+    try:
+        await kopf.operator(
+            priority=priority,
+            clusterwide=not config.namespaces,
+            namespaces=list(config.namespaces),
+            standalone=peering is None,
+            peering_name=peering,
+            liveness_endpoint=liveness or None,
+            memo=kopf.Memo(config=config),
+        )
+    finally:
+        tracing.shutdown()  # export the spans still buffered

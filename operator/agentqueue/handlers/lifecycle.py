@@ -9,6 +9,7 @@ import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
+from .. import tracing
 from ..config import OperatorConfig, default_redis_from_env
 from ..runtime import Runtime
 
@@ -36,6 +37,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
 
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig(
         default_redis=default_redis_from_env())
+    # Done already by `agentqueue run` (a no-op then); this covers `kopf run`.
+    tracing.setup()
     try:
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
