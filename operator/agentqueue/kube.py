@@ -70,6 +70,13 @@ def standard_labels(name: str, component: str) -> dict[str, str]:
     }
 
 
+class Unread:
+    """Marks an argument the caller did not read (None means "read: absent")."""
+
+
+UNREAD = Unread()
+
+
 class KubeGateway:
     def __init__(self, api: k8s.ApiClient) -> None:
         self.api = api
@@ -100,9 +107,15 @@ class KubeGateway:
         data: dict[str, str],
         owner: dict[str, Any],
         labels: dict[str, str],
+        *,
+        current: dict[str, bytes] | None | Unread = UNREAD,
     ) -> bool:
-        """Create or update an owned Secret; returns True when something was written."""
-        current = await self.read_secret(namespace, name)
+        """Create or update an owned Secret; returns True when something was written.
+
+        `current`: the Secret's data as the caller just read it (None: absent), to spare
+        a second GET."""
+        if isinstance(current, Unread):
+            current = await self.read_secret(namespace, name)
         wanted = {k: v.encode() for k, v in data.items()}
         if current == wanted:
             return False

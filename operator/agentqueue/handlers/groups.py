@@ -3,7 +3,6 @@ the shared PollHub), decides (pure) and scales the target's /scale subresource."
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import kopf
@@ -13,14 +12,14 @@ from ..conditions import now_iso, set_condition
 from ..runtime import Runtime
 from ..services import groups as svc
 from ..services import scaling_loop
-from .report import ready_status, run_reconcile, write_status
+from .report import ready_status, run_reconcile, snapshot, write_status
 
 PLURAL = "consumergroups"
 KIND = "ConsumerGroup"
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
+    return snapshot(body)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -5,9 +5,10 @@ into conditions, an Event and the right kopf error. Status is written explicitly
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -23,6 +24,18 @@ T = TypeVar("T")
 log = logging.getLogger("agentqueue.report")
 
 
+def snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A plain-dict copy of a kopf body (kopf's views are live), without
+    metadata.managedFields: nothing here reads them, and they are most of the bytes a
+    copy per daemon tick would duplicate."""
+    out: dict[str, Any] = {}
+    for key, value in body.items():
+        if key == "metadata":
+            value = {k: v for k, v in value.items() if k != "managedFields"}
+        out[key] = copy.deepcopy(value)
+    return out
+
+
 def ready_status(body: dict[str, Any], ok: bool, reason: str, message: str,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A status patch with Ready set; other conditions are kept."""
@@ -34,8 +47,20 @@ def ready_status(body: dict[str, Any], ok: bool, reason: str, message: str,
     return out
 
 
+def changes_status(body: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Whether merge-patching `status` would change the body's status (a key set to None
+    deletes it, so a missing key equals None)."""
+    current = body.get("status") or {}
+    return any(current.get(k) != v for k, v in status.items())
+
+
 async def write_status(rt: Runtime, plural: str, body: dict[str, Any],
                        status: dict[str, Any]) -> None:
+    """Merge-patch status, unless nothing would change: drift checks and keepers
+    rewrite the same status every interval, and each patch is an API write and an
+    event to every watcher."""
+    if not changes_status(body, status):
+        return
     meta = body["metadata"]
     with contextlib.suppress(KubeNotFound):  # deleted meanwhile
         await rt.kube.patch_status(plural, meta["namespace"], meta["name"], status)
