@@ -60,3 +60,21 @@ def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
 
 def remove_condition(conditions: list[dict[str, Any]] | None, type_: str) -> list[dict[str, Any]]:
     return [dict(c) for c in conditions or [] if c.get("type") != type_]
+
+
+def merge_changed(fresh: list[dict[str, Any]] | None, ours: list[dict[str, Any]] | None,
+                  seen: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The conditions to write over `fresh` (just read from the API server): the types
+    `ours` changed relative to `seen` (the copy our computation started from) replace
+    those in `fresh`, types we removed are removed, and everything else in `fresh` is
+    kept. A merge patch replaces the whole list, so this is how two writers of one
+    object's conditions (a handler and a daemon, say) avoid clobbering each other."""
+    mine = {c["type"]: c for c in ours or []}
+    before = {c["type"]: c for c in seen or []}
+    changed = {t for t, c in mine.items() if before.get(t) != c}
+    removed = set(before) - set(mine)
+    out = [dict(mine[c["type"]]) if c.get("type") in changed else dict(c)
+           for c in fresh or [] if c.get("type") not in removed]
+    present = {c.get("type") for c in out}
+    out += [dict(c) for t, c in mine.items() if t in changed and t not in present]
+    return out

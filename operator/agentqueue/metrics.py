@@ -23,6 +23,7 @@ NS = "agentqueue"
 class QueueFigures:
     partitions: dict[int, dict[str, float]] = field(default_factory=dict)
     slo_breaches: dict[str, float] = field(default_factory=dict)
+    """Objective -> 1 breached / 0 within; objectives that cannot be measured are absent."""
     trimmed_total: float = 0.0
     dropped_undelivered_total: float = 0.0
 
@@ -39,6 +40,9 @@ class GroupFigures:
     desired_replicas: float | None = None
     reclaimed_total: float = 0
     dead_lettered_total: float = 0
+    observed_at: float | None = None
+    """When Redis was last read for these figures (epoch seconds); None: never."""
+    poll_interval_s: float = 1.0
 
 
 _QUEUE_GAUGES = {
@@ -137,6 +141,23 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_queue(self, namespace: str, queue: str,
+                      partitions: dict[int, dict[str, float]]) -> QueueFigures:
+        """Record a queue's per-partition figures; its counters (retention) and SLO
+        gauges are kept (replacing the whole entry would reset the counters)."""
+        figures = self.queues.setdefault((namespace, queue), QueueFigures())
+        figures.partitions = dict(partitions)
+        return figures
+
+    def set_slo(self, namespace: str, queue: str, gauges: dict[str, float]) -> None:
+        """The queue's SLO gauges (objective -> 1 breached, 0 within); {} drops them."""
+        figures = self.queues.get((namespace, queue))
+        if figures is None:
+            if not gauges:
+                return
+            figures = self.queues[(namespace, queue)] = QueueFigures()
+        figures.slo_breaches = dict(gauges)
 
     def forget_queue(self, namespace: str, queue: str) -> None:
         self.queues.pop((namespace, queue), None)

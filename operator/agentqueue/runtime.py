@@ -79,6 +79,21 @@ class Runtime:
     hub: PollHub[tuple[str, str]]
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock))
+    figures_events: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    """Per queue: set when one of its ConsumerGroups has new figures from the poll."""
+
+    def group_figures_updated(self, namespace: str, queue: str) -> None:
+        """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): wake the
+        queue's keeper, which re-evaluates the SLO from them without touching Redis."""
+        event = self.figures_events.get((namespace, queue))
+        if event is not None:
+            event.set()
+
+    def watch_group_figures(self, namespace: str, queue: str) -> asyncio.Event:
+        return self.figures_events.setdefault((namespace, queue), asyncio.Event())
+
+    def unwatch_group_figures(self, namespace: str, queue: str) -> None:
+        self.figures_events.pop((namespace, queue), None)
 
     @classmethod
     def create(cls, config: OperatorConfig, api: k8s.ApiClient) -> Runtime:

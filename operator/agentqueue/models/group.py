@@ -106,7 +106,11 @@ class ConsumerGroupStatus(CommonStatus):
                                          description="Last time work was waiting (cooldown).")
     reclaimed: int = Field(default=0, description="Entries past the visibility timeout at the "
                            "last sweep, handed back for another consumer to claim.")
-    dead_lettered: int = Field(default=0, description="Entries moved to the dead-letter queue.")
+    dead_lettered: int = Field(default=0, description="Entries of this group moved to the "
+                               "dead-letter queue, by its consumers or the operator's sweep.")
+    dead_letter_cursor: dict[str, str] = Field(
+        default_factory=dict, description="Per partition, the last dead-letter entry counted "
+        "in deadLettered (so a restart neither misses nor recounts one).")
     paused_at: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
                                   description="When the group was paused.")
     paused_reason: str | None = Field(default=None, description="Why it is paused.")

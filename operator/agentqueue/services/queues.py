@@ -12,15 +12,18 @@ from pydantic import ValidationError
 
 from .. import keys, reasons
 from ..kube import standard_labels
+from ..metrics import Metrics
 from ..models import AgentQueueSpec, Role, parse_duration
-from ..planning import acl, queue_plan
-from ..redisgw import provision, users
+from ..planning import acl, queue_plan, slo
+from ..redisgw import backlog, provision, users
 from ..redisgw.connection import RedisTarget
 from ..runtime import Runtime
 from .errors import SpecProblem
 
 log = logging.getLogger("agentqueue.queues")
 ROTATE_ANNOTATION = "agentqueue.io/rotate-credentials"
+STALE_FIGURES_MIN_S = 10.0
+"""A group's figures older than this (or three poll intervals) no longer count."""
 
 
 @dataclass
@@ -29,6 +32,7 @@ class QueueOutcome:
     repaired: list[str] = field(default_factory=list)
     rotated: bool = False
     target: RedisTarget | None = None
+    slo_sample: slo.QueueSample | None = None
 
 
 def parse_spec(raw: dict[str, Any]) -> AgentQueueSpec:
@@ -190,7 +194,31 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> Queu
     }
     if spec.type == "PubSub":
         new_status["channel"] = keys.channel_name(ns, name)
-    return QueueOutcome(new_status, repaired, bool(rotate_reason), target)
+    # The SLO's waiting age, read with this observation and only when it is asked for.
+    waiting_age = None
+    if spec.slo is not None and spec.slo.max_waiting_age is not None:
+        waiting_age = await backlog.oldest_waiting_age(
+            client, keys.partition_keys(ns, name, spec.partitions), str(spec.type),
+            spec.priority_levels)
+    sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age)
+    return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample)
+
+
+def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
+             sample: slo.QueueSample | None, groups: list[str], now: float) -> slo.QueueLoad:
+    """The queue's load for its SLO, from what was observed: `sample` (the queue's own
+    observation) and the figures the shared poll left in `metrics` for each of the
+    queue's ConsumerGroups `groups` (stale ones count as missing). No Redis access."""
+    samples: dict[str, slo.GroupSample | None] = {}
+    for group in groups:
+        fig = metrics.groups.get((namespace, group))
+        fresh = (fig is not None and fig.queue == name and fig.observed_at is not None
+                 and now - fig.observed_at <= max(STALE_FIGURES_MIN_S,
+                                                  3 * fig.poll_interval_s))
+        samples[group] = slo.GroupSample(
+            int(fig.lag), int(fig.pending), int(fig.due_retries),
+            float(fig.oldest_pending_age_seconds)) if fresh and fig else None
+    return slo.queue_load(str(spec.type), sample, samples)
 
 
 async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
@@ -213,4 +241,3 @@ async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
         await users.delete_user(client, keys.acl_username(ns, name, entry.name))
     if spec.deletion_policy == "Delete":
         await provision.delete_queue_data(client, ns, name, spec.partitions)
-    rt.metrics.forget_queue(ns, name)

@@ -20,6 +20,7 @@ from ..kube import KubeError, KubeNotFound
 from ..metrics import GroupFigures
 from ..models import parse_duration
 from ..planning import scaling
+from ..redisgw import deadletters
 from ..redisgw import groups as redis_groups
 from ..redisgw.errors import RedisError
 from ..redisgw.poller import GroupTarget
@@ -46,6 +47,10 @@ class LoopState:
     last_status_at: float = 0.0
     reclaimed: int = 0
     dead_lettered: int = 0
+    dlq_cursor: dict[int, str] | None = None
+    """Per partition, the last dead-letter entry counted (None: not set up yet)."""
+    dlq_length_seen: float | None = None
+    dlq_scan_due: bool = True
     loaded: bool = False
     last_active: float | None = None
     ctx: svc.GroupContext | None = None
@@ -56,15 +61,22 @@ class LoopState:
 async def run(rt: Runtime, get_body: Callable[[], dict[str, Any]], stopped: kopf.DaemonStopped,
               logger: kopf.Logger) -> None:
     state = LoopState()
-    while not stopped:
-        body = get_body()
-        try:
-            await tick(rt, body, state, logger)
-        except (SpecProblem, Waiting):
-            await asyncio.sleep(2.0)  # the create/update handler reports these
-        except (RedisError, KubeError) as exc:
-            logger.warning("scaling tick failed", extra={"error": str(exc)})
-            await asyncio.sleep(1.0)
+    try:
+        while not stopped:
+            body = get_body()
+            try:
+                await tick(rt, body, state, logger)
+            except (SpecProblem, Waiting):
+                await asyncio.sleep(2.0)  # the create/update handler reports these
+            except (RedisError, KubeError) as exc:
+                logger.warning("scaling tick failed", extra={"error": str(exc)})
+                await asyncio.sleep(1.0)
+    finally:
+        meta = get_body()["metadata"]
+        if meta.get("deletionTimestamp"):
+            # The delete handler forgets the series too, but only when it can still
+            # resolve the queue; a group outliving its queue must not leave them behind.
+            rt.metrics.forget_group(meta["namespace"], meta["name"])
 
 
 async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
@@ -79,6 +91,9 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         raise Waiting(reasons.RECONCILING, "group not reconciled yet", 1.0)
     if not state.loaded:
         state.dead_lettered = int(status.get("deadLettered") or 0)
+        cursor = status.get("deadLetterCursor")
+        if cursor is not None or "deadLettered" not in status:
+            state.dlq_cursor = {int(k): str(v) for k, v in (cursor or {}).items()}
         state.last_active = _parse_time(status.get("lastActiveTime"))
         state.loaded = True
     # Resolving reads the AgentQueue and maybe a Secret from the API: not every tick.
@@ -109,6 +124,7 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
                   f"{sorted(figures.missing_partitions)}")
 
     # Poison messages to the DLQ, dead consumers removed: not every tick.
+    swept = 0
     if redis_ok and now - state.last_maintenance >= max(
             1.0, parse_duration(spec.visibility_timeout) / 2):
         state.last_maintenance = now
@@ -119,14 +135,26 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         # A gauge: entries past the timeout at this sweep, left for consumers to claim
         # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
         state.reclaimed = res.reclaimed
-        state.dead_lettered += res.dead_lettered
-        if res.dead_lettered:
-            events.warn(body, reason=reasons.DEAD_LETTERED,
-                      message=f"{res.dead_lettered} message(s) exceeded {ctx.max_deliveries} "
-                      "deliveries and were moved to the dead-letter queue")
+        swept = res.dead_lettered
+        state.dlq_scan_due = True  # also a periodic recount, whatever the sweep did
         await redis_groups.remove_dead_consumers(
             client, ctx.partitions, ctx.group,
             int(parse_duration(spec.dead_consumer_timeout) * 1000))
+
+    # Dead letters: the sweep's and the consumers' own (nack on the last delivery,
+    # malformed entries), counted from the dead-letter streams when they changed.
+    queue_figures = rt.metrics.queues.get((ns, spec.queue_ref.name))
+    dlq_length = (sum(p.get("dead_letter_length", 0.0) for p in queue_figures.partitions.values())
+                  if queue_figures else None)
+    if dlq_length != state.dlq_length_seen:
+        state.dlq_scan_due = True
+    if redis_ok and state.dlq_scan_due:
+        try:
+            await _count_dead_letters(rt, body, ctx, state, swept)
+            state.dlq_length_seen = dlq_length
+            state.dlq_scan_due = False
+        except RedisError as exc:
+            logger.warning("counting dead letters failed", extra={"error": str(exc)})
 
     # Scaling
     ref = spec.scale_target_ref
@@ -203,16 +231,27 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         reason = reasons.FALLBACK if (ref and spec.scaling.fallback_replicas is not None) \
             else reasons.REDIS_UNAVAILABLE
         conditions = set_condition(conditions, reasons.READY, False, reason, msg, gen)
+    if state.dlq_cursor is not None:
+        new["deadLetterCursor"] = {str(k): v for k, v in sorted(state.dlq_cursor.items())}
     if scaled:
         new["lastScaleTime"] = now_iso()
-    rt.metrics.groups[(ns, name)] = GroupFigures(
-        queue=spec.queue_ref.name,
-        lag=figures.lag if redis_ok else 0, pending=figures.pending if redis_ok else 0,
-        due_retries=figures.due_retries if redis_ok else 0,
-        oldest_pending_age_seconds=figures.oldest_pending_age_s if redis_ok else 0,
-        consumers=figures.consumers if redis_ok else 0,
-        current_replicas=state.current, desired_replicas=desired,
-        reclaimed_total=state.reclaimed, dead_lettered_total=state.dead_lettered)
+    # Figures as last read: while Redis cannot be read they stay (with their time),
+    # rather than drop to zero as if the work were done.
+    before = rt.metrics.groups.get((ns, name))
+    fig = GroupFigures(queue=spec.queue_ref.name, poll_interval_s=interval)
+    if redis_ok:
+        fig.lag, fig.pending, fig.due_retries = figures.lag, figures.pending, figures.due_retries
+        fig.oldest_pending_age_seconds = figures.oldest_pending_age_s
+        fig.consumers = figures.consumers
+        fig.observed_at = result.at
+    elif before is not None and before.queue == fig.queue:
+        fig.lag, fig.pending, fig.due_retries = before.lag, before.pending, before.due_retries
+        fig.oldest_pending_age_seconds = before.oldest_pending_age_seconds
+        fig.consumers, fig.observed_at = before.consumers, before.observed_at
+    fig.current_replicas, fig.desired_replicas = state.current, desired
+    fig.reclaimed_total, fig.dead_lettered_total = state.reclaimed, state.dead_lettered
+    rt.metrics.groups[(ns, name)] = fig
+    rt.group_figures_updated(ns, spec.queue_ref.name)  # the queue's SLO follows
     new["conditions"] = conditions
     comparable = dict(new)
     if state.last_active is not None:
@@ -227,6 +266,31 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         except KubeNotFound:
             return
         state.last_status, state.last_status_at = comparable, now
+
+
+async def _count_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupContext,
+                              state: LoopState, swept: int) -> None:
+    """Add the group's new dead-letter entries to `state.dead_lettered`; an Event says
+    how many. A new group counts from its creation; one whose status predates the
+    cursor (an upgrade) starts at the current end of the dead-letter queues."""
+    client = await rt.redis.get(ctx.target)
+    if state.dlq_cursor is None:
+        state.dlq_cursor = await deadletters.last_id(client, ctx.partitions)
+        return
+    created = _parse_time(body["metadata"].get("creationTimestamp")) or 0.0
+    starts = {p.partition: (f"({state.dlq_cursor[p.partition]}"
+                            if p.partition in state.dlq_cursor else f"{int(created * 1000)}-0")
+              for p in ctx.partitions}
+    count, last = await deadletters.count_dead_letters(client, ctx.partitions, ctx.group,
+                                                       starts)
+    state.dlq_cursor.update(last)
+    if count:
+        state.dead_lettered += count
+        by_sweep = (f" ({min(swept, count)} by the operator's sweep: not acknowledged after "
+                    f"{ctx.max_deliveries} deliveries)" if swept else "")
+        events.warn(body, reason=reasons.DEAD_LETTERED,
+                    message=f"{count} message(s) of group {ctx.group!r} moved to the "
+                    f"dead-letter queue{by_sweep}")
 
 
 async def _write_status(rt: Runtime, ns: str, name: str, new: dict[str, Any],

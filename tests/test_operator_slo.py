@@ -1,0 +1,181 @@
+"""Queue SLOs end to end: the real operator, a real apiserver and redis-server. A breach
+shows as the SLOBreached condition (which objective, by how much), an Event and the
+agentqueue_queue_slo_breached gauge scraped over HTTP; so does the recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from agentqueue import keys
+from agentqueue.client import ClientConfig, Consumer, Producer
+from agentqueue.redisgw.backlog import oldest_waiting_age
+
+from .operator_fixtures import condition, get_obj, wait_for, wait_ready
+from .test_metrics_scrape import samples, scrape
+from .test_operator_groups import group
+from .test_operator_queue import apply, queue, secret_values
+
+ACCESS = {"producers": [{"name": "intake"}], "consumers": [{"name": "worker"}]}
+
+
+def slo_condition(kubectl: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    return condition(get_obj(kubectl, "agentqueues", name, namespace), "SLOBreached")
+
+
+def wait_slo(kubectl: Any, namespace: str, name: str, status: str, reason: str | None = None,
+             message: str = "", timeout: float = 30.0) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = slo_condition(kubectl, namespace, name)
+        if cond and cond["status"] == status and (reason is None or cond["reason"] == reason) \
+                and message in cond["message"]:
+            return cond
+        return None
+    return wait_for(check, timeout, interval=0.3,  # type: ignore[no-any-return]
+                    what=f"SLOBreached={status} {reason or ''} on {name}")
+
+
+def slo_gauges(operator: Any, namespace: str, name: str) -> dict[str, float]:
+    return {dict(k[1])["objective"]: v
+            for k, v in samples(scrape(operator.metrics_url)).items()
+            if k[0] == "agentqueue_queue_slo_breached"
+            and ("namespace", namespace) in k[1] and ("queue", name) in k[1]}
+
+
+def wait_gauges(operator: Any, namespace: str, name: str, want: dict[str, float]) -> None:
+    wait_for(lambda: slo_gauges(operator, namespace, name) == want, timeout=20, interval=0.3,
+             what=f"slo gauges {want}")
+
+
+def slo_events(kubectl: Any, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    items = [e for e in json.loads(out)["items"]
+             if e["involvedObject"].get("name") == name
+             and e["involvedObject"].get("kind") == "AgentQueue"
+             and (e.get("message") or "").startswith(("SLO breached", "SLO recovered"))]
+    return sorted(items, key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
+
+
+@pytest.mark.k8s
+def test_stream_slo_breach_and_recovery(operator: Any, kubectl: Any, namespace: str) -> None:
+    apply(kubectl, namespace, queue("work", access=ACCESS,
+                                    slo={"maxDepth": 3, "maxWaitingAge": "3s"}))
+    wait_ready(kubectl, "agentqueues", "work", namespace)
+    apply(kubectl, namespace, group("agents", queueRef={"name": "work"}, startFrom="Beginning",
+                                    visibilityTimeout="10m"))
+    wait_ready(kubectl, "consumergroups", "agents", namespace)
+    cond = wait_slo(kubectl, namespace, "work", "False", "SLOMet")
+    assert cond["message"] == "all objectives met"
+    wait_gauges(operator, namespace, "work", {"maxDepth": 0.0, "maxWaitingAge": 0.0})
+    creds = {n: secret_values(kubectl, namespace, f"work.{n}") for n in ("intake", "worker")}
+
+    async def produce(n: int) -> None:
+        async with Producer(ClientConfig.from_env(creds["intake"])) as producer:
+            for i in range(n):
+                await producer.send({"n": i})
+
+    # Past maxDepth: 5 waiting, 2 over. Seen from the shared poll within a poll interval.
+    asyncio.run(produce(5))
+    cond = wait_slo(kubectl, namespace, "work", "True", message="depth 5 is 2 over maxDepth 3")
+    assert cond["message"].startswith("depth 5 is 2 over maxDepth 3"), cond
+    assert slo_gauges(operator, namespace, "work")["maxDepth"] == 1.0
+    # Nobody reads: after 3s the oldest undelivered entry breaches maxWaitingAge too.
+    cond = wait_slo(kubectl, namespace, "work", "True", "ObjectivesBreached")
+    assert "depth 5 is 2 over maxDepth 3" in cond["message"]
+    assert "over maxWaitingAge 3s" in cond["message"]
+    wait_gauges(operator, namespace, "work", {"maxDepth": 1.0, "maxWaitingAge": 1.0})
+    obj = get_obj(kubectl, "agentqueues", "work", namespace)
+    assert condition(obj)["status"] == "True"  # type: ignore[index]  # Ready untouched
+
+    # Consume and ack everything: both objectives recover.
+    async def consume(n: int) -> None:
+        async with Consumer(ClientConfig.from_env(creds["worker"]), group="agents",
+                            consumer_name="c1", block_ms=200) as consumer:
+            for _ in range(n):
+                msg = await asyncio.wait_for(consumer.next_message(), 10)
+                assert msg is not None
+                await msg.ack()
+            await consumer.flush_acks()
+
+    asyncio.run(consume(5))
+    cond = wait_slo(kubectl, namespace, "work", "False", "SLOMet")
+    assert cond["message"] == "all objectives met"
+    wait_gauges(operator, namespace, "work", {"maxDepth": 0.0, "maxWaitingAge": 0.0})
+
+    # Events on transitions only: the breach, the second objective, the recovery.
+    events = wait_for(lambda: (ev := slo_events(kubectl, namespace, "work"))
+                      and any(e["reason"] == "SLOMet" for e in ev) and ev, what="SLO events")
+    warnings = [e for e in events if e["type"] == "Warning"]
+    assert [e["reason"] for e in warnings] == ["DepthExceeded", "ObjectivesBreached"]
+    assert all(e.get("count", 1) == 1 for e in events)
+    assert [e["reason"] for e in events if e["type"] == "Normal"] == ["SLOMet"]
+
+    # No SLO any more: no condition, no series; a deleted queue leaves no series.
+    apply(kubectl, namespace, queue("work", access=ACCESS))
+    wait_for(lambda: slo_condition(kubectl, namespace, "work") is None, timeout=20,
+             what="SLOBreached removed")
+    wait_gauges(operator, namespace, "work", {})
+    kubectl("delete", "agentqueues", "work", "-n", namespace, "--wait=true", "--timeout=30s")
+    text = scrape(operator.metrics_url)
+    assert f'namespace="{namespace}",partition="0",queue="work"' not in text
+
+
+@pytest.mark.k8s
+def test_list_and_pubsub_say_what_is_not_measured(operator: Any, kubectl: Any,
+                                                  namespace: str) -> None:
+    slo = {"maxDepth": 2, "maxWaitingAge": "1h", "maxRetryRate": 0.1}
+    apply(kubectl, namespace, queue("desk", type="List", access=ACCESS, slo=slo))
+    apply(kubectl, namespace, queue("news", type="PubSub", access=ACCESS, slo=slo))
+    wait_ready(kubectl, "agentqueues", "desk", namespace)
+    wait_ready(kubectl, "agentqueues", "news", namespace)
+
+    cond = wait_slo(kubectl, namespace, "news", "Unknown", "NotMeasured")
+    assert "maxDepth (a PubSub channel stores no messages)" in cond["message"]
+    assert "maxRetryRate (Redis keeps no count of retries" in cond["message"]
+    wait_gauges(operator, namespace, "news", {})  # unmeasured: no series at all
+
+    cond = wait_slo(kubectl, namespace, "desk", "False", "SLOMet")
+    assert cond["message"].startswith(
+        "objectives met: maxDepth, maxWaitingAge; not measured: maxRetryRate")
+    creds = secret_values(kubectl, namespace, "desk.intake")
+
+    async def produce() -> None:
+        async with Producer(ClientConfig.from_env(creds)) as producer:
+            for i in range(3):
+                await producer.send({"n": i})
+
+    asyncio.run(produce())
+    cond = wait_slo(kubectl, namespace, "desk", "True", "DepthExceeded")
+    assert cond["message"].startswith("depth 3 is 1 over maxDepth 2; not measured: "
+                                      "maxRetryRate"), cond
+    wait_gauges(operator, namespace, "desk", {"maxDepth": 1.0, "maxWaitingAge": 0.0})
+
+
+async def test_oldest_waiting_age_from_ids(redis_client: Any) -> None:
+    """Stream: the first undelivered entry of the slowest group (or the first entry
+    without a group); List: the oldest queued element's id. Against Redis' clock."""
+    r = redis_client
+    now_ms = int((await r.time())[0]) * 1000
+    part = keys.partition_keys("slo", "s", 1)[0]
+    assert await oldest_waiting_age(r, [part], "Stream") == 0.0  # no key yet
+    await r.xadd(part.queue_key, {"d": "old"}, id=f"{now_ms - 60_000}-0")
+    await r.xadd(part.queue_key, {"d": "new"}, id=f"{now_ms - 5_000}-0")
+    age = await oldest_waiting_age(r, [part], "Stream")
+    assert age is not None and 60 <= age < 62  # no group: the first entry waits
+    await r.xgroup_create(part.queue_key, "fast", id=f"{now_ms - 60_000}-0")  # read "old"
+    await r.xgroup_create(part.queue_key, "done", id="$")
+    age = await oldest_waiting_age(r, [part], "Stream")
+    assert age is not None and 5 <= age < 7  # "new" was delivered to nobody in "fast"
+    await r.xgroup_setid(part.queue_key, "fast", "$")
+    assert await oldest_waiting_age(r, [part], "Stream") == 0.0  # everything delivered
+
+    lst = keys.partition_keys("slo", "l", 1)[0]
+    await r.lpush(lst.priority_key(1), f'{{"i":"{now_ms - 30_000}-abc","d":"x"}}')
+    await r.lpush(lst.priority_key(0), f'{{"i":"{now_ms - 10_000}-def","d":"y"}}',
+                  "not an SDK element")
+    age = await oldest_waiting_age(r, [lst], "List", priority_levels=2)
+    assert age is not None and 30 <= age < 32
+    assert await oldest_waiting_age(r, [lst], "PubSub") is None
