@@ -8,6 +8,7 @@ SCALING_CONFLICT = "ScalingConflict"
 PAUSED = "Paused"
 SLO_BREACHED = "SLOBreached"
 RETENTION_BLOCKED_BY_LAG = "RetentionBlockedByLag"
+REDIS_CONFIG_RISK = "RedisConfigRisk"
 POLICY_CONFLICT = "PolicyConflict"
 
 # Reasons (conditions and Events)
@@ -45,3 +46,5 @@ TRIMMED = "Trimmed"
 PROTECTED = "Protected"
 NOT_BLOCKED = "NotBlocked"
 ACTIVE = "Active"
+NO_KNOWN_RISK = "NoKnownRisk"
+SEVERAL_RISKS = "SeveralRisks"

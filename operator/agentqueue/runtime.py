@@ -5,19 +5,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes import client as k8s
 
+from . import tracing
 from .config import OperatorConfig
 from .kube import KubeGateway
 from .metrics import Metrics
+from .planning.server_risks import Risk, assess
 from .pollhub import PollHub
 from .redisgw.connection import RedisPool, RedisTarget, server_ids
 from .redisgw.errors import RedisError
 from .redisgw.poller import poll_groups
+from .redisgw.server_info import server_facts
 
 log = logging.getLogger("agentqueue.runtime")
 
@@ -79,6 +84,11 @@ class Runtime:
     hub: PollHub[tuple[str, str]]
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(
         default_factory=lambda: defaultdict(asyncio.Lock))
+    secrets_seen: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    """Per credentials Secret: when it was last read or written, and the SHA-256 of its
+    password (what Redis' ACL stores anyway; never the password)."""
+    risks: dict[str, tuple[float, list[Risk]]] = field(default_factory=dict)
+    """Per Redis target: when its settings were last judged, and the data-loss risks."""
     figures_events: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     """Per queue: set when one of its ConsumerGroups has new figures from the poll."""
 
@@ -121,7 +131,19 @@ class Runtime:
     async def locked(self, kind: str, namespace: str, name: str) -> AsyncIterator[None]:
         """One reconcile at a time per object (handlers, timers and daemons share it)."""
         async with self.locks[(kind, namespace, name)]:
-            yield
+            with tracing.reconcile_span(kind, namespace, name):
+                yield
+
+    async def server_risks(self, target: RedisTarget, client: Any) -> list[Risk]:
+        """The target's data-loss risks (planning/server_risks), re-read at most once per
+        drift interval per server however many queues live there."""
+        now = time.monotonic()
+        cached = self.risks.get(target.key)
+        if cached is not None and now - cached[0] < self.config.drift_interval:
+            return cached[1]
+        risks = [r for facts in await server_facts(client) for r in assess(facts)]
+        self.risks[target.key] = (now, risks)
+        return risks
 
     def default_target(self) -> RedisTarget | None:
         default = self.config.default_redis

@@ -13,7 +13,8 @@ import kopf
 from .. import GROUP, VERSION, events, reasons
 from ..conditions import get_condition, merge_changed, remove_condition, set_condition
 from ..kube import KubeError
-from ..planning import slo
+from ..planning import server_risks, slo
+from ..planning.server_risks import Risk
 from ..runtime import Runtime
 from ..services import queues as svc
 from ..services.errors import SpecProblem
@@ -32,7 +33,7 @@ async def _reconcile(rt: Runtime, body: dict[str, Any], logger: kopf.Logger,
     meta = body["metadata"]
     async with rt.locked(KIND, meta["namespace"], meta["name"]):
         outcome = await run_reconcile(
-            rt, KIND, PLURAL, body, lambda: svc.reconcile_queue(rt, body, time.time()),
+            rt, KIND, PLURAL, body, lambda: svc.reconcile_queue(rt, body, time.time(), drift=drift),
             raise_errors=raise_errors)
         if outcome is None:
             return None
@@ -52,6 +53,7 @@ async def _reconcile(rt: Runtime, body: dict[str, Any], logger: kopf.Logger,
         status = ready_status(body, True, reasons.PROVISIONED,
                               f"{extra['type']} queue with {len(extra['partitions'])} "
                               f"partition(s) and {len(extra['users'])} user(s) in Redis", extra)
+        status["conditions"] = _risk_condition(body, status["conditions"], outcome.risks)
         await _write_merged(rt, body, status)
         if not meta.get("deletionTimestamp"):  # a deleted queue's series stay deleted
             rt.metrics.observe_queue(meta["namespace"], meta["name"], {
@@ -60,6 +62,23 @@ async def _reconcile(rt: Runtime, body: dict[str, Any], logger: kopf.Logger,
                              "memory_bytes": p["memoryBytes"]}
                 for p in extra["partitions"]})
         return outcome
+
+
+def _risk_condition(body: dict[str, Any], conditions: list[dict[str, Any]],
+                    risks: list[Risk]) -> list[dict[str, Any]]:
+    """`RedisConfigRisk`: True while a server of the queue is configured to lose data
+    (planning/server_risks), with a Warning Event when that starts or changes."""
+    gen = body["metadata"].get("generation")
+    if not risks:
+        return set_condition(conditions, reasons.REDIS_CONFIG_RISK, False,
+                             reasons.NO_KNOWN_RISK, "", gen)
+    reason = risks[0].reason if len({r.reason for r in risks}) == 1 else reasons.SEVERAL_RISKS
+    message = server_risks.summary(risks)[:1000]
+    before = get_condition((body.get("status") or {}).get("conditions"),
+                           reasons.REDIS_CONFIG_RISK)
+    if not before or before.get("status") != "True" or before.get("message") != message:
+        events.warn(body, reason=reason, message=message)
+    return set_condition(conditions, reasons.REDIS_CONFIG_RISK, True, reason, message, gen)
 
 
 async def _write_merged(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> None:

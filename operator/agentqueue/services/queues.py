@@ -15,6 +15,7 @@ from ..kube import standard_labels
 from ..metrics import Metrics
 from ..models import AgentQueueSpec, Role, parse_duration
 from ..planning import acl, queue_plan, slo
+from ..planning.server_risks import Risk
 from ..redisgw import backlog, provision, users
 from ..redisgw.connection import RedisTarget
 from ..runtime import Runtime
@@ -33,6 +34,8 @@ class QueueOutcome:
     rotated: bool = False
     target: RedisTarget | None = None
     slo_sample: slo.QueueSample | None = None
+    risks: list[Risk] = field(default_factory=list)
+    """How the Redis server is configured to lose data (planning/server_risks)."""
 
 
 def parse_spec(raw: dict[str, Any]) -> AgentQueueSpec:
@@ -106,7 +109,15 @@ def secret_data(target: RedisTarget, namespace: str, name: str, spec: AgentQueue
     return data
 
 
-async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> QueueOutcome:
+SECRET_RECHECK_DRIFTS = 10
+"""A drift check re-reads the credentials Secrets every this many drift intervals; in
+between it restores the ACL users from the password hashes it last saw (a Redis restart
+needs no Kubernetes call), and a Secret deleted or edited by hand is rewritten at the
+next re-read (5 min with the default 30 s interval)."""
+
+
+async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
+                          drift: bool = False) -> QueueOutcome:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec = parse_spec(body.get("spec") or {})
@@ -116,6 +127,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> Queu
     client = await rt.redis.get(target)
 
     # --- observe
+    risks = await rt.server_risks(target, client)
     observed = await provision.observe_queue(client, ns, name, spec)
     creds = dict(status.get("credentials") or {})
     rotate_reason = rotation_due(spec, meta.get("annotations") or {}, creds, now)
@@ -136,6 +148,15 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> Queu
     for role, entry in spec.access.entries():
         username = keys.acl_username(ns, name, entry.name)
         sname = keys.secret_name(name, entry.name)
+        rules = acl.acl_rules(role, ns, name, spec.type, spec.partitions)
+        seen = rt.secrets_seen.get((ns, sname))
+        if (drift and seen is not None and not rotate_reason and not in_grace
+                and now - seen[0] < SECRET_RECHECK_DRIFTS * rt.config.drift_interval):
+            if await users.ensure_user(client, username, rules, [seen[1]]):
+                repaired.append(f"ACL user {username}")
+            user_status.append({"name": entry.name, "role": str(role), "username": username,
+                                "secretName": sname})
+            continue
         existing = await rt.kube.read_secret(ns, sname)
         password = (existing or {}).get("REDIS_PASSWORD", b"").decode() or None
         hashes: list[str] = []
@@ -150,14 +171,14 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> Queu
             if in_grace:
                 hashes += [h for h in await users.password_hashes(client, username)
                            if h not in hashes]
-        rules = acl.acl_rules(role, ns, name, spec.type, spec.partitions)
         changed = await users.ensure_user(client, username, rules, hashes)
         if changed and existing is not None and not rotate_reason:
             repaired.append(f"ACL user {username}")
         # The Secret is written after Redis accepted the password, never before.
         await rt.kube.apply_secret(
             ns, sname, secret_data(target, ns, name, spec, role, username, password),
-            owner=body, labels=standard_labels(name, "credentials"))
+            owner=body, labels=standard_labels(name, "credentials"), current=existing)
+        rt.secrets_seen[(ns, sname)] = (now, hashes[0])
         user_status.append({"name": entry.name, "role": str(role), "username": username,
                             "secretName": sname})
 
@@ -166,6 +187,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> Queu
         if old_user.get("name") not in wanted:
             await users.delete_user(client, old_user["username"])
             await rt.kube.delete_secret(ns, old_user["secretName"])
+            rt.secrets_seen.pop((ns, old_user["secretName"]), None)
 
     if rotate_reason:
         creds["lastRotation"] = _iso(now)
@@ -201,7 +223,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float) -> Queu
             client, keys.partition_keys(ns, name, spec.partitions), str(spec.type),
             spec.priority_levels)
     sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age)
-    return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample)
+    return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample, risks)
 
 
 def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
@@ -239,5 +261,6 @@ async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
     for role, entry in spec.access.entries():
         del role
         await users.delete_user(client, keys.acl_username(ns, name, entry.name))
+        rt.secrets_seen.pop((ns, keys.secret_name(name, entry.name)), None)
     if spec.deletion_policy == "Delete":
         await provision.delete_queue_data(client, ns, name, spec.partitions)
