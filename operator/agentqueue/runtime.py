@@ -87,10 +87,17 @@ class Runtime:
     secrets_seen: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
     """Per credentials Secret: when it was last read or written, and the SHA-256 of its
     password (what Redis' ACL stores anyway; never the password)."""
+    queue_versions: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Per AgentQueue: bumped when its handlers reconcile a change or a deletion, so the
+    ConsumerGroups that cache what they resolved from it re-resolve at once."""
     risks: dict[str, tuple[float, list[Risk]]] = field(default_factory=dict)
     """Per Redis target: when its settings were last judged, and the data-loss risks."""
     figures_events: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     """Per queue: set when one of its ConsumerGroups has new figures from the poll."""
+
+    def queue_changed(self, namespace: str, queue: str) -> None:
+        key = (namespace, queue)
+        self.queue_versions[key] = self.queue_versions.get(key, 0) + 1
 
     def group_figures_updated(self, namespace: str, queue: str) -> None:
         """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): wake the

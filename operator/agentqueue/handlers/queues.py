@@ -105,7 +105,11 @@ async def _write_merged(rt: Runtime, body: dict[str, Any], status: dict[str, Any
 @kopf.on.update(GROUP, VERSION, PLURAL, field=f"metadata.annotations.{svc.ROTATE_ANNOTATION}")
 async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
                     **_: Any) -> None:
-    await _reconcile(memo.runtime, _plain(body), logger, drift=False)
+    rt: Runtime = memo.runtime
+    try:
+        await _reconcile(rt, _plain(body), logger, drift=False)
+    finally:
+        rt.queue_changed(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.index(GROUP, VERSION, "consumergroups")
@@ -279,6 +283,7 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     async def _delete() -> None:
         await svc.delete_queue(rt, plain)
 
+    rt.queue_changed(plain["metadata"]["namespace"], plain["metadata"]["name"])
     status = ready_status(plain, False, reasons.DELETING, "removing ACL users"
                           + (" and keys" if plain.get("spec", {}).get("deletionPolicy") == "Delete"
                              else "; keys are retained"))

@@ -32,7 +32,9 @@ from .queues import _iso, _parse_time
 log = logging.getLogger("agentqueue.scaling")
 CONFLICT_RECHECK_S = 10.0
 SCALE_REFRESH_S = 5.0
-CTX_TTL_S = 15.0
+CTX_TTL_S = 300.0
+"""Re-resolve at least this often (the admin Secret may change); spec changes of the
+group or its queue re-resolve at once (generation, Runtime.queue_versions)."""
 
 
 @dataclass
@@ -97,7 +99,8 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         state.last_active = _parse_time(status.get("lastActiveTime"))
         state.loaded = True
     # Resolving reads the AgentQueue and maybe a Secret from the API: not every tick.
-    key = (meta.get("generation"),)
+    queue_ref = str(((body.get("spec") or {}).get("queueRef") or {}).get("name"))
+    key = (meta.get("generation"), rt.queue_versions.get((ns, queue_ref), 0))
     if state.ctx is None or state.ctx_key != key or time.monotonic() - state.ctx_at > CTX_TTL_S:
         state.ctx = await svc.resolve(rt, body)
         state.ctx_key, state.ctx_at = key, time.monotonic()
