@@ -31,6 +31,19 @@ class _Sub:
     interval: float
     next_due: float = 0.0
     waiter: asyncio.Future[Any] | None = None
+    quiet: Quiet | None = None
+
+
+@dataclass
+class Quiet:
+    """A subscriber's wish not to be woken while nothing changes: until `until`
+    (monotonic), a result whose figures equal `figures` goes to `touch` (cheap, e.g.
+    refresh an observed-at time) instead of waking the waiter. An idle fleet then costs
+    one poll per server per tick, not one daemon wake-up per group."""
+
+    figures: Any
+    until: float
+    touch: Callable[[PollResult], None] | None = None
 
 
 @dataclass
@@ -77,8 +90,15 @@ class _ServerLoop:
             self.last_duration = time.monotonic() - started
             for k, sub in due.items():
                 sub.next_due = started + sub.interval
+                result = outcome[k]
+                quiet = sub.quiet
+                if (quiet is not None and result.error is None and started < quiet.until
+                        and result.figures == quiet.figures):
+                    if quiet.touch is not None:
+                        quiet.touch(result)
+                    continue
                 if sub.waiter and not sub.waiter.done():
-                    sub.waiter.set_result(outcome[k])
+                    sub.waiter.set_result(result)
 
 
 class PollHub(Generic[K]):
@@ -87,21 +107,31 @@ class PollHub(Generic[K]):
         self.loops: dict[str, _ServerLoop] = {}
 
     async def next(self, server_key: str, get_client: Callable[[], Awaitable[Any]], key: K,
-                   request: Any, interval: float) -> PollResult:
-        """Wait for this group's figures from the next tick of its server's loop."""
+                   request: Any, interval: float, quiet: Quiet | None = None) -> PollResult:
+        """Wait for this group's figures from the next tick of its server's loop (with
+        `quiet`: from the first tick whose figures differ, or after `quiet.until`)."""
         loop = self.loops.get(server_key)
         if loop is None:
             loop = self.loops[server_key] = _ServerLoop(server_key, get_client, self.poll)
         sub = loop.subs.get(key)
         if sub is None:
             sub = loop.subs[key] = _Sub(request, interval)
-        sub.request, sub.interval = request, interval
+        sub.request, sub.interval, sub.quiet = request, interval, quiet
         sub.waiter = asyncio.get_running_loop().create_future()
         loop.wake.set()
         try:
             return await sub.waiter
         finally:
             sub.waiter = None
+            sub.quiet = None
+
+    def poke(self, key: K) -> None:
+        """Deliver the next tick to this subscriber even if nothing changed (its spec
+        did)."""
+        for loop in self.loops.values():
+            sub = loop.subs.get(key)
+            if sub is not None:
+                sub.quiet = None
 
     def forget(self, key: K) -> None:
         for loop in self.loops.values():

@@ -29,6 +29,7 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     rt: Runtime = memo.runtime
     plain = _plain(body)
     meta = plain["metadata"]
+    rt.hub.poke((meta["namespace"], meta["name"]))  # the scaler loop sees the new spec now
     async with rt.locked(KIND, meta["namespace"], meta["name"]):
         ctx = await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.reconcile_group(rt, plain))
         assert ctx is not None

@@ -20,6 +20,7 @@ from ..kube import KubeError, KubeNotFound
 from ..metrics import GroupFigures
 from ..models import parse_duration
 from ..planning import scaling
+from ..pollhub import PollResult, Quiet
 from ..redisgw import deadletters
 from ..redisgw import groups as redis_groups
 from ..redisgw.errors import RedisError
@@ -32,6 +33,7 @@ from .queues import _iso, _parse_time
 log = logging.getLogger("agentqueue.scaling")
 CONFLICT_RECHECK_S = 10.0
 SCALE_REFRESH_S = 5.0
+QUIET_MAX_S = 10.0
 CTX_TTL_S = 300.0
 """Re-resolve at least this often (the admin Secret may change); spec changes of the
 group or its queue re-resolve at once (generation, Runtime.queue_versions)."""
@@ -58,6 +60,7 @@ class LoopState:
     ctx: svc.GroupContext | None = None
     ctx_key: tuple[Any, ...] = ()
     ctx_at: float = 0.0
+    quiet: Quiet | None = None
 
 
 async def run(rt: Runtime, get_body: Callable[[], dict[str, Any]], stopped: kopf.DaemonStopped,
@@ -109,7 +112,8 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
     interval = parse_duration(spec.scaling.poll_interval)
     request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions)
     result = await rt.hub.next(ctx.target.key, lambda: rt.redis.get(ctx.target), (ns, name),
-                               request, interval)
+                               request, interval, state.quiet)
+    state.quiet = None
     now = time.time()
     gen = meta.get("generation")
     conditions = status.get("conditions")
@@ -255,6 +259,8 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
     fig.reclaimed_total, fig.dead_lettered_total = state.reclaimed, state.dead_lettered
     rt.metrics.groups[(ns, name)] = fig
     rt.group_figures_updated(ns, spec.queue_ref.name)  # the queue's SLO follows
+    state.quiet = _quiet(rt, ns, name, state, figures if redis_ok else None, ctx, desired,
+                         scaled, now)
     new["conditions"] = conditions
     comparable = dict(new)
     if state.last_active is not None:
@@ -269,6 +275,32 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         except KubeNotFound:
             return
         state.last_status, state.last_status_at = comparable, now
+
+
+def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
+           ctx: svc.GroupContext, desired: int | None, scaled: bool, now: float) -> Quiet | None:
+    """Idle and settled (nothing waiting, pending or due; the target at its floor): the
+    next ticks need not wake this loop while the poll shows the same figures, until
+    the next time-based duty (sweep, /scale re-read) or QUIET_MAX_S. New work changes
+    the figures and wakes it on the next poll, so reaction time is unchanged."""
+    spec = ctx.spec
+    if figures is None or scaled or figures.waiting or figures.pending or figures.due_retries:
+        return None
+    ref = spec.scale_target_ref
+    floor = 0 if spec.paused else spec.scaling.min_replicas
+    if ref is not None and (desired != state.current or (state.current or 0) != floor):
+        return None  # a scale-down may become due with time (cooldown)
+    mono = time.monotonic()
+    sweep_at = state.last_maintenance + max(1.0, parse_duration(spec.visibility_timeout) / 2)
+    until = mono + min(QUIET_MAX_S, max(0.0, sweep_at - now),
+                       SCALE_REFRESH_S if ref is not None else QUIET_MAX_S)
+
+    def touch(result: PollResult) -> None:
+        fig = rt.metrics.groups.get((ns, name))
+        if fig is not None:
+            fig.observed_at = result.at
+
+    return Quiet(figures, until, touch)
 
 
 async def _count_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupContext,
