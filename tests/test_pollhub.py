@@ -1,0 +1,73 @@
+"""PollHub: one poll per server per tick; quiet subscribers sleep through unchanged ticks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from agentqueue.pollhub import PollHub, PollResult, Quiet
+
+
+class Source:
+    def __init__(self) -> None:
+        self.value = 0
+        self.polls = 0
+
+    async def poll(self, client: Any, requests: list[Any]) -> list[Any]:
+        self.polls += 1
+        return [self.value for _ in requests]
+
+
+async def _client() -> None:
+    return None
+
+
+async def test_quiet_subscriber_sleeps_until_figures_change_or_time_is_up() -> None:
+    src = Source()
+    hub: PollHub[str] = PollHub(src.poll)
+    try:
+        first = await hub.next("s", _client, "g", "req", 0.02)
+        assert first.figures == 0
+        touched: list[PollResult] = []
+        t0 = time.monotonic()
+        waiting = asyncio.ensure_future(
+            hub.next("s", _client, "g", "req", 0.02, Quiet(0, t0 + 5.0, touched.append)))
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and len(touched) >= 5  # polled, not woken
+        src.value = 1  # new work: the next tick wakes it
+        result = await asyncio.wait_for(waiting, 1.0)
+        assert result.figures == 1 and time.monotonic() - t0 < 1.0
+
+        # Bounded: woken at `until` even if nothing changes.
+        t0 = time.monotonic()
+        result = await asyncio.wait_for(
+            hub.next("s", _client, "g", "req", 0.02, Quiet(1, t0 + 0.2)), 2.0)
+        assert 0.15 < time.monotonic() - t0 < 1.0
+
+        # poke(): the next tick is delivered although nothing changed (a spec change).
+        t0 = time.monotonic()
+        waiting = asyncio.ensure_future(
+            hub.next("s", _client, "g", "req", 0.02, Quiet(1, t0 + 5.0)))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        hub.poke("g")
+        await asyncio.wait_for(waiting, 1.0)
+    finally:
+        await hub.close()
+
+
+async def test_errors_always_wake() -> None:
+    calls = {"n": 0}
+
+    async def failing(client: Any, requests: list[Any]) -> list[Any]:
+        calls["n"] += 1
+        raise ConnectionError("redis down")
+
+    hub: PollHub[str] = PollHub(failing)
+    try:
+        result = await asyncio.wait_for(
+            hub.next("s", _client, "g", "req", 0.02, Quiet(0, time.monotonic() + 5.0)), 1.0)
+        assert isinstance(result.error, ConnectionError)
+    finally:
+        await hub.close()
