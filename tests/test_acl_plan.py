@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 import pytest
 
 from agentqueue import keys
@@ -73,6 +75,33 @@ def test_role_specific_functions() -> None:
     rules = acl.acl_rules("producer", "n", "q", "Stream", 1)
     assert "(~aq:{n/q/*}:idem:* -@all +get +set)" in rules
     assert "+set" not in producer  # only inside the idempotency-key selector
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("role", ROLES)
+def test_only_consumers_increment_the_stats_hash(role: Role, qtype: QueueType) -> None:
+    """The retry-rate counters: consumers of Stream and List queues may HINCRBY their
+    queue's stats hash (in selectors bound to it), and no role may do anything else
+    to it except an observer reading it."""
+    rules = acl.acl_rules(role, "n", "q", qtype, 1)
+    stats = "aq:{n/q/*}:stats"
+    key = keys.PartitionKeys("n", "q", 0).stats
+    assert fnmatchcase(key, stats)
+    # No root key rule lets the role's other commands (XADD, ZADD, LPUSH ...) write it.
+    writable = [r.split("~", 1)[1] for r in rules
+                if r.startswith(("~", "%")) and not r.startswith("%R~")]
+    assert not any(fnmatchcase(key, k) for k in writable), rules
+    counting = [r for r in rules if r.startswith("(") and stats in r]
+    if role is Role.CONSUMER and qtype is not QueueType.PUBSUB:
+        assert f"(~{stats} -@all +hincrby)" in counting
+        if qtype is QueueType.STREAM:  # FCALL aq_nack with the stats key as its third
+            assert (f"(~aq:{{n/q/*}}:q ~aq:{{n/q/*}}:retry ~{stats} -@all +fcall|aq_nack)"
+                    in counting)
+        for sel in counting:
+            assert _commands(sel.strip("()").split()) <= {"-@all", "+hincrby",
+                                                           "+fcall|aq_nack"}
+    else:
+        assert counting == []
 
 
 def test_rules_do_not_depend_on_partitions_but_validate_them() -> None:

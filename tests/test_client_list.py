@@ -91,6 +91,34 @@ async def test_retry_dead_letter_and_replay(redis_server: Any, admin: Any) -> No
         await m3.ack()
 
 
+async def test_list_counts_retries_and_deliveries(redis_server: Any, admin: Any) -> None:
+    """The retry-rate SLO's counters: ``retries`` in the nack's MULTI, ``deliveries``
+    with the next pipeline (or on close), over both partitions."""
+    cfg = sdk_config(redis_server, "counted", queue_type="List", partitions=2)
+    await provision(admin, cfg, group=GROUP, max_deliveries=2, retry_initial_ms=50)
+    async with Producer(cfg) as producer:
+        await producer.send_many([{"n": i} for i in range(6)])
+
+    async def counts() -> tuple[int, int]:
+        stats = [await admin.hgetall(part(cfg, p).stats) for p in range(2)]
+        return (sum(int(s.get("retries", 0)) for s in stats),
+                sum(int(s.get("deliveries", 0)) for s in stats))
+
+    async with consumer(cfg, batch_size=6) as c:
+        first = await take(c, 6)
+        for m in first[:3]:
+            await m.nack("again")  # retries 1..3
+        assert (await counts())[0] == 3
+        for m in first[3:]:
+            await m.ack()
+        again = await take(c, 3)
+        assert sorted(m.id for m in again) == sorted(m.id for m in first[:3])
+        await again[0].nack("last")  # the last allowed delivery: dead-lettered, no retry
+        for m in again[1:]:
+            await m.ack()
+    assert await counts() == (3, 9)  # 6 first deliveries + 3 retried ones
+
+
 async def test_dead_consumer_list_is_recovered(redis_server: Any, admin: Any) -> None:
     cfg = sdk_config(redis_server, "recover", queue_type="List")
     await provision(admin, cfg, group=GROUP, visibility_ms=200)

@@ -147,6 +147,8 @@ async def test_nack_backoff_dead_letter_and_replay(redis_server: Any, admin: Any
     assert seen[2][1].last_error == "RuntimeError: boom 1"
     assert seen[2][1].idempotency_key == "job-1"
     assert await admin.zcard(part(cfg).retry) == 0
+    # two retries counted (aq_nack with the stats key); the third nack dead-lettered
+    assert await admin.hgetall(part(cfg).stats) == {"retries": "2"}
 
     (letter,) = await dlq_list(admin, cfg.namespace, cfg.queue)
     assert letter.deliveries == 3 and letter.group == GROUP and letter.consumer == "c1"

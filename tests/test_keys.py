@@ -35,6 +35,7 @@ def test_layout() -> None:
     assert p.dead_letter == "aq:{billing-ns/billing/2}:dlq"
     assert p.retry == "aq:{billing-ns/billing/2}:retry"
     assert p.meta == "aq:{billing-ns/billing/2}:meta"
+    assert p.stats == "aq:{billing-ns/billing/2}:stats"
     assert p.priority_key(0) == p.queue_key and p.priority_key(3) == p.queue_key + ":3"
     assert p.idempotency("order-1") == "aq:{billing-ns/billing/2}:idem:order-1"
     assert keys.queue_key_pattern("billing-ns", "billing") == "aq:{billing-ns/billing/*"

@@ -68,6 +68,8 @@ def wanted(ns: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         ("agentqueue_queue_dead_letter_length", part(1)): 0,
         ("agentqueue_queue_scheduled_retries", part(0)): 0,
         ("agentqueue_queue_scheduled_retries", part(1)): 0,
+        ("agentqueue_queue_retries_total", part(0)): 0,  # the nack dead-lettered: no retry
+        ("agentqueue_queue_retries_total", part(1)): 0,
         ("agentqueue_queue_trimmed_total", q): 0,
         ("agentqueue_queue_dropped_undelivered_total", q): 0,
         ("agentqueue_group_lag", g): 4,  # 3 never read on partition 0, 1 on partition 1

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
 
 from agentqueue import keys
 from agentqueue.client import ClientConfig, Consumer, Producer
-from agentqueue.redisgw.backlog import oldest_waiting_age
+from agentqueue.planning.slo import RetryCounters
+from agentqueue.redisgw.backlog import oldest_waiting_age, retry_counters
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready
 from .test_metrics_scrape import samples, scrape
@@ -134,7 +136,7 @@ def test_list_and_pubsub_say_what_is_not_measured(operator: Any, kubectl: Any,
 
     cond = wait_slo(kubectl, namespace, "news", "Unknown", "NotMeasured")
     assert "maxDepth (a PubSub channel stores no messages)" in cond["message"]
-    assert "maxRetryRate (Redis keeps no count of retries" in cond["message"]
+    assert "maxRetryRate (a PubSub channel stores no messages)" in cond["message"]
     wait_gauges(operator, namespace, "news", {})  # unmeasured: no series at all
 
     cond = wait_slo(kubectl, namespace, "desk", "False", "SLOMet")
@@ -152,6 +154,105 @@ def test_list_and_pubsub_say_what_is_not_measured(operator: Any, kubectl: Any,
     assert cond["message"].startswith("depth 3 is 1 over maxDepth 2; not measured: "
                                       "maxRetryRate"), cond
     wait_gauges(operator, namespace, "desk", {"maxDepth": 1.0, "maxWaitingAge": 0.0})
+
+
+class FlakyAgents:
+    """A producer sending steadily and a consumer that nacks (retry in 50 ms) the first
+    delivery of 4 messages in 5 while `nacking`, and acks everything else: 0.8 retries
+    per message, 1.8 deliveries, a retry rate of 0.44. Runs in a thread."""
+
+    def __init__(self, creds: dict[str, dict[str, str]]) -> None:
+        self.creds = creds
+        self.nacking = True
+        self.nacked = self.acked = 0
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> FlakyAgents:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+        assert not self.thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._agents())
+        except BaseException as exc:  # surfaced by __exit__
+            self.error = exc
+
+    async def _agents(self) -> None:
+        async with Producer(ClientConfig.from_env(self.creds["intake"])) as producer, \
+                Consumer(ClientConfig.from_env(self.creds["worker"]), group="agents",
+                         consumer_name="c1", block_ms=100, promote_interval=0.05) as consumer:
+            async def produce() -> None:
+                n = 0
+                while not self.stop.is_set():
+                    await producer.send({"n": n})
+                    n += 1
+                    await asyncio.sleep(0.03)
+
+            sending = asyncio.create_task(produce())
+            try:
+                while not self.stop.is_set():
+                    try:
+                        msg = await asyncio.wait_for(consumer.next_message(), 0.5)
+                    except TimeoutError:
+                        continue
+                    assert msg is not None
+                    if self.nacking and msg.attempt == 0 and msg.payload["n"] % 5:
+                        await msg.nack("flaky", delay=0.05)
+                        self.nacked += 1
+                    else:
+                        await msg.ack()
+                        self.acked += 1
+            finally:
+                sending.cancel()
+                await asyncio.gather(sending, return_exceptions=True)
+                await consumer.flush_acks()
+
+
+@pytest.mark.k8s
+def test_retry_rate_breach_and_recovery(operator: Any, kubectl: Any, namespace: str) -> None:
+    apply(kubectl, namespace, queue("flaky", access=ACCESS, slo={"maxRetryRate": 0.2},
+                                    delivery={"maxDeliveries": 5}))
+    wait_ready(kubectl, "agentqueues", "flaky", namespace)
+    apply(kubectl, namespace, group("agents", queueRef={"name": "flaky"},
+                                    startFrom="Beginning", visibilityTimeout="10m"))
+    wait_ready(kubectl, "consumergroups", "agents", namespace)
+    # Nothing delivered yet: no figure, no series (never a made-up 0).
+    cond = wait_slo(kubectl, namespace, "flaky", "Unknown", "NotMeasured")
+    assert cond["message"].startswith("not measured: maxRetryRate ("), cond
+    wait_gauges(operator, namespace, "flaky", {})
+    creds = {n: secret_values(kubectl, namespace, f"flaky.{n}") for n in ("intake", "worker")}
+
+    with FlakyAgents(creds) as agents:
+        cond = wait_slo(kubectl, namespace, "flaky", "True", "RetryRateExceeded")
+        assert cond["message"].startswith("retry rate "), cond
+        assert "over maxRetryRate 0.200" in cond["message"], cond
+        rate = float(cond["message"].split()[2])
+        assert 0.25 < rate <= 1.0, cond  # 0.44 in steady state
+        wait_gauges(operator, namespace, "flaky", {"maxRetryRate": 1.0})
+        retries = wait_for(lambda: (v := sum(
+            value for k, value in samples(scrape(operator.metrics_url)).items()
+            if k[0] == "agentqueue_queue_retries_total" and ("queue", "flaky") in k[1]
+            and ("namespace", namespace) in k[1])) > 0 and v, what="retries_total")
+        assert retries <= agents.nacked
+
+        agents.nacking = False  # every message acked from now on: no retries
+        cond = wait_slo(kubectl, namespace, "flaky", "False", "SLOMet")
+        assert cond["message"] == "all objectives met"
+        wait_gauges(operator, namespace, "flaky", {"maxRetryRate": 0.0})
+    assert agents.nacked > 0 and agents.acked > 0
+
+    events = wait_for(lambda: (ev := slo_events(kubectl, namespace, "flaky"))
+                      and any(e["reason"] == "SLOMet" for e in ev) and ev, what="SLO events")
+    assert [e["reason"] for e in events if e["type"] == "Warning"] == ["RetryRateExceeded"]
 
 
 async def test_oldest_waiting_age_from_ids(redis_client: Any) -> None:
@@ -179,3 +280,35 @@ async def test_oldest_waiting_age_from_ids(redis_client: Any) -> None:
     age = await oldest_waiting_age(r, [lst], "List", priority_levels=2)
     assert age is not None and 30 <= age < 32
     assert await oldest_waiting_age(r, [lst], "PubSub") is None
+
+
+async def test_retry_counters_from_stats_and_entries_read(redis_client: Any) -> None:
+    """The keeper's read of the maxRetryRate counters: the stats hash's retries, and
+    deliveries from each group's entries-read (Stream) or the stats hash (List)."""
+    r = redis_client
+    p0, p1 = keys.partition_keys("slo", "rc", 2)
+    empty = await retry_counters(r, [p0, p1], "Stream")
+    assert empty == RetryCounters({0: 0, 1: 0}, {})  # nothing there yet
+    for i in range(5):
+        await r.xadd(p0.queue_key, {"d": str(i)})
+    await r.xgroup_create(p0.queue_key, "a", id="0")
+    await r.xgroup_create(p0.queue_key, "b", id="0")
+    await r.xreadgroup("a", "c", {p0.queue_key: ">"}, count=3)
+    await r.hincrby(p0.stats, "retries", 2)
+    ids = [e[0] for e in await r.xrange(p0.queue_key)]
+    got = await retry_counters(r, [p0, p1], "Stream")
+    # "b" has read nothing: Redis does not know its entries-read yet (it stays put)
+    assert got == RetryCounters({0: 2, 1: 0}, {(0, "a"): 3, (0, "b"): None},
+                                {(0, "a"): ids[2], (0, "b"): "0-0"})
+    await r.xreadgroup("b", "c", {p0.queue_key: ">"}, count=1)
+    await r.xreadgroup("a", "c", {p0.queue_key: ">"}, count=1)
+    got = await retry_counters(r, [p0], "Stream")
+    assert got.deliveries == {(0, "a"): 4, (0, "b"): 1}
+
+    lst = keys.partition_keys("slo", "rl", 1)[0]
+    await r.hset(lst.stats, mapping={"retries": 1, "deliveries": 9})
+    assert await retry_counters(r, [lst], "List") == RetryCounters({0: 1}, {(0, ""): 9})
+    await r.delete(lst.stats)
+    await r.set(lst.stats, "not a hash")  # never fails the observation
+    assert await retry_counters(r, [lst], "List") == RetryCounters({0: 0}, {(0, ""): 0})
+    assert await retry_counters(r, [lst], "PubSub") is None

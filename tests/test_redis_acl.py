@@ -75,6 +75,11 @@ async def _forbidden_everywhere(c: aredis.Redis) -> None:
     await denied(c.hgetall(OTHER_QUEUE.meta))
     await denied(c.hgetall(OTHER_NS.meta))
     await denied(c.hset(MINE.meta, "maxDeliveries", "1"))
+    # the retry-rate counters: only a consumer of the queue increments them
+    await denied(c.hincrby(OTHER_QUEUE.stats, "retries", 1))
+    await denied(c.hincrby(OTHER_NS.stats, "retries", 1))
+    await denied(c.hset(MINE.stats, "retries", "0"))
+    await denied(c.delete(MINE.stats))
     assert await c.ping()
 
 
@@ -108,6 +113,8 @@ async def test_stream_producer(login: Login, redis_client: RedisClient) -> None:
     await denied(c.set(MINE.meta, "x"))
     await denied(c.get(MINE.meta))
     await denied(c.xadd(MINE.dead_letter, {"d": "x"}))
+    await denied(c.hincrby(MINE.stats, "retries", 1))
+    await denied(c.hgetall(MINE.stats))
     with pytest.raises(RedisAuthError):
         await functions.enqueue(c, OTHER_QUEUE, {"d": "x"})
     with pytest.raises(RedisAuthError):
@@ -126,6 +133,7 @@ async def test_stream_consumer(login: Login, redis_client: RedisClient) -> None:
     ids = [e[0] for e in got[0][1]]
     assert await c.xack(MINE.queue_key, GROUP, ids[0]) == 1
     assert await functions.nack(c, MINE, GROUP, ids[1], due_ms=1, error="e")
+    assert await redis_client.hget(MINE.stats, "retries") == "1"  # counted by aq_nack
     assert await functions.promote(c, MINE, now_ms=2) == 1
     assert await functions.deadletter(c, MINE, GROUP, ids[2], "c1", "bad", 3, 1)
     assert await c.xautoclaim(MINE.queue_key, GROUP, "c2", 0)
@@ -144,12 +152,22 @@ async def test_stream_consumer(login: Login, redis_client: RedisClient) -> None:
     await denied(c.delete(MINE.idempotency("k")))  # may read/mark, never delete
     await denied(c.xreadgroup(GROUP, "c1", {OTHER_QUEUE.queue_key: ">"}))
     await denied(c.xrange(OTHER_NS.queue_key))
+    # the stats hash: increment, nothing else (no other command creates or reads it)
+    assert await c.hincrby(MINE1.stats, "retries", 2) == 2
+    await denied(c.xadd(MINE.stats, {"d": "x"}))
+    await denied(c.zadd(MINE.stats, {"x": 1}))
+    await denied(c.hget(MINE.stats, "retries"))
+    await denied(c.fcall("aq_nack", 3, MINE.queue_key, MINE.retry, OTHER_QUEUE.stats,
+                         GROUP, ids[0], 1, "e"))
+    await denied(c.fcall("aq_deadletter", 3, MINE.queue_key, MINE.dead_letter, MINE.stats,
+                         GROUP, ids[0], "c1", "e", 1, 1))
     await _forbidden_everywhere(c)
 
 
 async def test_stream_observer(login: Login, redis_client: RedisClient) -> None:
     await _seed(redis_client)
     await redis_client.zadd(MINE.retry, {"m": 1})
+    await redis_client.hset(MINE.stats, "retries", 4)
     c = await login(Role.OBSERVER, QueueType.STREAM)
     assert await c.xlen(MINE.queue_key) == 1
     assert await c.xrange(MINE.queue_key)
@@ -160,7 +178,9 @@ async def test_stream_observer(login: Login, redis_client: RedisClient) -> None:
     assert (await c.xpending(MINE.queue_key, GROUP))["pending"] == 0
     assert await c.zcard(MINE.retry) == 1
     assert await c.hgetall(MINE.meta)
+    assert await c.hgetall(MINE.stats) == {"retries": "4"}
     # read-only
+    await denied(c.hincrby(MINE.stats, "retries", 1))
     await denied(c.xadd(MINE.queue_key, {"d": "x"}))
     await denied(c.xreadgroup(GROUP, "c", {MINE.queue_key: ">"}))
     await denied(c.xack(MINE.queue_key, GROUP, "0-1"))
@@ -184,6 +204,8 @@ async def test_list_roles(login: Login, redis_client: RedisClient) -> None:
     await denied(producer.llen(MINE.queue_key))
     await denied(producer.set(MINE.queue_key, "x"))
     await denied(producer.lpush(OTHER_QUEUE.queue_key, "x"))
+    await denied(producer.hincrby(MINE.stats, "deliveries", 1))
+    await denied(producer.lpush(MINE.stats, "x"))
 
     proc = MINE.processing("c1")
     assert await consumer.lmove(MINE.queue_key, proc, "RIGHT", "LEFT") == "a"
@@ -194,8 +216,15 @@ async def test_list_roles(login: Login, redis_client: RedisClient) -> None:
     await denied(consumer.lpush(OTHER_QUEUE.queue_key, "x"))
     await denied(consumer.lmove(OTHER_QUEUE.queue_key, proc))
     await denied(consumer.delete(proc))
+    assert await consumer.hincrby(MINE.stats, "deliveries", 2) == 2
+    assert await consumer.hincrby(MINE.stats, "retries", 1) == 1
+    await denied(consumer.lpush(MINE.stats, "x"))
+    await denied(consumer.zadd(MINE.stats, {"x": 1}))
+    await denied(consumer.hget(MINE.stats, "retries"))
 
     assert await observer.llen(MINE.queue_key) == 1
+    assert await observer.hgetall(MINE.stats) == {"deliveries": "2", "retries": "1"}
+    await denied(observer.hincrby(MINE.stats, "retries", 1))
     assert await observer.lrange(proc, 0, -1) == ["urgent-ish"]
     assert await observer.xlen(MINE.dead_letter) == 1
     await denied(observer.lpop(MINE.queue_key))
@@ -350,3 +379,36 @@ async def test_cluster_users_on_every_primary(redis_cluster_client: RedisClient,
     assert await users.delete_user(client, name)
     for node in nodes:
         assert await users.get_user(node, name) is None
+
+
+@pytest.mark.parametrize("qtype", [QueueType.STREAM, QueueType.LIST])
+async def test_sdk_nacks_under_an_older_operators_rules(redis_client: RedisClient,
+                                                        redis_target: RedisTarget,
+                                                        qtype: QueueType) -> None:
+    """Users defined before the stats key existed (an operator older than the SDK): the
+    consumer's nack gets NOPERM for the counters, retries without them, and works."""
+    from agentqueue.client import ClientConfig, Consumer, Producer
+
+    from .agents.harness import provision
+
+    q = f"old-{qtype}".lower()
+    rules = [r for r in acl_rules(Role.CONSUMER, NS, q, qtype, 1) if ":stats" not in r]
+    name, password = acl_username(NS, q, "worker"), users.new_password()
+    await users.ensure_user(redis_client, name, rules, [users.sha256_hex(password)])
+    admin_cfg = ClientConfig(url=redis_target.url, namespace=NS, queue=q,
+                             username=redis_target.username, password=redis_target.password,
+                             queue_type=str(qtype))
+    await provision(redis_client, admin_cfg, group=GROUP, retry_initial_ms=10)
+    async with Producer(admin_cfg) as producer:
+        await producer.send({"n": 1})
+    cfg = ClientConfig(url=redis_target.url, namespace=NS, queue=q, username=name,
+                       password=password, queue_type=str(qtype))
+    async with Consumer(cfg, group=GROUP, consumer_name="c1", block_ms=100,
+                        promote_interval=0.02) as consumer:
+        first = await consumer.next_message()
+        assert first is not None
+        await first.nack("again")
+        again = await consumer.next_message()
+        assert again is not None and again.attempt == 1
+        await again.ack()
+    assert await redis_client.exists(PartitionKeys(NS, q, 0).stats) == 0

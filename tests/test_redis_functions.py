@@ -50,6 +50,26 @@ async def test_version_and_ensure_library(redis_client: RedisClient) -> None:
         functions.LIBRARY_VERSION}
 
 
+async def test_upgrade_from_a_library_that_did_not_count_retries(
+        redis_client: RedisClient) -> None:
+    """Version 3 ignored a third key of aq_nack; the operator replaces it and from then
+    on retries are counted (new SDKs pass the stats key to either version)."""
+    counting = "  if keys[3] then\n    redis.call('HINCRBY', keys[3], 'retries', 1)\n  end\n"
+    assert counting in functions.LIBRARY_CODE
+    v3 = functions.LIBRARY_CODE.replace(counting, "").replace(
+        f"local VERSION = '{functions.LIBRARY_VERSION}'", "local VERSION = '3'")
+    await redis_client.function_load(v3, replace=True)
+    for _ in range(2):
+        await functions.enqueue(redis_client, P, {"d": "x"})
+    assert await functions.nack(redis_client, P, GROUP, await _deliver(redis_client),
+                                due_ms=1, error="e")
+    assert await redis_client.exists(P.stats) == 0  # old library: not counted
+    assert await functions.ensure_library(redis_client) is True
+    assert await functions.nack(redis_client, P, GROUP, await _deliver(redis_client),
+                                due_ms=1, error="e")
+    assert await redis_client.hget(P.stats, "retries") == "1"
+
+
 async def test_aq_version_is_read_only(lib: RedisClient) -> None:
     [raw] = await lib.function_list(library="agentqueue")
     info = dict(zip(raw[::2], raw[1::2], strict=True))  # RESP2: flat pairs
@@ -119,6 +139,27 @@ async def test_nack_schedules_retry(lib: RedisClient) -> None:
     assert await lib.zcard(P.retry) == 1
 
 
+async def test_nack_counts_scheduled_retries(lib: RedisClient) -> None:
+    for i in range(3):
+        await functions.enqueue(lib, P, {"d": f"m{i}"})
+    first = await _deliver(lib)
+    assert await functions.nack(lib, P, GROUP, first, due_ms=1, error="e")
+    assert await lib.hgetall(P.stats) == {"retries": "1"}
+    # not pending any more: nothing scheduled, nothing counted
+    assert await functions.nack(lib, P, GROUP, first, due_ms=1, error="e") is False
+    # an SDK older than library version 4 passes two keys: retried, not counted
+    second = await _deliver(lib)
+    assert await lib.fcall("aq_nack", 2, P.queue_key, P.retry, GROUP, second, 1, "e") == 1
+    assert await lib.zcard(P.retry) == 2
+    third = await _deliver(lib)
+    assert await functions.nack(lib, P, GROUP, third, due_ms=1, error="e")
+    assert await lib.hget(P.stats, "retries") == "2"
+    # a dead letter is not a retry
+    await functions.enqueue(lib, P, {"d": "poison"})
+    assert await functions.deadletter(lib, P, GROUP, await _deliver(lib), "c1", "e", 5, 1)
+    assert await lib.hget(P.stats, "retries") == "2"
+
+
 async def test_nack_of_trimmed_entry_acks_and_returns_0(lib: RedisClient) -> None:
     await functions.enqueue(lib, P, {"d": "x"})
     entry = await _deliver(lib)
@@ -126,6 +167,7 @@ async def test_nack_of_trimmed_entry_acks_and_returns_0(lib: RedisClient) -> Non
     assert await functions.nack(lib, P, GROUP, entry, due_ms=1, error="e") is False
     assert (await lib.xpending(P.queue_key, GROUP))["pending"] == 0
     assert await lib.zcard(P.retry) == 0
+    assert await lib.exists(P.stats) == 0  # nothing retried, nothing counted
 
 
 async def test_identical_failures_stay_two_retries(lib: RedisClient) -> None:
@@ -249,4 +291,5 @@ async def test_functions_in_cluster(redis_cluster_client: RedisClient) -> None:
         await functions.enqueue(client, p, {"d": "retry me"})
         entry = await _deliver(client, p)
         assert await functions.nack(client, p, GROUP, entry, due_ms=1, error="e")
+        assert await client.hget(p.stats, "retries") == "1"  # same slot as the stream
         assert await functions.promote(client, p, now_ms=2) == 1

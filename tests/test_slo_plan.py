@@ -11,7 +11,7 @@ from agentqueue.conditions import merge_changed, set_condition
 from agentqueue.metrics import GroupFigures, Metrics
 from agentqueue.models.queue import SLOSpec
 from agentqueue.planning import slo
-from agentqueue.planning.slo import GroupSample, QueueLoad, QueueSample
+from agentqueue.planning.slo import GroupSample, QueueLoad, QueueSample, RetryCounters, RetryWindow
 
 SLO = SLOSpec(max_depth=10, max_waiting_age="30s", max_retry_rate=0.02)
 
@@ -56,18 +56,96 @@ def test_stale_groups_are_named_not_counted() -> None:
 def test_list_and_pubsub() -> None:
     lst = slo.queue_load("List", QueueSample(length=3, oldest_waiting_age_s=61.0), {})
     assert (lst.depth, lst.oldest_waiting_age_s) == (3, 61.0)
-    ps = slo.queue_load("PubSub", QueueSample(length=0, oldest_waiting_age_s=None), {})
+    ps = slo.queue_load("PubSub", QueueSample(length=0, oldest_waiting_age_s=None), {},
+                        RetryWindow(1, 2, ""))
     assert ps.depth is None and ps.oldest_waiting_age_s is None
-    assert ps.not_measured["maxDepth"] == slo.PUBSUB_STORES_NOTHING
+    assert ps.deliveries is None and ps.retries is None
+    assert ps.not_measured == {o: slo.PUBSUB_STORES_NOTHING for o in slo.OBJECTIVES}
 
 
 def test_retry_rate_and_unobserved_queue_are_not_measured() -> None:
     load = slo.queue_load("Stream", None, {})
     assert load.depth is None and load.oldest_waiting_age_s is None
-    assert load.not_measured["maxRetryRate"] == slo.RETRIES_NOT_COUNTED
+    assert load.not_measured["maxRetryRate"] == slo.NO_RETRY_WINDOW
     assert load.not_measured["maxWaitingAge"] == "no current observation of the queue"
     no_age = slo.queue_load("Stream", QueueSample(length=1, oldest_waiting_age_s=None), {})
     assert "maxWaitingAge" in no_age.not_measured
+
+
+# --- the retry rate: counters read by two observations -------------------------------------
+
+def stream_counters(retries: dict[int, int],
+                    read: dict[tuple[int, str], int | None]) -> RetryCounters:
+    return RetryCounters(retries, read)
+
+
+def test_retry_window_sums_partitions_and_groups() -> None:
+    before = stream_counters({0: 10, 1: 0}, {(0, "a"): 100, (0, "b"): 40, (1, "a"): 7})
+    after = stream_counters({0: 13, 1: 2}, {(0, "a"): 110, (0, "b"): 45, (1, "a"): 12})
+    window = slo.retry_window(before, after)
+    assert (window.retries, window.deliveries) == (5, 20)
+    assert window.rate == 0.25 and window.why == ""
+    # List: the SDK's own count of deliveries
+    lst = slo.retry_window(RetryCounters({0: 1}, {(0, ""): 10}),
+                           RetryCounters({0: 1}, {(0, ""): 30}))
+    assert (lst.retries, lst.deliveries, lst.rate) == (0, 20, 0.0)
+
+
+def test_retry_window_without_a_figure_says_why() -> None:
+    c = stream_counters({0: 5}, {(0, "a"): 50})
+    assert slo.retry_window(None, c).why == slo.NO_RETRY_WINDOW  # the first observation
+    assert slo.retry_window(c, None).why == slo.NO_RETRY_WINDOW  # PubSub, nothing read
+    idle = slo.retry_window(c, c)
+    assert idle.rate is None and idle.why == slo.NO_DELIVERIES
+    # nacks of earlier deliveries, none new: still no figure (never a division by 0)
+    late = slo.retry_window(c, stream_counters({0: 7}, {(0, "a"): 50}))
+    assert late.rate is None and late.why == slo.NO_DELIVERIES
+    # Redis restarted without persistence: counters back to 0, skip the window
+    reset = slo.retry_window(c, stream_counters({0: 0}, {(0, "a"): 3}))
+    assert reset.rate is None and reset.why == slo.COUNTERS_RESET
+    setid = slo.retry_window(c, stream_counters({0: 9}, {(0, "a"): 20}))  # XGROUP SETID
+    assert setid.why == slo.COUNTERS_RESET
+    # a group came or went, a partition was added: no baseline for part of it
+    for changed in (stream_counters({0: 6}, {(0, "a"): 60, (0, "b"): 1}),
+                    stream_counters({0: 6}, {}),
+                    stream_counters({0: 6, 1: 0}, {(0, "a"): 60})):
+        assert slo.retry_window(c, changed).why == slo.COUNTERS_CHANGED
+    unknown = slo.retry_window(c, stream_counters({0: 6}, {(0, "a"): None}))
+    assert unknown.why == slo.ENTRIES_READ_UNKNOWN
+
+
+def test_a_group_redis_has_no_entries_read_for() -> None:
+    """A group that read nothing yet has no entries-read: it delivered nothing while
+    its last-delivered id stays put; once it moved, that window has no figure."""
+    idle = {(0, "new"): "0-0"}
+    before = RetryCounters({0: 1}, {(0, "a"): 10, (0, "new"): None}, idle)
+    after = RetryCounters({0: 2}, {(0, "a"): 14, (0, "new"): None}, idle)
+    assert slo.retry_window(before, after) == RetryWindow(1, 4, "")
+    moved = RetryCounters({0: 2}, {(0, "a"): 14, (0, "new"): None}, {(0, "new"): "5-0"})
+    assert slo.retry_window(before, moved).why == slo.ENTRIES_READ_UNKNOWN
+    first_read = RetryCounters({0: 2}, {(0, "a"): 14, (0, "new"): 700}, {(0, "new"): "5-0"})
+    assert slo.retry_window(before, first_read).why == slo.ENTRIES_READ_UNKNOWN
+
+
+def test_retry_rate_measured_from_the_window() -> None:
+    window = RetryWindow(retries=3, deliveries=4, why="")
+    load = slo.queue_load("Stream", QueueSample(5, None), {"g": group()}, window)
+    assert (load.retries, load.deliveries) == (3, 4)
+    assert "maxRetryRate" not in load.not_measured
+    out = slo.assess(SLOSpec(max_retry_rate=0.2), load)
+    assert out is not None
+    assert (out.status, out.reason) == ("True", reasons.RETRY_RATE_EXCEEDED)
+    assert out.message == "retry rate 0.750 is 0.550 over maxRetryRate 0.200"
+    assert out.gauges == {"maxRetryRate": 1.0}
+    within = slo.assess(SLOSpec(max_retry_rate=0.2), slo.queue_load(
+        "List", QueueSample(0, None), {}, RetryWindow(1, 5, "")))
+    assert within is not None and (within.status, within.message) == (
+        "False", "all objectives met")
+    assert within.gauges == {"maxRetryRate": 0.0}
+    idle = slo.assess(SLOSpec(max_retry_rate=0.2), slo.queue_load(
+        "List", QueueSample(0, None), {}, RetryWindow(why=slo.NO_DELIVERIES)))
+    assert idle is not None and (idle.status, idle.gauges) == ("Unknown", {})
+    assert idle.message == f"not measured: maxRetryRate ({slo.NO_DELIVERIES})"
 
 
 # --- evaluation and the condition -----------------------------------------------------------
@@ -106,7 +184,7 @@ def test_assess_several_breaches_and_what_was_not_measured() -> None:
     assert (out.status, out.reason) == ("True", reasons.OBJECTIVES_BREACHED)
     assert out.message == (
         "depth 20 is 10 over maxDepth 10; oldest waiting message is 40.0s old, 10.0s over "
-        f"maxWaitingAge 30s; not measured: maxRetryRate ({slo.RETRIES_NOT_COUNTED})")
+        f"maxWaitingAge 30s; not measured: maxRetryRate ({slo.NO_RETRY_WINDOW})")
     assert out.gauges == {"maxDepth": 1.0, "maxWaitingAge": 1.0}  # no series for the rate
 
 
@@ -122,10 +200,10 @@ def test_assess_within_and_unknown() -> None:
     assert partly.message.startswith("objectives met: maxDepth, maxWaitingAge; not measured: "
                                      "maxRetryRate")
     unknown = slo.assess(SLOSpec(max_retry_rate=0.1), QueueLoad(
-        not_measured={"maxRetryRate": slo.RETRIES_NOT_COUNTED}))
+        not_measured={"maxRetryRate": slo.NO_RETRY_WINDOW}))
     assert unknown is not None
     assert (unknown.status, unknown.reason) == ("Unknown", reasons.SLO_NOT_MEASURED)
-    assert unknown.message == f"not measured: maxRetryRate ({slo.RETRIES_NOT_COUNTED})"
+    assert unknown.message == f"not measured: maxRetryRate ({slo.NO_RETRY_WINDOW})"
     assert unknown.gauges == {}
     assert slo.assess(None, QueueLoad(depth=1)) is None
     assert slo.assess(SLOSpec(), QueueLoad(depth=1)) is None
@@ -159,6 +237,13 @@ def test_metrics_keep_counters_across_observations_and_forget_slo_series() -> No
     assert got[slo_key] == 1.0
     m.set_slo("ns", "q", {"maxDepth": 0.0})
     assert _scrape(m)[slo_key] == 0.0
+    # the retry counter: a series where the observation read it (not for PubSub)
+    m.observe_queue("ns", "q", {0: {"length": 4.0, "retries_total": 7.0}, 1: {}})
+    got = _scrape(m)
+    assert got[("agentqueue_queue_retries_total",
+                (("namespace", "ns"), ("partition", "0"), ("queue", "q")))] == 7
+    assert not [k for k in got if k[0] == "agentqueue_queue_retries_total"
+                and ("partition", "1") in k[1]]
     m.forget_queue("ns", "q")
     assert not [k for k in _scrape(m) if k[0].startswith("agentqueue_queue_")]
     m.set_slo("ns", "gone", {})  # nothing to export: no entry is made

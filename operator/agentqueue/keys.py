@@ -16,6 +16,9 @@ Layout of partition ``p`` of queue ``q`` in namespace ``ns``::
     aq:{ns/q/p}:dlq          dead-letter stream (entries keep their metadata)
     aq:{ns/q/p}:retry        sorted set of messages waiting for a retry, score = due ms
     aq:{ns/q/p}:meta         hash: settings, schema, pause flag, library version
+    aq:{ns/q/p}:stats        hash of counters kept by consumers: ``retries`` (nacks that
+                             scheduled a retry; aq_nack or the List SDK), ``deliveries``
+                             (List queues only, counted by the SDK)
     aq:{ns/q/p}:idem:<key>   idempotency keys, with a TTL
     aq:{ns/q/p}:proc:<c>     List queues: consumer c's processing list (LMOVE target)
     aq:{ns/q/0}:ch           PubSub channel
@@ -62,6 +65,11 @@ class PartitionKeys:
     def meta(self) -> str:
         return f"{self.tag}:meta"
 
+    @property
+    def stats(self) -> str:
+        """Counters hash (fields ``retries``, ``deliveries``), for the retry-rate SLO."""
+        return f"{self.tag}:stats"
+
     def idempotency(self, key: str) -> str:
         return f"{self.tag}:idem:{key}"
 
@@ -83,7 +91,7 @@ class PartitionKeys:
     def all_static(self, priority_levels: int = 1) -> list[str]:
         """Keys with fixed names (not idempotency or processing keys)."""
         prio = [self.priority_key(level) for level in range(1, priority_levels)]
-        return [self.queue_key, *prio, self.dead_letter, self.retry, self.meta]
+        return [self.queue_key, *prio, self.dead_letter, self.retry, self.meta, self.stats]
 
 
 def partition_keys(namespace: str, queue: str, partitions: int) -> list[PartitionKeys]:

@@ -66,6 +66,10 @@ class _SnapshotCollector(Collector):
         dropped = CounterMetricFamily(f"{NS}_queue_dropped_undelivered",
                                       "Undelivered entries trimmed (protection off).",
                                       labels=["namespace", "queue"])
+        retries = CounterMetricFamily(f"{NS}_queue_retries",
+                                      "Nacks that scheduled a retry (the partition's stats "
+                                      "hash; restarts with Redis if not persisted).",
+                                      labels=qlabels)
         slo = GaugeMetricFamily(f"{NS}_queue_slo_breached",
                                 "1 while an objective is breached, by objective.",
                                 labels=["namespace", "queue", "objective"])
@@ -73,12 +77,14 @@ class _SnapshotCollector(Collector):
             for part, values in sorted(fig.partitions.items()):
                 for key, family in gauges.items():
                     family.add_metric([ns, queue, str(part)], values.get(key, 0.0))
+                if "retries_total" in values:  # not for PubSub (nothing is retried)
+                    retries.add_metric([ns, queue, str(part)], values["retries_total"])
             trimmed.add_metric([ns, queue], fig.trimmed_total)
             dropped.add_metric([ns, queue], fig.dropped_undelivered_total)
             for objective, value in sorted(fig.slo_breaches.items()):
                 slo.add_metric([ns, queue, objective], value)
         yield from gauges.values()
-        yield from (trimmed, dropped, slo)
+        yield from (trimmed, dropped, retries, slo)
 
         glabels = ["namespace", "queue", "group"]
         gfam = {

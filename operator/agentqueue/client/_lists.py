@@ -16,6 +16,13 @@
 * Nack: WATCH/MULTI moving the element (``a`` + 1, ``e`` = error) from the processing
   list to the retry sorted set; promotion moves due ones back (LPUSH, the queue's tail).
 * Dead-letter: WATCH/MULTI moving it to the dead-letter stream with ``x.*`` metadata.
+* Counting (the operator's retry-rate SLO): ``HINCRBY <stats> retries 1`` in the nack's
+  MULTI, and ``HINCRBY <stats> deliveries <n>`` for the elements read, sent with the
+  next pipeline this consumer runs anyway (the next read, ack or nack; the nack's MULTI
+  carries it, so a retry is never counted before its delivery) and on close: no extra
+  round trip. Best effort: what a crashed consumer read but had not reported is not
+  counted. Under an operator older than this SDK (no permission on the stats key:
+  ``NOPERM``) counting is skipped, and tried again after :data:`STATS_RECHECK_S`.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import WatchError
+from redis.exceptions import NoPermissionError, WatchError
 
 from .. import keys
 from ._delivery import Delivery, text
@@ -38,6 +45,30 @@ from .errors import DecodeError
 log = logging.getLogger("agentqueue.client")
 
 _WATCH_RETRIES = 50
+STATS_RECHECK_S = 300.0
+"""After a NOPERM on the stats hash, count nothing for this long, then try again."""
+
+
+class StatsSwitch:
+    """Whether a consumer counts in the partitions' stats hashes: not for a while after
+    Redis denied it (ACL users of an operator older than this SDK), then again."""
+
+    def __init__(self) -> None:
+        self._off_until = 0.0
+
+    @property
+    def on(self) -> bool:
+        return time.monotonic() >= self._off_until
+
+    def denied(self) -> None:
+        if self.on:
+            log.info("not counting retries for the retry-rate SLO: no permission on the "
+                     "stats key (an operator older than this SDK?)")
+        self._off_until = time.monotonic() + STATS_RECHECK_S
+
+
+def is_noperm(exc: BaseException) -> bool:
+    return isinstance(exc, NoPermissionError) or "NOPERM" in str(exc)[:200]
 
 
 def consumers_key(part: keys.PartitionKeys) -> str:
@@ -64,6 +95,8 @@ class ListBackend:
         self.levels = max(1, priority_levels)
         self._rotate = 0
         self._suspects: set[tuple[int, bytes]] = set()
+        self.stats = StatsSwitch()
+        self._unreported: dict[str, int] = {}  # stats key -> deliveries not yet counted
 
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         self.parts = list(parts)
@@ -82,6 +115,7 @@ class ListBackend:
         per_partition = max(1, math.ceil(count / len(self.parts)))
         order: list[int] = []
         async with self.client.pipeline(transaction=False) as pipe:
+            counted = self._queue_counts(pipe)
             self._queue_acks(pipe, acks)
             now = _now_ms()
             for part in self.parts:
@@ -92,10 +126,14 @@ class ListBackend:
                     for _ in range(per_partition):
                         pipe.lmove(part.priority_key(level), proc, "RIGHT", "LEFT")
                         order.append(i)
-            results = await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+        self._check_counts(results[:counted])
+        _raise_first_error(results[counted:])
         moved = results[len(results) - len(order):]
         out = [self._decode(i, raw) for i, raw in zip(order, moved, strict=True)
                if raw is not None]
+        for d in out:
+            self._count(self.parts[d.partition].stats)
         if out:
             return sorted(out, key=lambda d: d.priority)
         # Everything empty: block briefly on one partition's most urgent list.
@@ -105,6 +143,7 @@ class ListBackend:
                                        min(block_ms, 250) / 1000, "RIGHT", "LEFT")
         if raw is None:
             return []
+        self._count(part.stats)
         await self.client.zadd(consumers_key(part), {self.consumer: _now_ms()})
         return [self._decode(self._rotate, raw)]
 
@@ -114,8 +153,36 @@ class ListBackend:
 
     async def ack(self, acks: Sequence[Any]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
+            counted = self._queue_counts(pipe)
             self._queue_acks(pipe, acks)
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+        self._check_counts(results[:counted])
+        _raise_first_error(results[counted:])
+
+    # --- counting deliveries (the retry-rate SLO) ---------------------------------------------
+
+    def _count(self, stats_key: str, n: int = 1) -> None:
+        if n > 0 and self.stats.on:
+            self._unreported[stats_key] = self._unreported.get(stats_key, 0) + n
+
+    def _queue_counts(self, pipe: Any) -> int:
+        """Queue the unreported deliveries first in ``pipe``; how many commands."""
+        counts, self._unreported = self._unreported, {}
+        if not self.stats.on:
+            return 0
+        for key, n in counts.items():
+            pipe.hincrby(key, "deliveries", n)
+        return len(counts)
+
+    def _check_counts(self, results: Sequence[Any]) -> None:
+        """Counting never fails a read or an ack: a denied count switches counting off
+        for a while, other errors (a stats key of another type) lose that count."""
+        for res in results:
+            if isinstance(res, Exception):
+                if is_noperm(res):
+                    self.stats.denied()
+                else:
+                    log.debug("could not count deliveries: %s", res)
 
     async def heartbeat(self) -> None:
         """Record that this consumer is alive (it holds messages)."""
@@ -154,9 +221,33 @@ class ListBackend:
             return False
         retried = encode_element(dataclasses.replace(env, attempt=env.attempt + 1,
                                                      error=error), msg_id, priority)
-        retry_key = self.parts[partition].retry
-        return await self._move(partition, raw,
-                                lambda pipe: pipe.zadd(retry_key, {retried: due_ms}))
+        part = self.parts[partition]
+
+        def schedule(pipe: Any) -> None:
+            pipe.zadd(part.retry, {retried: due_ms})
+
+        if not self.stats.on:
+            return await self._move(partition, raw, schedule)
+        delivered = self._unreported.pop(part.stats, 0)
+
+        def schedule_and_count(pipe: Any) -> None:
+            schedule(pipe)
+            pipe.hincrby(part.stats, "retries", 1)
+            if delivered:
+                pipe.hincrby(part.stats, "deliveries", delivered)
+
+        try:
+            done = await self._move(partition, raw, schedule_and_count)
+        except BaseException as exc:
+            if not is_noperm(exc):
+                self._count(part.stats, delivered)
+                raise
+            # MULTI was aborted as a whole (EXECABORT): nothing moved; again, uncounted.
+            self.stats.denied()
+            return await self._move(partition, raw, schedule)
+        if not done:
+            self._count(part.stats, delivered)
+        return done
 
     async def deadletter(self, items: Sequence[tuple[Delivery, str, int]], now_ms: int,
                          enabled: bool) -> None:
@@ -295,4 +386,17 @@ class ListBackend:
         return min(priority, self.levels - 1), encode_element(env, msg_id, priority)
 
     async def close(self) -> None:
-        return None
+        """Report the deliveries not counted yet."""
+        if not self._unreported or not self.stats.on:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            counted = self._queue_counts(pipe)
+            results = await pipe.execute(raise_on_error=False)
+        self._check_counts(results[:counted])
+
+
+def _raise_first_error(results: Sequence[Any]) -> None:
+    """What ``execute()`` would have raised (results gathered with raise_on_error=False)."""
+    for res in results:
+        if isinstance(res, Exception):
+            raise res

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import keys
 from ._delivery import Delivery, text
+from ._lists import StatsSwitch, is_noperm
 from .codec import decode_fields
 from .errors import DecodeError
 
@@ -38,6 +39,7 @@ class StreamBackend:
         self.parts = list(parts)
         self.max_payload_bytes = max_payload_bytes
         self._cursors: dict[int, str] = {}
+        self.stats = StatsSwitch()
 
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         self.parts = list(parts)
@@ -134,9 +136,21 @@ class StreamBackend:
             await pipe.execute()
 
     async def nack(self, partition: int, entry_id: str, due_ms: int, error: str) -> bool:
+        """``aq_nack``, passing the stats hash so the retry is counted (the retry-rate
+        SLO); without it after a NOPERM (ACL users of an operator older than this SDK:
+        FCALL is denied before it runs, so nothing happened)."""
         part = self.parts[partition]
-        done = await self.client.fcall("aq_nack", 2, part.queue_key, part.retry, self.group,
-                                       entry_id, str(due_ms), error)
+        args = (self.group, entry_id, str(due_ms), error)
+        if self.stats.on:
+            try:
+                done = await self.client.fcall("aq_nack", 3, part.queue_key, part.retry,
+                                               part.stats, *args)
+                return bool(done)
+            except Exception as exc:
+                if not is_noperm(exc):
+                    raise
+                self.stats.denied()
+        done = await self.client.fcall("aq_nack", 2, part.queue_key, part.retry, *args)
         return bool(done)
 
     async def deadletter(self, items: Sequence[tuple[Delivery, str, int]], now_ms: int,

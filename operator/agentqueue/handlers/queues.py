@@ -56,10 +56,14 @@ async def _reconcile(rt: Runtime, body: dict[str, Any], logger: kopf.Logger,
         status["conditions"] = _risk_condition(body, status["conditions"], outcome.risks)
         await _write_merged(rt, body, status)
         if not meta.get("deletionTimestamp"):  # a deleted queue's series stay deleted
+            counters = outcome.slo_sample.counters if outcome.slo_sample else None
+            retries = counters.retries if counters is not None else {}
             rt.metrics.observe_queue(meta["namespace"], meta["name"], {
                 p["index"]: {"length": p["length"], "dead_letter_length": p["deadLetterLength"],
                              "scheduled_retries": p["scheduledRetries"],
-                             "memory_bytes": p["memoryBytes"]}
+                             "memory_bytes": p["memoryBytes"],
+                             **({"retries_total": float(retries[p["index"]])}
+                                if p["index"] in retries else {})}
                 for p in extra["partitions"]})
         return outcome
 
@@ -148,6 +152,8 @@ async def keeper(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
             if stopped:
                 return
             if clock.time() >= next_drift or (restart is not None and restart.is_set()):
+                if restart is not None and restart.is_set():
+                    state.counters = None  # a restarted Redis may have lost the counters
                 try:
                     outcome = await _reconcile(rt, _plain(body), logger, drift=True,
                                                raise_errors=False)
@@ -157,6 +163,7 @@ async def keeper(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
                 next_drift = clock.time() + rt.config.drift_interval
                 # A failed observation leaves no sample: the SLO says what it cannot see.
                 state.sample = outcome.slo_sample if outcome is not None else None
+                state.observe_counters(state.sample)
                 state.observed = state.observed or outcome is not None
                 if outcome is not None and outcome.target is not None:
                     restart = rt.watcher.watch(outcome.target)
@@ -204,6 +211,20 @@ class SLOState:
     written_at: float = 0.0
     breached: frozenset[str] | None = None
     """Objectives already announced as breached (None: not known yet)."""
+    counters: slo.RetryCounters | None = None
+    """The retry and delivery counters as last read (the start of the next window)."""
+    retry: slo.RetryWindow | None = None
+    """Retries and deliveries between the last two observations (maxRetryRate)."""
+
+    def observe_counters(self, sample: slo.QueueSample | None) -> None:
+        """A new observation closes the retry window. A failed one leaves no figure but
+        keeps the start: the next window spans the gap (a reset in between shows as
+        counters going back, or as a Redis restart, which drops the start)."""
+        if sample is None:
+            self.retry = None
+            return
+        self.retry = slo.retry_window(self.counters, sample.counters)
+        self.counters = sample.counters
 
 
 async def _update_slo(rt: Runtime, body: dict[str, Any], state: SLOState,
@@ -219,7 +240,8 @@ async def _update_slo(rt: Runtime, body: dict[str, Any], state: SLOState,
         spec = svc.parse_spec(body.get("spec") or {})
     except SpecProblem:
         return  # the handler reports it
-    load = svc.slo_load(rt.metrics, ns, name, spec, state.sample, groups, time.time())
+    load = svc.slo_load(rt.metrics, ns, name, spec, state.sample, groups, time.time(),
+                        state.retry)
     result = slo.assess(spec.slo, load)
     rt.metrics.set_slo(ns, name, result.gauges if result else {})
     current = get_condition((body.get("status") or {}).get("conditions"), reasons.SLO_BREACHED)

@@ -16,6 +16,13 @@ Why the rules look the way they do (Redis 7):
   Within its own queue a role is trusted not to be malicious; the boundary that
   ACLs do enforce is between queues and namespaces (key and channel patterns) and
   between roles (what kind of command).
+- The stats hash (``aq:{..}:stats``, counters for the retry-rate SLO) is written by
+  consumers only, through two selectors and nothing else: ``(~stats -@all +hincrby)``
+  for the increment (the List SDK's, and the one inside ``aq_nack``), and one that lets
+  FCALL ``aq_nack`` be passed the stream, the retry set and the stats hash together
+  (FCALL needs RW on all of them in one selector). The root rules do not cover the
+  stats key, so no other command (XADD, ZADD, LPUSH ...) can create or touch it.
+  Observers read it with their read-only pattern over the whole queue.
 - Cluster clients discover the topology (CLUSTER SLOTS/SHARDS, COMMAND) on connect.
 """
 
@@ -73,6 +80,7 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
     dlq = _pattern(namespace, queue, "dlq")
     retry = _pattern(namespace, queue, "retry")
     proc = _pattern(namespace, queue, "proc:*")
+    stats = _pattern(namespace, queue, "stats")
     everything = keys.queue_key_pattern(namespace, queue)
     channel = keys.channel_name(namespace, queue)
 
@@ -113,7 +121,9 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
                          "+fcall|aq_nack", "+fcall|aq_deadletter", "+fcall|aq_promote"]
                         + _STREAM_READ + _META_READ + _TXN)
             # The SDK's once(): a done-marker under idem:* set in a transaction.
-            selectors = [f"(~{idem} -@all +get +set +exists +watch)"]
+            selectors = [f"(~{idem} -@all +get +set +exists +watch)",
+                         f"(~{q} ~{retry} ~{stats} -@all +fcall|aq_nack)",
+                         f"(~{stats} -@all +hincrby)"]
     else:  # List
         if role is Role.PRODUCER:
             key_rules = [f"%W~{q}", f"%W~{prio}", f"~{idem}", f"%R~{meta}"]
@@ -129,7 +139,9 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
                          "+lpush", "+rpush", "+xadd", "+xlen", "+xrange",
                          "+zadd", "+zrange", "+zrem", "+zcard", "+lpos", "+watch"]
                         + _META_READ + _TXN)
-            selectors = [f"(~{idem} -@all +get +set +exists +watch)"]
+            # HINCRBY of the stats hash: retries (in the nack's MULTI) and deliveries.
+            selectors = [f"(~{idem} -@all +get +set +exists +watch)",
+                         f"(~{stats} -@all +hincrby)"]
 
     return (["reset", "on", "resetkeys", "resetchannels", *key_rules, *channel_rules,
              "-@all", *_BASE, *commands, *selectors])

@@ -12,9 +12,17 @@ What each objective is measured on (docs/observability.md):
   of the oldest entry not yet delivered to some group (its id's timestamp; with no
   group, the stream's first entry). List: the age of the oldest queued element (its
   SDK message id starts with the enqueue time in ms).
-* ``maxRetryRate`` is not measured: Redis keeps no count of retries (a retried message
-  comes back as a new entry), so the operator has no honest figure for it.
-* PubSub channels store nothing: no depth and no age to measure.
+* ``maxRetryRate``, retries per delivery between two observations of the queue by its
+  keeper (`retry_window`). Retries: nacks that scheduled a retry, counted per partition
+  in the stats hash by ``aq_nack`` and the List SDK (a message dead-lettered instead is
+  not a retry). Deliveries: Stream, the growth of every consumer group's
+  ``entries-read`` (Redis advances it with each entry it delivers; a retried message
+  comes back as a new entry and counts again); List, the SDK's own count in the stats
+  hash. A window with no deliveries has no figure; one across a counter reset (Redis
+  restarted without persistence), a changed set of partitions or groups, or a group
+  that read while Redis could not tell its ``entries-read`` (a new group's first read;
+  XDEL) is skipped.
+* PubSub channels store nothing: no depth, no age and no retries to measure.
 
 An objective that cannot be measured is reported as such (condition message, no
 metric series), never as a made-up zero.
@@ -32,9 +40,15 @@ from ..models.queue import SLOSpec
 OBJECTIVES = ("maxDepth", "maxWaitingAge", "maxRetryRate")
 _REASONS = {"maxDepth": reasons.DEPTH_EXCEEDED, "maxWaitingAge": reasons.WAITING_AGE_EXCEEDED,
             "maxRetryRate": reasons.RETRY_RATE_EXCEEDED}
-RETRIES_NOT_COUNTED = ("Redis keeps no count of retries (a retried message comes back as "
-                       "a new entry)")
 PUBSUB_STORES_NOTHING = "a PubSub channel stores no messages"
+NO_RETRY_WINDOW = "no retry counts from two observations of the queue yet"
+NO_DELIVERIES = "no deliveries since the previous observation"
+COUNTERS_RESET = ("the counters went back since the previous observation (Redis restarted "
+                  "or the queue's data was reset): measured from the next one")
+COUNTERS_CHANGED = ("the partitions or consumer groups changed since the previous "
+                    "observation: measured from the next one")
+ENTRIES_READ_UNKNOWN = ("Redis cannot tell how many entries a consumer group read since the "
+                        "previous observation (its first read, or entries deleted with XDEL)")
 
 
 @dataclass(frozen=True)
@@ -65,11 +79,72 @@ class GroupSample:
 
 
 @dataclass(frozen=True)
+class RetryCounters:
+    """Cumulative counters of a queue as read with one observation (redisgw/backlog.py)."""
+
+    retries: Mapping[int, int]
+    """Partition -> the stats hash's ``retries``."""
+    deliveries: Mapping[tuple[int, str], int | None]
+    """(partition, source) -> deliveries so far. Stream: one per consumer group (source:
+    its name), its ``entries-read`` (None: Redis cannot tell, e.g. a group that has read
+    nothing yet); List: source ``""``, the stats hash's ``deliveries``."""
+    positions: Mapping[tuple[int, str], str] = field(default_factory=dict)
+    """Stream: each group's last-delivered id (a group whose ``entries-read`` is unknown
+    delivered nothing while it stays put)."""
+
+
+@dataclass(frozen=True)
+class RetryWindow:
+    """Retries and deliveries between two observations; no figure (None) says why."""
+
+    retries: int | None = None
+    deliveries: int | None = None
+    why: str = NO_RETRY_WINDOW
+
+    @property
+    def rate(self) -> float | None:
+        if not self.deliveries or self.retries is None:
+            return None
+        return self.retries / self.deliveries
+
+
+def retry_window(before: RetryCounters | None, after: RetryCounters | None) -> RetryWindow:
+    """What happened between two reads of the counters (`before` is the earlier one).
+
+    No figure when either is missing, when the partitions or groups differ (a new group
+    has no baseline, a deleted one's deliveries would go missing while its consumers'
+    retries count), when a group moved while Redis could not tell its ``entries-read``
+    (one that did not move delivered nothing), when a counter went back (a reset: what
+    happened since is unknown), or when nothing was delivered."""
+    if before is None or after is None:
+        return RetryWindow()
+    if (set(before.retries) != set(after.retries)
+            or set(before.deliveries) != set(after.deliveries)):
+        return RetryWindow(why=COUNTERS_CHANGED)
+    retries = [after.retries[p] - before.retries[p] for p in after.retries]
+    deliveries = []
+    for key, now in after.deliveries.items():
+        then = before.deliveries[key]
+        if now is None or then is None:
+            if now is None and then is None and (
+                    before.positions.get(key) == after.positions.get(key)):
+                continue  # has not read anything since
+            return RetryWindow(why=ENTRIES_READ_UNKNOWN)
+        deliveries.append(now - then)
+    if any(d < 0 for d in (*retries, *deliveries)):
+        return RetryWindow(why=COUNTERS_RESET)
+    if sum(deliveries) == 0:
+        return RetryWindow(why=NO_DELIVERIES)
+    return RetryWindow(sum(retries), sum(deliveries), why="")
+
+
+@dataclass(frozen=True)
 class QueueSample:
     """The queue's own observation (every drift interval)."""
 
     length: int  # stream entries, or queued List elements, over all partitions
     oldest_waiting_age_s: float | None  # None: not read (no maxWaitingAge)
+    counters: RetryCounters | None = None  # None: not read (PubSub)
 
 
 @dataclass(frozen=True)
@@ -100,18 +175,23 @@ def configured(slo: SLOSpec | None) -> tuple[str, ...]:
 
 
 def queue_load(queue_type: str, queue: QueueSample | None,
-               groups: Mapping[str, GroupSample | None]) -> QueueLoad:
+               groups: Mapping[str, GroupSample | None],
+               retry: RetryWindow | None = None) -> QueueLoad:
     """Build the load from what was observed.
 
     `groups`: the queue's ConsumerGroups by name, with their latest figures (None when
     there are none, or they are stale). `queue`: the queue's own observation, None
-    before the first one."""
-    not_measured = {"maxRetryRate": RETRIES_NOT_COUNTED}
+    before the first one. `retry`: retries and deliveries between the keeper's last two
+    observations (None: none yet)."""
+    not_measured: dict[str, str] = {}
     notes: list[str] = []
     if queue_type == "PubSub":
-        return QueueLoad(not_measured={"maxDepth": PUBSUB_STORES_NOTHING,
-                                       "maxWaitingAge": PUBSUB_STORES_NOTHING,
-                                       **not_measured})
+        return QueueLoad(not_measured={o: PUBSUB_STORES_NOTHING for o in OBJECTIVES})
+    retries = deliveries = None
+    if retry is not None and retry.rate is not None:
+        retries, deliveries = retry.retries, retry.deliveries
+    else:
+        not_measured["maxRetryRate"] = retry.why if retry is not None else NO_RETRY_WINDOW
     not_yet = "no current observation of the queue"
     depth: int | None = None
     age: float | None = None
@@ -139,8 +219,8 @@ def queue_load(queue_type: str, queue: QueueSample | None,
     else:
         age = max([queue.oldest_waiting_age_s,
                    *(s.oldest_pending_age_s for s in fresh.values())])
-    return QueueLoad(depth=depth, oldest_waiting_age_s=age, not_measured=not_measured,
-                     notes=tuple(notes))
+    return QueueLoad(depth=depth, oldest_waiting_age_s=age, deliveries=deliveries,
+                     retries=retries, not_measured=not_measured, notes=tuple(notes))
 
 
 def evaluate(slo: SLOSpec | None, load: QueueLoad) -> list[Breach]:

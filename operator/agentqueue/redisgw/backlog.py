@@ -1,4 +1,5 @@
-"""How long the oldest waiting message of a queue has waited (for the SLO maxWaitingAge).
+"""What the queue's SLO needs beyond lengths: how long the oldest waiting message has
+waited (maxWaitingAge), and the counters of retries and deliveries (maxRetryRate).
 
 Read by the queue's keeper with its periodic observation, only for queues whose SLO
 sets maxWaitingAge: one read-only script per partition, pipelined. Ages are taken
@@ -11,6 +12,15 @@ against the Redis server's clock (``TIME``), as stream ids are.
 * List: the oldest queued element of every priority level (the tail: consumers take
   from the right); the SDK's message id (``"i"``) starts with the enqueue time in ms.
   Elements not written by the SDK carry no time and are skipped.
+
+Counters (`retry_counters`, read with every observation of a Stream or List queue: they
+also feed `agentqueue_queue_retries_total`): one read-only script per partition,
+pipelined, reading the partition's stats hash (``retries``: nacks that scheduled a
+retry, counted by ``aq_nack`` and the List SDK; ``deliveries``: List elements read,
+counted by the SDK) and, for a Stream, every consumer group's ``entries-read`` (XINFO
+GROUPS), which Redis advances with every entry it delivers to the group (XREADGROUP
+``>``; a retried message comes back as a new entry, so it counts again). Cumulative
+figures: the rate over a window is the keeper's business (planning/slo.py).
 """
 
 from __future__ import annotations
@@ -19,10 +29,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..keys import PartitionKeys
+from ..planning.slo import RetryCounters
 from .errors import classify, translate_errors
 from .poller import BatchScript
 
-__all__ = ["oldest_waiting_age"]
+__all__ = ["oldest_waiting_age", "retry_counters"]
 
 # Reply {server now ms, oldest waiting ms | -1}.
 _STREAM = r"""#!lua flags=no-writes
@@ -64,8 +75,34 @@ end
 return {now, oldest}
 """
 
+# KEYS: stats hash [, stream].
+# Reply {retries, deliveries, group, entries-read|-1, last-delivered-id, ...}.
+_COUNTERS = r"""#!lua flags=no-writes
+local retries, delivered = 0, 0
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
+  retries = tonumber(redis.call('HGET', KEYS[1], 'retries')) or 0
+  delivered = tonumber(redis.call('HGET', KEYS[1], 'deliveries')) or 0
+end
+local out = {retries, delivered}
+if KEYS[2] and redis.call('TYPE', KEYS[2])['ok'] == 'stream' then
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+    local name, read, last = nil, false, ''
+    for j = 1, #g, 2 do
+      if g[j] == 'name' then name = g[j + 1] end
+      if g[j] == 'entries-read' then read = g[j + 1] end
+      if g[j] == 'last-delivered-id' then last = g[j + 1] end
+    end
+    out[#out + 1] = name
+    out[#out + 1] = read or -1
+    out[#out + 1] = last
+  end
+end
+return out
+"""
+
 STREAM = BatchScript(_STREAM)
 LIST = BatchScript(_LIST)
+COUNTERS = BatchScript(_COUNTERS)
 
 
 async def oldest_waiting_age(client: Any, parts: Sequence[PartitionKeys], queue_type: str,
@@ -92,3 +129,37 @@ async def oldest_waiting_age(client: Any, parts: Sequence[PartitionKeys], queue_
         if oldest >= 0:
             age = max(age, (now - oldest) / 1000)
     return age
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def retry_counters(client: Any, parts: Sequence[PartitionKeys],
+                         queue_type: str) -> RetryCounters | None:
+    """The cumulative retry and delivery counters of every partition; None for a PubSub
+    channel (nothing is stored, nothing retried). A Stream's deliveries are its groups'
+    ``entries-read`` (None where Redis cannot tell), a List's the SDK's count."""
+    if queue_type == "PubSub":
+        return None
+    stream = queue_type == "Stream"
+    calls: list[tuple[list[str], list[Any]]] = [
+        ([p.stats, p.queue_key] if stream else [p.stats], []) for p in parts]
+    with translate_errors("read the retry counters"):
+        results = await COUNTERS.run_batched(client, calls)
+    retries: dict[int, int] = {}
+    deliveries: dict[tuple[int, str], int | None] = {}
+    positions: dict[tuple[int, str], str] = {}
+    for p, result in zip(parts, results, strict=True):
+        if isinstance(result, Exception):
+            raise classify(result) from None
+        retries[p.partition] = int(result[0])
+        if not stream:
+            deliveries[(p.partition, "")] = int(result[1])
+            continue
+        groups = result[2:]
+        for name, read, last in zip(groups[0::3], groups[1::3], groups[2::3], strict=True):
+            key = (p.partition, _text(name))
+            deliveries[key] = int(read) if int(read) >= 0 else None
+            positions[key] = _text(last)
+    return RetryCounters(retries, deliveries, positions)

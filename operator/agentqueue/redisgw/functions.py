@@ -121,12 +121,13 @@ async def enqueue(
 
 async def nack(client: RedisClient, keys: PartitionKeys, group: str, entry_id: str,
                due_ms: int, error: str) -> bool:
-    """Ack the entry and schedule a retry at `due_ms` (attempt `a` + 1, error `e`).
+    """Ack the entry and schedule a retry at `due_ms` (attempt `a` + 1, error `e`),
+    counted in the partition's stats hash (`retries`).
 
     False when the entry was no longer pending for `group` or was trimmed (acked anyway)."""
     with translate_errors("aq_nack"):
-        res = await client.fcall("aq_nack", 2, keys.queue_key, keys.retry, group, entry_id,
-                                 int(due_ms), error)
+        res = await client.fcall("aq_nack", 3, keys.queue_key, keys.retry, keys.stats, group,
+                                 entry_id, int(due_ms), error)
     return bool(int(res))
 
 

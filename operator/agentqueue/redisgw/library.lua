@@ -7,7 +7,7 @@
 --
 -- The version line is read by redisgw/functions.py; bump it on every change so
 -- the operator replaces the library on running servers.
-local VERSION = '3'
+local VERSION = '4'
 
 -- Envelope fields the library manages itself (docs/design.md).
 local DLQ_PREFIX = 'x.'
@@ -63,7 +63,10 @@ local function ack_and_read(stream, group, id)
   return entries[1][2]
 end
 
--- keys: queue stream, retry zset; args: group, entry id, due ms, error
+-- keys: queue stream, retry zset [, stats hash]; args: group, entry id, due ms, error
+-- With the stats hash (the partition's aq:{..}:stats), a scheduled retry is counted
+-- in its field 'retries' (the retry-rate SLO); callers passing two keys (SDKs older
+-- than library version 4) are not counted.
 local function aq_nack(keys, args)
   local due = tonumber(args[3])
   if not due then
@@ -81,6 +84,9 @@ local function aq_nack(keys, args)
   msg['e'] = args[4] or ''
   msg[RETRY_SRC] = args[2]
   redis.call('ZADD', keys[2], due, cjson.encode(msg))
+  if keys[3] then
+    redis.call('HINCRBY', keys[3], 'retries', 1)
+  end
   return 1
 end
 

@@ -216,20 +216,25 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
     }
     if spec.type == "PubSub":
         new_status["channel"] = keys.channel_name(ns, name)
-    # The SLO's waiting age, read with this observation and only when it is asked for.
+    # The SLO's waiting age, read with this observation and only when it is asked for;
+    # the retry counters every time (agentqueue_queue_retries_total, maxRetryRate).
+    parts = keys.partition_keys(ns, name, spec.partitions)
     waiting_age = None
     if spec.slo is not None and spec.slo.max_waiting_age is not None:
-        waiting_age = await backlog.oldest_waiting_age(
-            client, keys.partition_keys(ns, name, spec.partitions), str(spec.type),
-            spec.priority_levels)
-    sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age)
+        waiting_age = await backlog.oldest_waiting_age(client, parts, str(spec.type),
+                                                       spec.priority_levels)
+    counters = await backlog.retry_counters(client, parts, str(spec.type))
+    sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age,
+                             counters=counters)
     return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample, risks)
 
 
 def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
-             sample: slo.QueueSample | None, groups: list[str], now: float) -> slo.QueueLoad:
+             sample: slo.QueueSample | None, groups: list[str], now: float,
+             retry: slo.RetryWindow | None = None) -> slo.QueueLoad:
     """The queue's load for its SLO, from what was observed: `sample` (the queue's own
-    observation) and the figures the shared poll left in `metrics` for each of the
+    observation), `retry` (retries and deliveries between the keeper's last two
+    observations) and the figures the shared poll left in `metrics` for each of the
     queue's ConsumerGroups `groups` (stale ones count as missing). No Redis access."""
     samples: dict[str, slo.GroupSample | None] = {}
     for group in groups:
@@ -240,7 +245,7 @@ def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
         samples[group] = slo.GroupSample(
             int(fig.lag), int(fig.pending), int(fig.due_retries),
             float(fig.oldest_pending_age_seconds)) if fresh and fig else None
-    return slo.queue_load(str(spec.type), sample, samples)
+    return slo.queue_load(str(spec.type), sample, samples, retry)
 
 
 async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:

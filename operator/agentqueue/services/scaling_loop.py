@@ -34,6 +34,7 @@ log = logging.getLogger("agentqueue.scaling")
 CONFLICT_RECHECK_S = 10.0
 SCALE_REFRESH_S = 5.0
 QUIET_MAX_S = 10.0
+IDLE_SWEEP_S = 60.0
 CTX_TTL_S = 300.0
 """Re-resolve at least this often (the admin Secret may change); spec changes of the
 group or its queue re-resolve at once (generation, Runtime.queue_versions)."""
@@ -132,8 +133,7 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
 
     # Poison messages to the DLQ, dead consumers removed: not every tick.
     swept = 0
-    if redis_ok and now - state.last_maintenance >= max(
-            1.0, parse_duration(spec.visibility_timeout) / 2):
+    if redis_ok and now - state.last_maintenance >= _sweep_interval(spec, figures):
         state.last_maintenance = now
         client = await rt.redis.get(ctx.target)
         res = await redis_groups.reclaim(
@@ -277,6 +277,13 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         state.last_status, state.last_status_at = comparable, now
 
 
+def _sweep_interval(spec: Any, figures: Any) -> float:
+    """Half the visibility timeout while entries are pending (they may expire); with
+    nothing pending only dead consumers can need removing: once a minute is plenty."""
+    half = max(1.0, parse_duration(spec.visibility_timeout) / 2)
+    return half if figures.pending else max(half, IDLE_SWEEP_S)
+
+
 def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
            ctx: svc.GroupContext, desired: int | None, scaled: bool, now: float) -> Quiet | None:
     """Idle and settled (nothing waiting, pending or due; the target at its floor): the
@@ -291,7 +298,7 @@ def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
     if ref is not None and (desired != state.current or (state.current or 0) != floor):
         return None  # a scale-down may become due with time (cooldown)
     mono = time.monotonic()
-    sweep_at = state.last_maintenance + max(1.0, parse_duration(spec.visibility_timeout) / 2)
+    sweep_at = state.last_maintenance + _sweep_interval(spec, figures)
     until = mono + min(QUIET_MAX_S, max(0.0, sweep_at - now),
                        SCALE_REFRESH_S if ref is not None else QUIET_MAX_S)
 
