@@ -1,7 +1,7 @@
 -- Argo CD health of an agentqueue.io AgentQueue, from the conditions the operator writes.
 -- Healthy: Ready=True for the current generation. Degraded: Ready=False for a reason that
 -- needs a person (bad spec, Redis unreachable or refusing the login, missing Secret), or a
--- Degraded / SLOBreached condition. Progressing: no status yet, a newer generation not yet
+-- Degraded / SLOBreached / RedisConfigRisk condition. Progressing: no status yet, a newer generation not yet
 -- reconciled, or Ready=False while the operator is still working.
 local hs = {status = "Progressing", message = "Waiting for the agentqueue operator"}
 
@@ -54,6 +54,12 @@ if ready.status == "True" then
   if slo ~= nil and slo.status == "True" then
     hs.status = "Degraded"
     hs.message = "SLO breached: " .. describe(slo)
+    return hs
+  end
+  local risk = condition(status.conditions, "RedisConfigRisk")
+  if risk ~= nil and risk.status == "True" then
+    hs.status = "Degraded"
+    hs.message = "Redis configured to lose data: " .. describe(risk)
     return hs
   end
   hs.status = "Healthy"
