@@ -136,6 +136,9 @@ def test_metrics_exact_values(operator: Any, kubectl: Any, namespace: str) -> No
     assert len(memory) == 2 and all(v > 0 for v in memory.values())
     assert got == wanted(namespace)  # nothing more: no replicas without a scale target,
     # no SLO series without an SLO
+    polls = samples(text).get(("agentqueue_redis_command_duration_seconds_count",
+                               (("operation", "poll"),)), 0)
+    assert polls > 0  # the shared lag poll is timed
 
     # Status reports the same observations.
     qstatus = get_obj(kubectl, "agentqueues", "orders", namespace)["status"]  # type: ignore[index]

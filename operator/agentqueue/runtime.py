@@ -74,6 +74,21 @@ class RestartWatcher:
                     self._events[key].set()
 
 
+def _timed(poll: Any, metrics: Metrics) -> Any:
+    """The hub's poll, timed (agentqueue_redis_command_duration_seconds{operation="poll"})
+    and counted when Redis cannot be reached (agentqueue_redis_unavailable_total)."""
+    async def timed(client: Any, requests: list[Any]) -> list[Any]:
+        started = time.monotonic()
+        try:
+            return list(await poll(client, requests))
+        except RedisError:
+            metrics.redis_up.inc()
+            raise
+        finally:
+            metrics.redis_latency.labels("poll").observe(time.monotonic() - started)
+    return timed
+
+
 @dataclass
 class Runtime:
     config: OperatorConfig
@@ -115,13 +130,14 @@ class Runtime:
     @classmethod
     def create(cls, config: OperatorConfig, api: k8s.ApiClient) -> Runtime:
         pool = RedisPool()
+        metrics = Metrics()
         return cls(
             config=config,
             kube=KubeGateway(api),
             redis=pool,
             watcher=RestartWatcher(pool, config.run_id_check_interval),
-            metrics=Metrics(),
-            hub=PollHub(poll_groups),
+            metrics=metrics,
+            hub=PollHub(_timed(poll_groups, metrics)),
         )
 
     async def start(self) -> None:
