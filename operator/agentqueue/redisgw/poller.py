@@ -20,6 +20,7 @@ planning/lag.py); calibrations kept between ticks make that rare.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -328,7 +329,24 @@ async def observe_partitions(client: Any, wanted: Sequence[tuple[PartitionKeys,
             if isinstance(result, Exception):
                 raise classify(result) from None
             raw.extend(result)
-    return [_partition_state(pk, r) for pk, r in zip(order, raw, strict=True)]
+    return [_state_of(pk, r) for pk, r in zip(order, raw, strict=True)]
+
+
+_LAST_STATES: dict[PartitionKeys, tuple[Any, PartitionState]] = {}
+
+
+def _state_of(keys: PartitionKeys, raw: Any) -> PartitionState:
+    """`_partition_state`, reusing last tick's object when the reply is the same (an idle
+    fleet's replies are): comparing nested lists is far cheaper than building states.
+    The reused state is re-assessed like a new one (assess sets every group's lag)."""
+    last = _LAST_STATES.get(keys)
+    if last is not None and last[0] == raw:
+        return last[1]
+    state = _partition_state(keys, raw)
+    if len(_LAST_STATES) > 200_000:  # partitions come and go; keep the cache bounded
+        _LAST_STATES.clear()
+    _LAST_STATES[keys] = (raw, state)
+    return state
 
 
 async def _gather_limited(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -412,7 +430,7 @@ class LagPoller:
     async def poll(self, client: Any, targets: Sequence[GroupTarget]) -> list[GroupFigures]:
         """Figures for each target, in order: two round trips at most per batch."""
         per_partition: dict[PartitionKeys, list[str]] = {}
-        target_keys = [t.partition_keys() for t in targets]
+        target_keys = [_target_keys(t) for t in targets]
         for t, pks in zip(targets, target_keys, strict=True):
             for pk in pks:
                 names = per_partition.setdefault(pk, [])
@@ -423,6 +441,12 @@ class LagPoller:
         by_keys = {p.keys: p for p in parts}
         return [_figures(t, [by_keys[pk] for pk in pks])
                 for t, pks in zip(targets, target_keys, strict=True)]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _target_keys(target: GroupTarget) -> list[PartitionKeys]:
+    """A target's partition keys, built once (the hub asks every tick)."""
+    return target.partition_keys()
 
 
 def _figures(target: GroupTarget, parts: list[PartitionState]) -> GroupFigures:

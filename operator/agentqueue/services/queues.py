@@ -120,7 +120,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                           drift: bool = False) -> QueueOutcome:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    spec = parse_spec(body.get("spec") or {})
+    spec = rt.parsed_spec("AgentQueue", body, parse_spec)
     status = body.get("status") or {}
     secret_ref = spec.redis.secret_ref.name if spec.redis else None
     target = await rt.target_for(ns, secret_ref)
@@ -267,5 +267,6 @@ async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
         del role
         await users.delete_user(client, keys.acl_username(ns, name, entry.name))
         rt.secrets_seen.pop((ns, keys.secret_name(name, entry.name)), None)
+    rt.forget_spec("AgentQueue", ns, name)
     if spec.deletion_policy == "Delete":
         await provision.delete_queue_data(client, ns, name, spec.partitions)
