@@ -7,7 +7,7 @@ import random
 
 import kopf
 
-from . import logs, tracing
+from . import gctune, logs, tracing
 from .config import OperatorConfig
 
 
@@ -22,6 +22,7 @@ async def run_operator(
     logs.configure(log_level, log_format)
     # Before kopf starts: its aiohttp sessions are instrumented when they are created.
     tracing.setup()
+    gctune.tune()
     from . import handlers  # noqa: F401  (registers the handlers)
 
     logging.getLogger("agentqueue").info(

@@ -98,7 +98,15 @@ for i = 1, #KEYS, 2 do
     local len = redis.call('XLEN', stream)
     local gs, unsure = {}, always
     for _, g in ipairs(groups) do
-      local f = fields(g)
+      local f
+      if g[1] == 'name' and g[5] == 'pending' and g[9] == 'entries-read' and g[11] == 'lag' then
+        -- Redis 7's fixed layout: read by position (building a table per group was
+        -- most of this script's time).
+        f = {name = g[2], consumers = g[4], pending = g[6], ['last-delivered-id'] = g[8],
+             ['entries-read'] = g[10], lag = g[12]}
+      else
+        f = fields(g)
+      end
       local idx = want[f['name']]
       if n < 0 then idx = #gs + 1 end
       if idx then
