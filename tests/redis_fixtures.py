@@ -26,10 +26,12 @@ from agentqueue.devcluster.redisserver import RedisCluster, RedisServer
 from agentqueue.redisgw import connection
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 
+from .required import missing
+
 
 def _need_binary() -> None:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        missing("redis-server is not installed")
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,8 @@ import agentqueue
 from agentqueue.devcluster import ControlPlane, Kubectl
 from agentqueue.metrics import Metrics
 
+from .required import missing
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "agentqueue-operator"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -722,6 +724,6 @@ def actionlint() -> str | None:
 def test_workflow_lints_clean() -> None:
     tool = actionlint()
     if tool is None:
-        pytest.skip("go is missing: cannot build actionlint")
+        missing("go is missing: cannot build actionlint")
     out = subprocess.run([tool, "-no-color", str(WORKFLOW)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -23,6 +23,7 @@ import pytest
 from agentqueue.devcluster.redisserver import RedisServer, redis_server_binary
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
+from .required import missing
 from .test_drills_common import say
 from .test_drills_redis import admin_secret, group
 from .test_operator_queue import apply, queue
@@ -74,13 +75,13 @@ class Netns:
 @pytest.fixture
 def netns() -> Iterator[Netns]:
     if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 (ip netns)")
+        missing("needs root and iproute2 (ip netns)")
     ns = Netns()
     try:
         ns.create()
     except (subprocess.CalledProcessError, OSError) as exc:
         ns.delete()
-        pytest.skip(f"cannot create a network namespace here: {exc}")
+        missing(f"cannot create a network namespace here: {exc}")
     yield ns
     ns.delete()
 
