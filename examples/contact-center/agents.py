@@ -2,12 +2,12 @@
 
 No model is involved: the "intelligence" is a keyword table, so a run is reproducible.
 
-Agents (one per Deployment in ``manifests.yaml``)::
+Agents (one per Deployment in ``manifests.yaml``; in the image ``/app/contact-center``)::
 
     python agents.py classify                    # intake -> billing | tech | retention
     python agents.py specialist --queue billing  # billing -> resolved | escalation
     python agents.py evaluate                    # escalation -> feedback (human-desk stand-in)
-    eval "$(python agents.py creds classify)"    # export an agent's credentials (kubectl)
+    eval "$(python agents.py creds classify -n contact-center)"   # credentials via kubectl
 
 Credentials: an agent touches several queues and each queue has its own credentials
 Secret (``<queue>.<entry>``). The Deployments mount every Secret with an ``envFrom``
@@ -16,7 +16,10 @@ prefix, so the classifier sees ``INTAKE_REDIS_URL``, ``BILLING_REDIS_URL``, ... 
 ``ClientConfig.from_env``. Locally, ``export`` the same variables (see README.md).
 
 Every outcome (``resolved`` by a specialist, ``escalated`` once the evaluator took it off
-the escalation queue) is scored by :func:`evaluate` and published on ``feedback``.
+the escalation queue) is scored by :func:`evaluate` and published on ``feedback`` with the
+timestamps the seed's SLAs are measured from (``sent_at`` by loadgen, ``escalated_at`` by the
+specialist, ``done_at`` by whoever published the outcome) and the redeliveries it took, so
+``loadgen.py --report`` can check them (see README.md).
 Forwarded messages keep the conversation id as idempotency key, so a redelivery never
 creates a second task downstream.
 """
@@ -33,6 +36,8 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,12 +77,27 @@ def escalation_priority(text: str) -> int | None:
     return None
 
 
-def evaluate(conversation: Mapping[str, Any], outcome: str, by: str) -> dict[str, Any]:
-    """Score an outcome: the feedback message published on ``feedback``."""
+def evaluate(conversation: Mapping[str, Any], outcome: str, by: str,
+             now: float | None = None) -> dict[str, Any]:
+    """Score an outcome: the feedback message published on ``feedback``.
+
+    Carries what the SLA report needs: when the conversation was sent, escalated (if it
+    was) and finished (``now``, epoch seconds), and how many redeliveries it took.
+    """
     score = 1.0 if outcome == "resolved" else 0.5 - 0.1 * (2 - int(conversation.get(
         "priority", 2)))
     return {"id": conversation["id"], "outcome": outcome, "by": by,
-            "region": conversation.get("region"), "score": round(score, 2)}
+            "region": conversation.get("region"), "score": round(score, 2),
+            "sent_at": conversation.get("sent_at"),
+            "escalated_at": conversation.get("escalated_at"),
+            "done_at": time.time() if now is None else now,
+            "redeliveries": int(conversation.get("redeliveries", 0))}
+
+
+def redelivered(conversation: Mapping[str, Any], msg: Message) -> dict[str, Any]:
+    """``conversation`` with this stage's redeliveries (retries and reclaims) added."""
+    extra = max(msg.deliveries - 1, 0) + msg.attempt
+    return {**conversation, "redeliveries": int(conversation.get("redeliveries", 0)) + extra}
 
 
 # --- credentials ----------------------------------------------------------------------------
@@ -87,6 +107,22 @@ def env_for(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str, 
     env = os.environ if environ is None else environ
     head = prefix.upper().rstrip("_") + "_"
     return {k[len(head):]: v for k, v in env.items() if k.startswith(head)}
+
+
+def require_env(agent: str, environ: Mapping[str, str] | None = None) -> None:
+    """Refuse to start (one clear line) when a credentials prefix the agent needs is unset.
+
+    Without this the SDK would complain about ``REDIS_URL``, hiding which Secret is missing.
+    """
+    env = os.environ if environ is None else environ
+    missing = [f"{prefix}_REDIS_URL (Secret {secret})"
+               for prefix, secret in secrets_for(agent).items()
+               if not env.get(f"{prefix}_REDIS_URL")]
+    if missing:
+        raise SystemExit(
+            f"{agent}: missing credentials: {', '.join(missing)}. In a pod, mount each Secret "
+            f"with envFrom and that prefix (manifests.yaml); on a shell, "
+            f'eval "$(python agents.py creds {agent} -n <namespace>)" first.')
 
 
 # --- agents ---------------------------------------------------------------------------------
@@ -110,11 +146,12 @@ async def classify(intake: Mapping[str, str], specialists: Mapping[str, Mapping[
     producers = {q: Producer.from_env(env) for q, env in specialists.items()}
 
     async def handle(msg: Message) -> None:
-        conv = msg.payload
+        conv = redelivered(msg.payload, msg)
         queue = route(conv["text"])
         await producers[queue].send({**conv, "queue": queue}, key=conv.get("region"),
                                     idempotency_key=conv["id"])
         await msg.ack()
+        log.info("classify %s -> %s (delivery %d)", conv["id"], queue, msg.deliveries)
 
     try:
         await _serve(Consumer.from_env(intake, group=GROUPS["classify"]), handle, stop,
@@ -131,13 +168,16 @@ async def specialist(queue: str, own: Mapping[str, str], escalation: Mapping[str
     esc, fb = Producer.from_env(escalation), Producer.from_env(feedback)
 
     async def handle(msg: Message) -> None:
-        conv = msg.payload
+        conv = redelivered(msg.payload, msg)
         priority = escalation_priority(conv["text"])
         if priority is None:
             await fb.send(evaluate(conv, "resolved", queue), idempotency_key=conv["id"])
+            log.info("%s %s resolved (delivery %d)", queue, conv["id"], msg.deliveries)
         else:
-            await esc.send({**conv, "priority": priority}, priority=priority,
-                           idempotency_key=conv["id"])
+            await esc.send({**conv, "priority": priority, "escalated_at": time.time()},
+                           priority=priority, idempotency_key=conv["id"])
+            log.info("%s %s escalated, priority %d (delivery %d)", queue, conv["id"],
+                     priority, msg.deliveries)
         await msg.ack()
 
     try:
@@ -154,9 +194,11 @@ async def evaluate_agent(escalation: Mapping[str, str], feedback: Mapping[str, s
     fb = Producer.from_env(feedback)
 
     async def handle(msg: Message) -> None:
-        await fb.send(evaluate(msg.payload, "escalated", "human-desk"),
-                      idempotency_key=msg.payload["id"])
+        conv = redelivered(msg.payload, msg)
+        await fb.send(evaluate(conv, "escalated", "human-desk"), idempotency_key=conv["id"])
         await msg.ack()
+        log.info("human-desk %s handled, priority %s (delivery %d)", conv["id"],
+                 conv.get("priority"), msg.deliveries)
 
     try:
         await _serve(Consumer.from_env(escalation, group=GROUPS["evaluate"]), handle, stop,
@@ -175,8 +217,8 @@ def secrets_for(agent: str) -> dict[str, str]:
                 "ESCALATION": f"escalation.{agent}-agent", "FEEDBACK": f"feedback.{agent}-agent"}
     if agent == "evaluate":
         return {"ESCALATION": "escalation.evaluator", "FEEDBACK": "feedback.evaluator"}
-    if agent == "loadgen":
-        return {"INTAKE": "intake.loadgen"}
+    if agent == "loadgen":  # FEEDBACK: loadgen.py --report subscribes as the dashboard
+        return {"INTAKE": "intake.loadgen", "FEEDBACK": "feedback.dashboard"}
     raise SystemExit(f"unknown agent {agent!r}")
 
 
@@ -187,7 +229,17 @@ def export_lines(agent: str, namespace: str | None = None) -> str:
         cmd = ["kubectl", "get", "secret", secret, "-o", "json"]
         if namespace:
             cmd += ["-n", namespace]
-        data = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)["data"]
+        try:
+            got = subprocess.run(cmd, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise SystemExit("creds: kubectl is not on PATH "
+                             '(eval "$(.venv/bin/agentqueue dev env)" puts it there)') from None
+        if got.returncode != 0:
+            # kubectl's own reason (NotFound, Forbidden, no cluster), never a traceback.
+            raise SystemExit(f"creds: cannot read Secret {secret}"
+                             f"{' in namespace ' + namespace if namespace else ''}: "
+                             f"{got.stderr.strip()}")
+        data = json.loads(got.stdout)["data"]
         for key, value in sorted(data.items()):
             lines.append(f"export {prefix}_{key}="
                          f"{shlex.quote(base64.b64decode(value).decode())}")
@@ -223,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.agent == "creds":
         print(export_lines(args.target, args.namespace))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    require_env(args.queue if args.agent == "specialist" else args.agent)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(name)s %(message)s")
+    log.info("%s agent starting (pid %d)", args.agent, os.getpid())
     asyncio.run(_main(args))
 
 
