@@ -112,18 +112,19 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
         if role is Role.PRODUCER:
             # FCALL needs RW on both keys it is passed (stream and idempotency key).
             key_rules = [f"~{q}", f"~{idem}", f"%R~{meta}"]
-            commands = ["+xadd", "+fcall|aq_enqueue"] + _META_READ
+            # TYPE: aq_enqueue checks its keys' types before it writes.
+            commands = ["+xadd", "+type", "+fcall|aq_enqueue"] + _META_READ
             selectors = [f"(~{idem} -@all +get +set)"]
         else:
             key_rules = [f"~{q}", f"~{retry}", f"~{dlq}", f"%R~{meta}"]
             commands = (["+xreadgroup", "+xack", "+xclaim", "+xautoclaim", "+xadd",
-                         "+zadd", "+zrange", "+zrem", "+zcard",
+                         "+zadd", "+zrange", "+zrem", "+zcard", "+type",
                          "+fcall|aq_nack", "+fcall|aq_deadletter", "+fcall|aq_promote"]
                         + _STREAM_READ + _META_READ + _TXN)
             # The SDK's once(): a done-marker under idem:* set in a transaction.
             selectors = [f"(~{idem} -@all +get +set +exists +watch)",
                          f"(~{q} ~{retry} ~{stats} -@all +fcall|aq_nack)",
-                         f"(~{stats} -@all +hincrby)"]
+                         f"(~{stats} -@all +hincrby +type)"]
     else:  # List
         if role is Role.PRODUCER:
             key_rules = [f"%W~{q}", f"%W~{prio}", f"~{idem}", f"%R~{meta}"]

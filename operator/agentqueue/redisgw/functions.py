@@ -43,6 +43,8 @@ if _VERSION is None:  # pragma: no cover - a broken edit of library.lua
 LIBRARY_VERSION: str = _VERSION.group(1)
 
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
+PROMOTE_MAX = 1000
+"""aq_promote moves at most this many messages per call (library.lua PROMOTE_MAX)."""
 
 
 def _str(value: Any) -> str:
@@ -134,8 +136,8 @@ async def nack(client: RedisClient, keys: PartitionKeys, group: str, entry_id: s
 async def promote(client: RedisClient, keys: PartitionKeys, now_ms: int,
                   limit: int = 100) -> int:
     """Move up to `limit` retries due at `now_ms` back into the stream; returns how many."""
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
+    if not 1 <= limit <= PROMOTE_MAX:
+        raise ValueError(f"limit must be from 1 to {PROMOTE_MAX}")
     with translate_errors("aq_promote"):
         res = await client.fcall("aq_promote", 2, keys.queue_key, keys.retry, int(now_ms),
                                  limit)
