@@ -48,11 +48,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "REDIS_PASSWORD"),
             ca_file=args.redis_ca_file,
         )
+    from .planning.address_policy import AddressPolicy
+
+    try:
+        policy = AddressPolicy.build(allow=args.allow_redis_address or (),
+                                     deny=args.deny_redis_address or (),
+                                     deny_defaults=not args.no_default_denied_addresses)
+    except ValueError as exc:
+        raise SystemExit(f"agentqueue run: {exc}") from None
     config = OperatorConfig(
         default_redis=default,
         namespaces=tuple(args.namespace or ()),
         drift_interval=parse_duration(args.drift_interval),
         metrics_port=None if args.metrics_port == 0 else args.metrics_port,
+        min_poll_interval=parse_duration(args.min_poll_interval),
+        max_schema_bytes=args.max_schema_bytes,
+        deletion_timeout=parse_duration(args.deletion_timeout),
+        address_policy=policy,
     )
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -82,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis-username", default=None, help="default Redis ACL user")
     p.add_argument("--redis-ca-file", default=None, help="CA bundle for rediss:// URLs")
     p.add_argument("--drift-interval", default="30s", help="how often Redis is checked")
+    p.add_argument("--min-poll-interval", default="200ms",
+                   help="floor of every ConsumerGroup's scaling.pollInterval")
+    p.add_argument("--max-schema-bytes", type=int, default=32 * 1024,
+                   help="largest AgentQueue spec.schema (compact JSON)")
+    p.add_argument("--deletion-timeout", default="2m",
+                   help="release a deleted queue whose Redis stays unreachable this long")
+    p.add_argument("--allow-redis-address", action="append", metavar="CIDR|HOST",
+                   help="Redis addresses tenants may name (repeat; default: any not denied)")
+    p.add_argument("--deny-redis-address", action="append", metavar="CIDR|HOST",
+                   help="Redis addresses tenants may not name, besides the defaults")
+    p.add_argument("--no-default-denied-addresses", action="store_true",
+                   help="allow link-local and metadata addresses (not recommended)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster/env)")
     p.add_argument("--log-level", default=os.environ.get("AGENTQUEUE_LOG_LEVEL", "INFO"))
     p.add_argument("--log-format", choices=["json", "text"], default="json")

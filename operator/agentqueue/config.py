@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .planning.address_policy import AddressPolicy
+
 
 @dataclass(frozen=True)
 class DefaultRedis:
@@ -36,6 +38,16 @@ class OperatorConfig:
     status_min_interval: float = 5.0
     metrics_port: int | None = 9090
     metrics_host: str = "0.0.0.0"
+    # Bounds on what one tenant's objects may cost the shared operator and Redis
+    # (docs/security.md; chart values operator.*).
+    min_poll_interval: float = 0.2
+    """Floor of every ConsumerGroup's pollInterval (the CRD's own floor is 200ms)."""
+    max_schema_bytes: int = 32 * 1024
+    """Largest spec.schema, as compact JSON (it is copied to every partition)."""
+    deletion_timeout: float = 120.0
+    """How long a deleted queue waits for an unreachable Redis before it is released."""
+    address_policy: AddressPolicy = field(default_factory=AddressPolicy)
+    """Which Redis addresses tenants' Secrets may name (planning/address_policy)."""
 
 
 def default_redis_from_env() -> DefaultRedis | None:

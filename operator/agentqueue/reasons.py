@@ -48,3 +48,11 @@ NOT_BLOCKED = "NotBlocked"
 ACTIVE = "Active"
 NO_KNOWN_RISK = "NoKnownRisk"
 SEVERAL_RISKS = "SeveralRisks"
+
+# Hostile tenants (docs/security.md)
+SECRET_CONFLICT = "SecretConflict"
+REDIS_ADDRESS_REFUSED = "RedisAddressRefused"
+SPEC_TOO_LARGE = "SpecTooLarge"
+QUEUE_EXHAUSTED = "QueueExhausted"
+GROUP_NAME_CONFLICT = "GroupNameConflict"
+DELETION_ABANDONED = "DeletionAbandoned"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
+import socket
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
 
@@ -17,6 +21,7 @@ from . import tracing
 from .config import OperatorConfig
 from .kube import KubeGateway
 from .metrics import Metrics
+from .planning import address_policy
 from .planning.server_risks import Risk, assess
 from .pollhub import PollHub
 from .redisgw.connection import RedisPool, RedisTarget, server_ids
@@ -90,6 +95,28 @@ def _timed(poll: Any, metrics: Metrics) -> Any:
     return timed
 
 
+def _api_endpoints(api: k8s.ApiClient) -> list[address_policy.Endpoint]:
+    """The cluster's API server as the operator reaches it (its kubeconfig or in-cluster
+    host, and the `kubernetes` Service), by every address: tenants may not name it."""
+    found: set[tuple[str, int]] = set()
+    hosts: list[tuple[str, int]] = []
+    url = urlsplit(str(getattr(api.configuration, "host", "") or ""))
+    if url.hostname:
+        hosts.append((url.hostname, url.port or (443 if url.scheme == "https" else 80)))
+    env_host, env_port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get(
+        "KUBERNETES_SERVICE_PORT", "443")
+    if env_host and env_port.isdigit():
+        hosts.append((env_host, int(env_port)))
+    for host, port in hosts:
+        found.add((host.lower(), port))
+        try:  # local resolution at start-up (no connection)
+            for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+                found.add((str(info[4][0]), port))
+        except OSError:
+            pass
+    return [address_policy.Endpoint(h, p) for h, p in sorted(found)]
+
+
 @dataclass
 class Runtime:
     config: OperatorConfig
@@ -149,6 +176,9 @@ class Runtime:
 
     @classmethod
     def create(cls, config: OperatorConfig, api: k8s.ApiClient) -> Runtime:
+        config = dataclasses.replace(config, address_policy=dataclasses.replace(
+            config.address_policy,
+            api_endpoints=(*config.address_policy.api_endpoints, *_api_endpoints(api))))
         pool = RedisPool()
         metrics = Metrics()
         return cls(
@@ -209,7 +239,7 @@ class Runtime:
                               f"Secret {secret_name!r} named in spec.redis.secretRef "
                               "does not exist")
         try:
-            return RedisTarget.from_secret_data(data)
+            target = RedisTarget.from_secret_data(data)
         except KeyError as exc:
             raise SpecProblem(reasons.REDIS_SECRET_INVALID,
                               f"Secret {secret_name!r} has no key {exc.args[0]!r} "
@@ -218,5 +248,24 @@ class Runtime:
         except ValueError as exc:
             raise SpecProblem(reasons.REDIS_SECRET_INVALID,
                               f"Secret {secret_name!r}: {exc}") from None
+        why = await self.address_refusal(target)
+        if why is not None:
+            raise SpecProblem(reasons.REDIS_ADDRESS_REFUSED,
+                              f"Secret {secret_name!r}: {why}", retry_after=60.0)
+        return target
+
+    async def address_refusal(self, target: RedisTarget) -> str | None:
+        """Why a tenant-named Redis may not be used (planning/address_policy), decided
+        before any connection: on the host and every address it resolves to."""
+        addresses: list[str] = []
+        if address_policy.needs_resolution(self.config.address_policy, target.host):
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    target.host, target.port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                infos = []  # unresolvable: the policy decides on the name alone
+            addresses = sorted({str(info[4][0]) for info in infos})
+        return address_policy.refusal(self.config.address_policy, target.host, target.port,
+                                      addresses)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,9 +322,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one beyond a double's range (``1e999999``) would
+    become an infinity, which JSON cannot express: refused like NaN."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range (it would be infinite)")
+    return value
+
+
 # One decoder for every payload: json.loads(..., parse_constant=...) builds a new one
 # per call, which cost more than the parse of a small payload.
-_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_JSON = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
 def parse_json(body: bytes) -> Any:

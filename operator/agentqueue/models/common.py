@@ -39,6 +39,12 @@ def parse_duration(value: str) -> float:
     return sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(value))
 
 
+def min_duration_rule(minimum: str, what: str) -> JsonDict:
+    """CEL: a Duration field is at least `minimum` (the apiserver parses Go durations,
+    the same syntax as DURATION_PATTERN)."""
+    return cel(f"duration(self) >= duration('{minimum}')", f"{what} must be at least {minimum}")
+
+
 def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
     """One `x-kubernetes-validations` entry."""
     out: JsonDict = {"rule": rule, "message": message}

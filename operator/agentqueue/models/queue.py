@@ -113,6 +113,13 @@ class SLOSpec(KubeModel):
                                          description="Retries per delivery, at most.")
 
 
+MAX_USER_PARTITIONS = 1024
+"""partitions x access entries, at most: what one queue may cost in ACL users times the
+partitions each user's traffic spreads over (CRD rule)."""
+MAX_SCHEMA_PROPERTIES = 256
+"""Top-level keys of spec.schema (CRD); its size in bytes is bounded by the operator
+(operator.maxSchemaBytes), as CEL cannot measure a free-form object."""
+
 _UNIQUE_NAMES = (
     "(!has(self.producers) || self.producers.all(a, "
     "(!has(self.consumers) || !self.consumers.exists(b, b.name == a.name)) && "
@@ -148,7 +155,8 @@ class AgentQueueSpec(KubeModel):
     schema_: dict[str, Any] | None = Field(
         default=None, alias="schema",
         description="JSON Schema (draft 2020-12) every message payload must satisfy.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True,
+                           "maxProperties": MAX_SCHEMA_PROPERTIES},
     )
     retention_policy_ref: LocalObjectReference | None = Field(
         default=None, description="RetentionPolicy to apply (wins over selectors).")
@@ -171,10 +179,22 @@ class AgentQueueSpec(KubeModel):
     def _priority_needs_list(self) -> AgentQueueSpec:
         if self.priority_levels > 1 and self.type != QueueType.LIST:
             raise ValueError("spec.priorityLevels > 1 needs type List")
+        users = len(self.access.entries())
+        if self.partitions * users > MAX_USER_PARTITIONS:
+            raise ValueError(f"partitions x access entries must be at most "
+                             f"{MAX_USER_PARTITIONS} (here {self.partitions} x {users})")
+        if self.schema_ is not None and len(self.schema_) > MAX_SCHEMA_PROPERTIES:
+            raise ValueError(f"spec.schema has more than {MAX_SCHEMA_PROPERTIES} top-level keys")
         return self
 
 
+_ACCESS_COUNT = " + ".join(
+    f"(has(self.access.{r}) ? size(self.access.{r}) : 0)"
+    for r in ("producers", "consumers", "observers"))
+
 AGENTQUEUE_SPEC_RULES = [
+    cel(f"!has(self.access) || self.partitions * ({_ACCESS_COUNT}) <= {MAX_USER_PARTITIONS}",
+        f"partitions x access entries must be at most {MAX_USER_PARTITIONS}", ".access"),
     cel("self.priorityLevels <= 1 || self.type == 'List'",
         "priorityLevels > 1 needs type List", ".priorityLevels"),
     cel("self.type != 'PubSub' || self.partitions == 1",

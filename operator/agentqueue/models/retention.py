@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from .common import CommonStatus, Duration, KubeModel, cel
+from .common import CommonStatus, Duration, KubeModel, cel, min_duration_rule, parse_duration
+
+MIN_RETENTION_INTERVAL = "1s"
+"""The smallest spec.interval: each run trims every matched queue's partitions."""
 
 
 class SelectorOperator(StrEnum):
@@ -45,7 +48,17 @@ class RetentionPolicySpec(KubeModel):
                                              description="Dead-letter queue retention.")
     idempotency_key_ttl: Duration | None = Field(default=None, alias="idempotencyKeyTTL",
                                                  description="Expiry of idempotency keys.")
-    interval: Duration = Field(default="30s", description="How often to apply.")
+    interval: Duration = Field(
+        default="30s", description=f"How often to apply; at least {MIN_RETENTION_INTERVAL}.",
+        json_schema_extra={"x-kubernetes-validations": [
+            min_duration_rule(MIN_RETENTION_INTERVAL, "interval")]})
+
+    @field_validator("interval")
+    @classmethod
+    def _min_interval(cls, value: str) -> str:
+        if parse_duration(value) < parse_duration(MIN_RETENTION_INTERVAL):
+            raise ValueError(f"interval must be at least {MIN_RETENTION_INTERVAL}")
+        return value
 
 
 RETENTIONPOLICY_SPEC_RULES = [

@@ -108,6 +108,16 @@ class RedisTarget:
                              f"{parts.scheme or 'no scheme'}://")
         if not parts.hostname:
             raise ValueError("url has no host")
+        # urlsplit checks the port only when asked (.port): ask here, once, so a bad one
+        # is a clear error about the Secret, not a crash wherever .port is read later.
+        # The URL itself is not quoted: it may carry a password.
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("url has an invalid port (expected a number from 1 to "
+                             "65535)") from None
+        if port == 0:
+            raise ValueError("url has an invalid port (expected a number from 1 to 65535)")
         # Credentials embedded in the URL count when not given separately.
         if parts.username and self.username is None:
             object.__setattr__(self, "username", unquote(parts.username))

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from .. import keys
+
+# C0 and C1 control characters, DEL, and the bidirectional overrides/isolates that
+# reorder what a terminal shows ("Trojan Source"): tenant data must never drive it.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any) -> str:
+    """`value` as text safe to print on a terminal: escape sequences and other control
+    characters are shown escaped (``\\x1b``), never passed to the terminal."""
+    text = as_text(value) if value is not None else ""
+
+    def esc(m: re.Match[str]) -> str:
+        code = ord(m.group())
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+    return _UNSAFE.sub(esc, text)
 
 
 def as_bytes(value: Any) -> bytes:

@@ -10,6 +10,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from . import dlq
+from ._common import printable
 from .peek import peek as peek_messages
 
 
@@ -28,8 +29,9 @@ async def peek(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
     client = _client(env)
     try:
         for m in await peek_messages(client, ns, args.queue, count=args.count):
-            flag = f"  [{m.problem}]" if m.problem else ""
-            print(f"{m.partition}/{m.id}  attempt={m.attempt}  {m.preview()}{flag}")
+            flag = f"  [{printable(m.problem)}]" if m.problem else ""
+            print(f"{m.partition}/{printable(m.id)}  attempt={m.attempt}  "
+                  f"{printable(m.preview())}{flag}")
     finally:
         await client.aclose()
     return 0
@@ -58,8 +60,8 @@ async def dlq_ls(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
     client = _client(env)
     try:
         for d in await dlq.dlq_list(client, ns, args.queue, count=args.count):
-            print(f"{d.ref}  deliveries={d.deliveries}  group={d.group}  error={d.error}  "
-                  f"{d.preview(60)}")
+            print(f"{printable(d.ref)}  deliveries={d.deliveries}  group={printable(d.group)}"
+                  f"  error={printable(d.error)}  {printable(d.preview(60))}")
     finally:
         await client.aclose()
     return 0
@@ -86,9 +88,9 @@ async def dlq_replay(args: argparse.Namespace, env: dict[str, str], ns: str) -> 
     finally:
         await client.aclose()
     for old, new in result.replayed.items():
-        print(f"replayed {old} -> {new}")
+        print(f"replayed {printable(old)} -> {printable(new)}")
     for ref in result.missing:
-        print(f"missing {ref}", file=sys.stderr)
+        print(f"missing {printable(ref)}", file=sys.stderr)
     return 0 if not result.missing else 1
 
 
