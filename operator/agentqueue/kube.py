@@ -70,6 +70,23 @@ def standard_labels(name: str, component: str) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class SecretRead:
+    """A Secret as read: its data, and who controls it (for the conflict check)."""
+
+    data: dict[str, bytes]
+    controller_uid: str | None
+    managed_by: str | None
+
+    def owned_by(self, owner: dict[str, Any]) -> bool:
+        """Created by the operator for `owner`: its controller reference and our label.
+        Anything else (a Secret the tenant made, or one of another object) is not ours
+        to overwrite, re-label or adopt."""
+        return (self.controller_uid is not None
+                and self.controller_uid == owner["metadata"].get("uid")
+                and self.managed_by == MANAGED_BY)
+
+
 class Unread:
     """Marks an argument the caller did not read (None means "read: absent")."""
 
@@ -99,6 +116,19 @@ class KubeGateway:
         except KubeNotFound:
             return None
         return {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
+
+    async def read_secret_owned(self, namespace: str, name: str) -> SecretRead | None:
+        """The Secret with its ownership (None: absent)."""
+        try:
+            obj = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except KubeNotFound:
+            return None
+        meta = obj.metadata
+        controller = next((ref.uid for ref in (meta.owner_references or [])
+                           if ref.controller), None) if meta else None
+        labels = (meta.labels or {}) if meta else {}
+        return SecretRead({k: base64.b64decode(v) for k, v in (obj.data or {}).items()},
+                          controller, labels.get("app.kubernetes.io/managed-by"))
 
     async def apply_secret(
         self,

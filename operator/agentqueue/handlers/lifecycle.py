@@ -23,8 +23,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     # Progress and diff-base live in annotations: the status schema is structural and
     # would prune kopf's own status fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP_PREFIX)
+    # spec.schema stays out of the diff-base annotation: a large schema (bounded by the
+    # operator, not by the CRD, as CEL cannot measure it) would push the annotation past
+    # Kubernetes' 256 KiB limit and kopf would retry writing it forever. Schema-only
+    # changes reach the reconciler through handlers/queues.schema_changed.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP_PREFIX, key="last-handled-configuration")
+        prefix=GROUP_PREFIX, key="last-handled-configuration", ignored_fields=["spec.schema"])
     # Stalled watches are a known kopf pitfall: make the server close them regularly.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -4,16 +4,17 @@ repair, and the queue's SLO)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-from .. import GROUP, VERSION, events, reasons
+from .. import GROUP, VERSION, events, keys, reasons
 from ..conditions import get_condition, merge_changed, remove_condition, set_condition
 from ..kube import KubeError
-from ..planning import server_risks, slo
+from ..planning import deletion, server_risks, slo
 from ..planning.server_risks import Risk
 from ..runtime import Runtime
 from ..services import queues as svc
@@ -50,9 +51,18 @@ async def _reconcile(rt: Runtime, body: dict[str, Any], logger: kopf.Logger,
             events.info(body, reason=reasons.CREDENTIALS_ROTATED,
                       message="new passwords in the Secrets; the previous ones work until "
                       f"{outcome.status['credentials'].get('previousExpires')}")
-        status = ready_status(body, True, reasons.PROVISIONED,
-                              f"{extra['type']} queue with {len(extra['partitions'])} "
-                              f"partition(s) and {len(extra['users'])} user(s) in Redis", extra)
+        if outcome.problem is not None:
+            reason, message = outcome.problem
+            current = get_condition((body.get("status") or {}).get("conditions"),
+                                    reasons.READY)
+            if not current or current.get("reason") != reason:
+                events.warn(body, reason=reason, message=message)
+            status = ready_status(body, False, reason, message, extra)
+        else:
+            status = ready_status(body, True, reasons.PROVISIONED,
+                                  f"{extra['type']} queue with {len(extra['partitions'])} "
+                                  f"partition(s) and {len(extra['users'])} user(s) in Redis",
+                                  extra)
         status["conditions"] = _risk_condition(body, status["conditions"], outcome.risks)
         await _write_merged(rt, body, status)
         if not meta.get("deletionTimestamp"):  # a deleted queue's series stay deleted
@@ -112,6 +122,32 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
     rt: Runtime = memo.runtime
     try:
         await _reconcile(rt, _plain(body), logger, drift=False)
+    finally:
+        rt.queue_changed(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+def _schema_only_change(body: kopf.Body, memo: kopf.Memo, type: str | None,
+                        **_: Any) -> bool:
+    """A new generation whose schema differs from the one last parsed: kopf's diff
+    does not see it (the diff-base leaves spec.schema out, see lifecycle.startup)."""
+    if type != "MODIFIED" or body["metadata"].get("deletionTimestamp"):
+        return False
+    rt: Runtime | None = getattr(memo, "runtime", None)
+    if rt is None:
+        return False
+    meta = body["metadata"]
+    cached = rt.specs.get((KIND, meta["namespace"], meta["name"]))
+    if cached is None or cached[0][0] == meta.get("generation"):
+        return False  # not reconciled yet (the create handler runs), or up to date
+    return bool(getattr(cached[1], "schema_", None) != (body.get("spec") or {}).get("schema"))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, when=_schema_only_change)
+async def schema_changed(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger,
+                         **_: Any) -> None:
+    rt: Runtime = memo.runtime
+    try:
+        await _reconcile(rt, _plain(body), logger, drift=False, raise_errors=False)
     finally:
         rt.queue_changed(body["metadata"]["namespace"], body["metadata"]["name"])
 
@@ -237,7 +273,7 @@ async def _update_slo(rt: Runtime, body: dict[str, Any], state: SLOState,
         return
     ns, name = meta["namespace"], meta["name"]
     try:
-        spec = svc.parse_spec(body.get("spec") or {})
+        spec = svc.parse_spec(body.get("spec") or {}, rt.config.max_schema_bytes)
     except SpecProblem:
         return  # the handler reports it
     load = svc.slo_load(rt.metrics, ns, name, spec, state.sample, groups, time.time(),
@@ -312,12 +348,56 @@ async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = plain["metadata"]
     try:
         await write_status(rt, PLURAL, plain, status)
-        await run_reconcile(rt, KIND, PLURAL, plain, _delete)
+        try:
+            await run_reconcile(rt, KIND, PLURAL, plain, _delete)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            step = deletion.after_failed_cleanup(
+                _provisioned(plain), _since_deletion(meta), rt.config.deletion_timeout)
+            if not step.release:
+                raise kopf.TemporaryError(str(exc), delay=step.retry_in) from None
+            _abandon_event(rt, plain, str(exc))
     finally:
         # Always (also when the spec never validated): the queue's series go with it.
         # Under the lock, so a reconcile still running cannot put them back after.
         async with rt.locked(KIND, meta["namespace"], meta["name"]):
             rt.metrics.forget_queue(meta["namespace"], meta["name"])
+
+
+def _provisioned(body: dict[str, Any]) -> bool:
+    """Whether the queue ever reached Redis (a reconcile succeeded once)."""
+    status = body.get("status") or {}
+    return bool(status.get("users") or status.get("partitions") or status.get("keyPattern"))
+
+
+def _since_deletion(meta: dict[str, Any]) -> float:
+    stamp = meta.get("deletionTimestamp")
+    if not stamp:
+        return 0.0
+    try:
+        return time.time() - dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _abandon_event(rt: Runtime, body: dict[str, Any], error: str) -> None:
+    """The queue is released without its clean-up: say what stays in Redis."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = body.get("spec") or {}
+    access = spec.get("access") or {}
+    entries = sorted({str(e["name"]) for role in ("producers", "consumers", "observers")
+                      for e in (access.get(role) or []) if isinstance(e, dict)
+                      and isinstance(e.get("name"), str)})
+    if not _provisioned(body):
+        events.info(body, reason=reasons.DELETION_ABANDONED,
+                    message=f"released at once: the queue never reached Redis ({error[:300]})")
+        return
+    what = deletion.left_behind([keys.acl_username(ns, name, e) for e in entries],
+                                spec.get("deletionPolicy") == "Delete",
+                                keys.queue_key_pattern(ns, name) + "*")
+    events.warn(body, reason=reasons.DELETION_ABANDONED,
+                message=(f"released after {rt.config.deletion_timeout:.0f}s without reaching "
+                         f"Redis ({error[:300]}); left behind: {what}")[:1000])
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

@@ -153,9 +153,11 @@ async def retry_counters(client: Any, parts: Sequence[PartitionKeys],
     for p, result in zip(parts, results, strict=True):
         if isinstance(result, Exception):
             raise classify(result) from None
-        retries[p.partition] = int(result[0])
+        # Consumers may HINCRBY these by any amount: a negative count is not a count
+        # (0; the SLO window takes a decrease for a reset).
+        retries[p.partition] = max(0, int(result[0]))
         if not stream:
-            deliveries[(p.partition, "")] = int(result[1])
+            deliveries[(p.partition, "")] = max(0, int(result[1]))
             continue
         groups = result[2:]
         for name, read, last in zip(groups[0::3], groups[1::3], groups[2::3], strict=True):

@@ -121,6 +121,38 @@ async def observe_queue(client: RedisClient, namespace: str, name: str,
                          library_wanted=functions.LIBRARY_VERSION)
 
 
+STREAM_MAX_ID = "18446744073709551615-18446744073709551615"
+"""After this ID a stream takes no more entries (XADD: "exhausted the last possible ID")."""
+
+
+async def exhausted_streams(client: RedisClient, observed: ObservedQueue) -> list[str]:
+    """The queue's and dead-letter streams that can take no more entries: their last
+    generated ID is the largest possible (someone added an entry with that ID). One
+    pipelined XINFO STREAM per existing stream."""
+    streams = [k for p in observed.partitions
+               for k, t in ((p.queue_key, p.queue_key_type),
+                            (keys.PartitionKeys(observed.namespace, observed.name,
+                                                p.index).dead_letter, p.dead_letter_type))
+               if t == "stream"]
+    if not streams:
+        return []
+    with translate_errors(f"observe queue {observed.namespace}/{observed.name}"):
+        async with client.pipeline(transaction=False) as pipe:
+            for k in streams:
+                pipe.execute_command("XINFO", "STREAM", k)
+            results = await pipe.execute(raise_on_error=False)
+    out = []
+    for key, info in zip(streams, results, strict=True):
+        if isinstance(info, Exception):
+            continue  # deleted meanwhile
+        fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2],
+                                                              strict=False))
+        last = fields.get("last-generated-id", fields.get(b"last-generated-id"))
+        if last is not None and _str(last) == STREAM_MAX_ID:
+            out.append(key)
+    return out
+
+
 def figures(observed: ObservedQueue) -> list[dict[str, Any]]:
     """Per-partition status entries (AgentQueue status.partitions, wire names)."""
     return [{

@@ -56,7 +56,7 @@ async def resolve(rt: Runtime, body: dict[str, Any]) -> GroupContext:
         raise SpecProblem(reasons.QUEUE_NOT_FOUND,
                           f"AgentQueue {spec.queue_ref.name!r} does not exist in {ns}",
                           retry_after=10.0)
-    queue_spec = parse_queue_spec(queue.get("spec") or {})
+    queue_spec = parse_queue_spec(queue.get("spec") or {}, rt.config.max_schema_bytes)
     if queue_spec.type != "Stream":
         raise SpecProblem(reasons.QUEUE_TYPE_UNSUPPORTED,
                           f"AgentQueue {spec.queue_ref.name!r} is a {queue_spec.type} queue; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,30 @@ class QueueOutcome:
     slo_sample: slo.QueueSample | None = None
     risks: list[Risk] = field(default_factory=list)
     """How the Redis server is configured to lose data (planning/server_risks)."""
+    problem: tuple[str, str] | None = None
+    """(reason, message) that makes the queue Ready=False although it is provisioned."""
 
 
-def parse_spec(raw: dict[str, Any]) -> AgentQueueSpec:
+DEFAULT_MAX_SCHEMA_BYTES = 32 * 1024
+
+
+def schema_size(schema: Any) -> int:
+    """Bytes of `schema` as compact JSON: what is copied into every partition's hash."""
+    return len(json.dumps(schema, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def parse_spec(raw: dict[str, Any], max_schema_bytes: int = DEFAULT_MAX_SCHEMA_BYTES
+               ) -> AgentQueueSpec:
+    """The spec, validated; a schema over `max_schema_bytes` (the operator setting
+    --max-schema-bytes) is refused before anything else is looked at."""
+    raw_schema = raw.get("schema") if isinstance(raw, dict) else None
+    if raw_schema is not None:
+        size = schema_size(raw_schema)
+        if size > max_schema_bytes:
+            raise SpecProblem(reasons.SPEC_TOO_LARGE,
+                              f"spec.schema is {size} bytes as JSON; this operator accepts "
+                              f"at most {max_schema_bytes} (operator.maxSchemaBytes)",
+                              retry_after=None)
     try:
         spec = AgentQueueSpec.from_wire(raw)
     except ValidationError as exc:
@@ -120,7 +142,8 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                           drift: bool = False) -> QueueOutcome:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    spec = rt.parsed_spec("AgentQueue", body, parse_spec)
+    spec = rt.parsed_spec("AgentQueue", body, lambda raw: parse_spec(
+        raw, rt.config.max_schema_bytes))
     status = body.get("status") or {}
     secret_ref = spec.redis.secret_ref.name if spec.redis else None
     target = await rt.target_for(ns, secret_ref)
@@ -157,8 +180,20 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
             user_status.append({"name": entry.name, "role": str(role), "username": username,
                                 "secretName": sname})
             continue
-        existing = await rt.kube.read_secret(ns, sname)
+        found = await rt.kube.read_secret_owned(ns, sname)
+        if found is not None and not found.owned_by(body):
+            # Never adopt: not overwritten, re-labelled or owned, its password never used.
+            raise SpecProblem(reasons.SECRET_CONFLICT,
+                              f"Secret {sname!r} exists and was not created by the operator "
+                              f"for this queue; it is left untouched. Delete or rename it, "
+                              f"or rename access entry {entry.name!r}", retry_after=30.0)
+        existing = found.data if found is not None else None
         password = (existing or {}).get("REDIS_PASSWORD", b"").decode() or None
+        if password is not None and not rotate_reason:
+            known = await users.password_hashes(client, username)
+            if known and users.sha256_hex(password) not in known:
+                # Our Secret, edited by hand: a password the operator did not generate.
+                password = None
         hashes: list[str] = []
         if password is None or rotate_reason:
             old = password
@@ -182,12 +217,11 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
         user_status.append({"name": entry.name, "role": str(role), "username": username,
                             "secretName": sname})
 
-    wanted = {u["name"] for u in user_status}
-    for old_user in status.get("users") or []:
-        if old_user.get("name") not in wanted:
-            await users.delete_user(client, old_user["username"])
-            await rt.kube.delete_secret(ns, old_user["secretName"])
-            rt.secrets_seen.pop((ns, old_user["secretName"]), None)
+    if not drift:  # entries leave the spec only with a spec change
+        wanted = {u["name"] for u in user_status}
+        for entry_name in await _provisioned_entries(client, ns, name):
+            if entry_name not in wanted:
+                await _remove_entry(rt, client, body, entry_name)
 
     if rotate_reason:
         creds["lastRotation"] = _iso(now)
@@ -226,7 +260,38 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
     counters = await backlog.retry_counters(client, parts, str(spec.type))
     sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age,
                              counters=counters)
-    return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample, risks)
+    problem = None
+    jammed = (await provision.exhausted_streams(client, after)
+              if spec.type == "Stream" else [])
+    if jammed:
+        problem = (reasons.QUEUE_EXHAUSTED,
+                   f"stream(s) {', '.join(jammed)} can take no more entries: an entry with "
+                   f"the largest possible ID ({provision.STREAM_MAX_ID}) was added; "
+                   "sends fail until an administrator moves the entries to a new stream")
+    return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample, risks,
+                        problem)
+
+
+async def _provisioned_entries(client: Any, namespace: str, queue: str) -> list[str]:
+    """Access entries that have a Redis user of this queue, from the user names the
+    operator generates (``aq.<namespace>.<queue>.<entry>``): an entry name is a DNS
+    label (no dot), so another queue's users (``<queue>.x`` is a valid queue name) never
+    match."""
+    prefix = keys.acl_username(namespace, queue, "")
+    return sorted(u[len(prefix):] for u in await users.list_usernames(client, prefix)
+                  if u[len(prefix):] and "." not in u[len(prefix):])
+
+
+async def _remove_entry(rt: Runtime, client: Any, body: dict[str, Any], entry: str) -> None:
+    """An access entry left the spec: its user goes, and its Secret if it is ours."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    await users.delete_user(client, keys.acl_username(ns, name, entry))
+    sname = keys.secret_name(name, entry)
+    found = await rt.kube.read_secret_owned(ns, sname)
+    if found is not None and found.owned_by(body):
+        await rt.kube.delete_secret(ns, sname)
+    rt.secrets_seen.pop((ns, sname), None)
 
 
 def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
@@ -261,12 +326,13 @@ async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
     except SpecProblem:
         return  # no way to reach Redis was ever configured; nothing to clean
     client = await rt.redis.get(target)
-    for user in (body.get("status") or {}).get("users") or []:
-        await users.delete_user(client, user["username"])
-    for role, entry in spec.access.entries():
-        del role
-        await users.delete_user(client, keys.acl_username(ns, name, entry.name))
-        rt.secrets_seen.pop((ns, keys.secret_name(name, entry.name)), None)
+    # What to delete comes from the spec and the names the operator generates, never
+    # from status (whoever can write status could name another queue's user).
+    entries = {entry.name for _, entry in spec.access.entries()}
+    entries |= set(await _provisioned_entries(client, ns, name))
+    for entry_name in sorted(entries):
+        await users.delete_user(client, keys.acl_username(ns, name, entry_name))
+        rt.secrets_seen.pop((ns, keys.secret_name(name, entry_name)), None)
     rt.forget_spec("AgentQueue", ns, name)
     if spec.deletion_policy == "Delete":
         await provision.delete_queue_data(client, ns, name, spec.partitions)
