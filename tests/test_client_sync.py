@@ -7,6 +7,9 @@ import threading
 import time
 from typing import Any
 
+import pytest
+import redis
+
 from agentqueue.client.sync import SyncConsumer, SyncMessage, SyncProducer
 
 from .agents.harness import agent_env, part, provision, sdk_config
@@ -68,3 +71,47 @@ async def test_closing_after_run_does_not_hang(redis_server: Any, redis_client: 
             consumer.run(lambda msg: None, install_signal_handlers=False)
 
     await asyncio.wait_for(asyncio.to_thread(run_then_close), 10)
+
+
+
+@pytest.mark.parametrize("heartbeat", [True, False])
+async def test_sync_heartbeats_keep_a_held_message(redis_server: Any, redis_client: Any,
+                                                   heartbeat: bool) -> None:
+    """A blocking handler holds a message for 4x the visibility timeout. With heartbeats
+    its idle time keeps being reset (visibility/3), so a rival's XAUTOCLAIM finds nothing;
+    without them (the False case: proof the test can fail) the rival takes it."""
+    visibility_ms = 300
+    cfg = sdk_config(redis_server, f"held-{str(heartbeat).lower()}")
+    await provision(redis_client, cfg, visibility_ms=visibility_ms)
+    key = part(cfg).queue_key
+
+    def hold() -> tuple[list[int], list[Any]]:
+        with SyncProducer(cfg) as producer:
+            producer.send({"n": 1})
+        idles: list[int] = []
+        admin = redis.Redis.from_url(redis_server.admin_url)
+        try:
+            with SyncConsumer(cfg, group="workers", consumer_name="holder", block_ms=50,
+                              heartbeat=heartbeat) as consumer:
+                msg = next(iter(consumer))
+                deadline = time.monotonic() + 4 * visibility_ms / 1000
+                while time.monotonic() < deadline:  # a slow handler blocking its thread
+                    time.sleep(0.05)
+                    idles += [r["time_since_delivered"] for r in admin.xpending_range(
+                        key, "workers", min="-", max="+", count=10)]
+                claimed = admin.xautoclaim(key, "workers", "rival", visibility_ms, "0-0",
+                                           justid=True)  # redis-py: just the ids
+                msg.ack()
+                consumer.flush_acks()
+            return idles, claimed
+        finally:
+            admin.close()
+
+    idles, claimed = await asyncio.wait_for(asyncio.to_thread(hold), 20)
+    assert len(idles) >= 10
+    if heartbeat:
+        assert max(idles) < visibility_ms, idles
+        assert claimed == []
+    else:
+        assert max(idles) > visibility_ms
+        assert len(claimed) == 1
