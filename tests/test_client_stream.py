@@ -105,17 +105,29 @@ async def test_schema_violation_sends_nothing(redis_server: Any, admin: Any) -> 
     assert await admin.xlen(part(cfg).queue_key) == 1
 
 
-async def test_traceparent_header(redis_server: Any, admin: Any,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = sdk_config(redis_server, "traced")
+@pytest.mark.parametrize("queue_type", ["Stream", "List"])
+async def test_traceparent_propagates_from_the_active_span(redis_server: Any, admin: Any,
+                                                           queue_type: str) -> None:
+    """The real OpenTelemetry propagator, no monkeypatch: the producer's active span
+    reaches the consumer as W3C ``traceparent``; no span, no header; a caller's own
+    header wins. A producer that never injects fails the first assertion."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    cfg = sdk_config(redis_server, f"traced-{queue_type.lower()}", queue_type=queue_type)
     await provision(admin, cfg)
-    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-    monkeypatch.setattr("agentqueue.client.producer.trace_headers", lambda: {"traceparent": tp})
+    tracer = TracerProvider().get_tracer("test")  # not global: other tests keep theirs
     async with Producer(cfg) as producer:
-        await producer.send({"n": 1})
+        with tracer.start_as_current_span("send") as span:
+            await producer.send({"n": 1})
+            ctx = span.get_span_context()
+            mine = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+            await producer.send({"n": 2}, headers={"traceparent": mine})
+        await producer.send({"n": 3})
     async with consumer(cfg) as c:
-        (msg,) = await take(c, 1)
-        assert msg.traceparent == tp
+        got = {m.payload["n"]: m for m in await take(c, 3)}
+    assert got[1].traceparent == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    assert got[2].traceparent == mine
+    assert got[3].traceparent is None and "traceparent" not in got[3].headers
 
 
 async def test_library_missing_is_a_clear_error(redis_server: Any, admin: Any) -> None:
