@@ -224,6 +224,28 @@ class KubeGateway:
                          body={"spec": {"replicas": replicas}},
                          content_type="application/merge-patch+json")
 
+    async def workload_controller(self, api_version: str, kind: str, namespace: str,
+                                  name: str) -> str | None:
+        """`Kind/name` of the controller that owns the workload (an ownerReference with
+        controller: true), if any: it would undo our /scale writes or fight them."""
+        async with self._lock:
+            if self._dynamic is None:
+                self._dynamic = await self._call(DynamicClient, self.api)
+        try:
+            resource = await asyncio.to_thread(
+                self._dynamic.resources.get, api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            raise KubeNotFound(f"no API serves {kind} in {api_version}") from None
+        try:
+            obj = await self._call(self._dynamic.get, resource, name=name, namespace=namespace)
+        except KubeNotFound:
+            return None
+        data = cast(dict[str, Any], obj.to_dict())
+        for ref in ((data.get("metadata") or {}).get("ownerReferences") or []):
+            if ref.get("controller"):
+                return f"{ref.get('kind')}/{ref.get('name')}"
+        return None
+
     async def competing_autoscaler(self, namespace: str, api_version: str, kind: str,
                                    name: str) -> str | None:
         """Name of an HPA or KEDA ScaledObject already scaling this workload, if any."""

@@ -13,6 +13,7 @@ from .. import keys, reasons
 from ..conditions import now_iso
 from ..kube import KubeNotFound
 from ..models import AgentQueueSpec, ConsumerGroupSpec, parse_duration
+from ..planning import conflicts
 from ..redisgw import groups as redis_groups
 from ..redisgw.connection import RedisTarget
 from ..redisgw.meta import write_group_meta
@@ -47,10 +48,33 @@ def parse_spec(raw: dict[str, Any]) -> ConsumerGroupSpec:
         raise SpecProblem(reasons.INVALID_SPEC, msg, retry_after=None) from None
 
 
+def _me(body: dict[str, Any]) -> conflicts.Claim:
+    meta = body["metadata"]
+    return conflicts.Claim(str(meta.get("creationTimestamp") or ""), meta["name"])
+
+
+async def group_name_claims(rt: Runtime, body: dict[str, Any],
+                            spec: ConsumerGroupSpec) -> list[conflicts.Claim]:
+    """Other ConsumerGroups (not being deleted) naming the same Redis group on the queue."""
+    meta = body["metadata"]
+    others = await rt.kube.list_objects("consumergroups", meta["namespace"])
+    return [c for c in conflicts.claims_of(others, queue=spec.queue_ref.name,
+                                           group_name=spec.group_name or meta["name"])
+            if c.name != meta["name"]]
+
+
 async def resolve(rt: Runtime, body: dict[str, Any]) -> GroupContext:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec = parse_spec(body.get("spec") or {})
+    rival = conflicts.group_name_rival(_me(body), await group_name_claims(rt, body, spec))
+    if rival is not None:
+        group = spec.group_name or name
+        raise SpecProblem(reasons.GROUP_NAME_CONFLICT,
+                          f"Redis group {group!r} on queue {spec.queue_ref.name!r} belongs to "
+                          f"ConsumerGroup {rival.name!r} (created first); this one neither "
+                          "changes nor deletes it. Give it another spec.groupName",
+                          retry_after=30.0)
     queue = await rt.kube.get_object("agentqueues", ns, spec.queue_ref.name)
     if queue is None:
         raise SpecProblem(reasons.QUEUE_NOT_FOUND,
@@ -117,6 +141,11 @@ async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
         ctx = await resolve(rt, body)
     except (SpecProblem, Waiting):
         return  # the queue is gone or never worked: nothing of ours left in Redis
+    if await group_name_claims(rt, body, ctx.spec):
+        # Another ConsumerGroup names this Redis group: it takes over, with its pending
+        # entries and position intact.
+        rt.metrics.forget_group(ctx.namespace, ctx.name)
+        return
     client = await rt.redis.get(ctx.target)
     await redis_groups.delete_group(client, ctx.partitions, ctx.group)
     await write_group_meta(

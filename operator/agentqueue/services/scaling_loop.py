@@ -19,7 +19,7 @@ from ..conditions import now_iso, set_condition
 from ..kube import KubeError, KubeNotFound
 from ..metrics import GroupFigures
 from ..models import parse_duration
-from ..planning import scaling
+from ..planning import conflicts, scaling
 from ..pollhub import PollResult, Quiet
 from ..redisgw import deadletters
 from ..redisgw import groups as redis_groups
@@ -45,7 +45,8 @@ class LoopState:
     history: scaling.ScaleHistory = field(default_factory=scaling.ScaleHistory)
     current: int | None = None
     current_read_at: float = 0.0
-    conflict: str | None = None
+    conflict: tuple[str, str] | None = None
+    """(reason, message) while something else scales the target (we then do not)."""
     conflict_checked_at: float = -1e9
     last_maintenance: float = 0.0
     last_status: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +111,8 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         state.ctx_key, state.ctx_at = key, time.monotonic()
     ctx = state.ctx
     spec = ctx.spec
-    interval = parse_duration(spec.scaling.poll_interval)
+    # The operator's floor (an administrator's setting) wins over a faster spec.
+    interval = max(parse_duration(spec.scaling.poll_interval), rt.config.min_poll_interval)
     request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions)
     result = await rt.hub.next(ctx.target.key, lambda: rt.redis.get(ctx.target), (ns, name),
                                request, interval, state.quiet)
@@ -169,8 +171,10 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
     scaled = False
     if ref is not None:
         if now - state.conflict_checked_at >= CONFLICT_RECHECK_S:
-            state.conflict = await rt.kube.competing_autoscaler(ns, ref.api_version, ref.kind,
-                                                                ref.name)
+            conflict = await scaling_conflict(rt, body, ref)
+            if conflict is not None and conflict != state.conflict:
+                events.warn(body, reason=conflict[0], message=conflict[1])
+            state.conflict = conflict
             state.conflict_checked_at = now
         if state.current is None or now - state.current_read_at >= SCALE_REFRESH_S:
             try:
@@ -192,9 +196,7 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
         desired = decision.desired
         if state.conflict:
             conditions = set_condition(conditions, reasons.SCALING_CONFLICT, True,
-                                       reasons.HPA_CONFLICT,
-                                       f"{state.conflict} already scales {ref.kind}/{ref.name};"
-                                       " agentqueue does not scale it", gen)
+                                       state.conflict[0], state.conflict[1], gen)
         else:
             conditions = set_condition(conditions, reasons.SCALING_CONFLICT, False,
                                        reasons.NO_CONFLICT, "", gen)
@@ -211,7 +213,7 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
                 state.current = decision.desired
                 scaled = True
         conditions = set_condition(conditions, reasons.SCALING_ACTIVE, not state.conflict,
-                                   reasons.SCALED if not state.conflict else reasons.HPA_CONFLICT,
+                                   reasons.SCALED if not state.conflict else state.conflict[0],
                                    decision.reason, gen)
 
     # Status and metrics from what was observed
@@ -355,3 +357,31 @@ async def _write_status(rt: Runtime, ns: str, name: str, new: dict[str, Any],
         merged += [c for t, c in ours.items() if t in changed and t not in present]
         await rt.kube.patch_status("consumergroups", ns, name, {**new, "conditions": merged})
     return True
+
+
+async def scaling_conflict(rt: Runtime, body: dict[str, Any],
+                           ref: Any) -> tuple[str, str] | None:
+    """(reason, message) when something else scales or controls the target: an HPA or
+    KEDA ScaledObject, a ConsumerGroup created before this one, or a controller that owns
+    the workload (it would undo or fight our /scale writes). None: ours to scale."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    target = f"{ref.kind}/{ref.name}"
+    other = await rt.kube.competing_autoscaler(ns, ref.api_version, ref.kind, ref.name)
+    if other:
+        return (reasons.HPA_CONFLICT,
+                f"{other} already scales {target}; agentqueue does not scale it")
+    groups = await rt.kube.list_objects("consumergroups", ns)
+    me = conflicts.Claim(str(meta.get("creationTimestamp") or ""), name)
+    rival = conflicts.scale_target_rival(me, [
+        c for c in conflicts.claims_of(groups, queue="", target=(ref.kind, ref.name))
+        if c.name != name])
+    if rival is not None:
+        return (reasons.SCALER_CONFLICT,
+                f"ConsumerGroup {rival.name!r} (created first) already scales {target}; "
+                "this one does not scale it")
+    controller = await rt.kube.workload_controller(ref.api_version, ref.kind, ns, ref.name)
+    if controller:
+        return (reasons.WORKLOAD_CONTROLLED,
+                f"{target} is controlled by {controller}; agentqueue does not scale it")
+    return None
