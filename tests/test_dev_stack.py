@@ -1,4 +1,5 @@
-"""`agentqueue dev up | env | down`: the README's first command, for real."""
+"""`agentqueue dev up --no-node | env | down`: the control-plane-only stack, for real (the
+node stack, the default where it can run, is tested by tests/test_e2e_pods.py)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_dev_up_env_down(tmp_path: Path, binaries: object) -> None:
     env["AGENTQUEUE_DEV_DIR"] = str(tmp_path / "dev")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
     t0 = time.monotonic()
-    up = _cli("dev", "up", env=env)
+    up = _cli("dev", "up", "--no-node", env=env)  # the node stack: tests/test_e2e_pods.py
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         print(f"dev up (cached) took {time.monotonic() - t0:.1f}s")

@@ -1,10 +1,22 @@
-"""The local stack behind `agentqueue dev up`: redis-server, the control plane and the
-operator, kept alive by a small detached supervisor so the command can return."""
+"""The local stack behind `agentqueue dev up`, kept alive by a small detached supervisor so
+the command can return.
+
+Two shapes:
+
+* **node** (the default wherever a node can run: Linux, root, cgroups, netfilter): the
+  control plane plus a real node (`node.Node`), images built locally (`images`), Redis as
+  a pod behind a Service and the operator installed from the Helm chart (`inkube`), so
+  the quickstart's agents really start, drain the queue and stop;
+* **control plane only** (``--no-node``, or where a node cannot run, with the reason
+  printed): a host redis-server and the operator as a host process; Deployments are
+  scaled but no pod ever runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -12,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +32,9 @@ from .binaries import ensure_binaries
 from .controlplane import ControlPlane
 
 READY_FILE = "ready.json"
+#: The operator image is also imported under this tag, so `helm upgrade` to a new tag can be
+#: tried (and is, by the e2e suite) without a registry or a rebuild.
+ALT_OPERATOR_TAG = "dev-upgrade"
 PID_FILE = "supervisor.pid"
 LOG_FILE = "stack.log"
 REPO = Path(__file__).resolve().parents[3]
@@ -50,10 +66,7 @@ def crds_dir() -> Path:
     return out
 
 
-def serve(root: Path) -> None:
-    """Supervisor: start everything, write ready.json, wait for SIGTERM, stop everything."""
-    from .redisserver import RedisServer
-
+def _stop_flag() -> Callable[[], bool]:
     stop = False
 
     def _term(*_: Any) -> None:
@@ -62,6 +75,113 @@ def serve(root: Path) -> None:
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
+    return lambda: stop
+
+
+def _apply_crds(kubectl: list[str]) -> None:
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds_dir())], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
+                    "crd", "-l", "app.kubernetes.io/part-of=agentqueue"], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+class _Steps:
+    """Progress lines with the time of every step (the cold path builds for minutes)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def __call__(self, what: str, fn: Callable[[], Any]) -> Any:
+        began = time.monotonic()
+        _say(f"{what} ...")
+        result = fn()
+        _say(f"{what}: done in {time.monotonic() - began:.1f}s "
+             f"(total {time.monotonic() - self.t0:.1f}s)")
+        return result
+
+
+def serve_node(root: Path) -> None:
+    """Supervisor of the node stack: control plane, node, images, Redis pod, operator chart."""
+    from . import images as image_builds
+    from . import inkube
+    from .node import Node
+
+    stopped = _stop_flag()
+    step = _Steps()
+    binaries = step("control-plane binaries", lambda: ensure_binaries(progress=_say))
+    built = step("images (base, operator, redis, agent)",
+                 lambda: image_builds.ensure_images(progress=_say))
+    alt = step("operator image under a second tag (for upgrades)",
+               lambda: image_builds.retag(built["operator"], ALT_OPERATOR_TAG))
+    node = Node(root / "node", progress=_say)
+    step("host preparation (bridge, routes, forward guard)", node.prepare_host)
+    plane = ControlPlane(root / "k8s", binaries, _say, node_ip=Node.gateway_ip)
+    try:
+        step("control plane", plane.start)
+        step("node", lambda: node.start(plane))
+        for ref in (built["operator"], built["redis"], built["agent"], alt):
+            step(f"import {ref.name}", functools.partial(node.import_image, ref.tarball))
+        kubectl = [str(binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
+        step("CRDs", lambda: _apply_crds(kubectl))
+        password = inkube.new_password()
+        step("namespace " + inkube.RELEASE_NAMESPACE, lambda: subprocess.run(
+            [*kubectl, "create", "namespace", inkube.RELEASE_NAMESPACE], check=True,
+            stdout=subprocess.DEVNULL))
+
+        def redis_pod() -> None:
+            inkube.kubectl_apply(kubectl, inkube.redis_manifests(password, built["redis"].name))
+            subprocess.run([*kubectl, "-n", inkube.RELEASE_NAMESPACE, "rollout", "status",
+                            "deployment/" + inkube.REDIS_NAME, "--timeout=120s"], check=True,
+                           stdout=subprocess.DEVNULL)
+        step("Redis pod and Service", redis_pod)
+        operator = built["operator"]
+        helm_args = inkube.helm_install_args(
+            inkube.OperatorImage(operator.repository, operator.tag))
+        helm = [str(binaries.helm), "--kubeconfig", str(plane.kubeconfig)]
+        step("operator (helm install, waits for the pod to be Ready)", lambda: subprocess.run(
+            [*helm, *helm_args], check=True, stdout=subprocess.DEVNULL))
+        metrics_ip = inkube.cluster_ip(kubectl, inkube.RELEASE_NAMESPACE,
+                                       _metrics_service(kubectl))
+        ready = {
+            "mode": "node",
+            "kubeconfig": str(plane.kubeconfig),
+            "redis_url": inkube.host_redis_url(kubectl, password),
+            "metrics_url": f"http://{metrics_ip}:9090/metrics",
+            "kubectl": str(binaries.kubectl),
+            "helm": str(binaries.helm),
+            "chart": str(inkube.CHART),
+            "helm_install_args": helm_args,
+            "operator_image": operator.name,
+            "operator_image_alt_tag": ALT_OPERATOR_TAG,
+            "containerd_socket": str(node.containerd_socket),
+            "operator_log": f"kubectl -n {inkube.RELEASE_NAMESPACE} logs "
+                            "deploy/agentqueue-agentqueue-operator",
+            "node_log_dir": str(node.log_dir),
+        }
+        (root / READY_FILE).write_text(json.dumps(ready, indent=2))
+        _say(f"stack ready in {time.monotonic() - step.t0:.1f}s")
+        while not stopped():
+            time.sleep(0.5)
+    finally:
+        (root / READY_FILE).unlink(missing_ok=True)
+        node.stop()
+        plane.stop()
+
+
+def _metrics_service(kubectl: list[str]) -> str:
+    from . import inkube
+    return subprocess.run(
+        [*kubectl, "-n", inkube.RELEASE_NAMESPACE, "get", "service", "-l",
+         "app.kubernetes.io/component=metrics", "-o", "jsonpath={.items[0].metadata.name}"],
+        check=True, capture_output=True, text=True).stdout.strip()
+
+
+def serve(root: Path) -> None:
+    """Supervisor of the control-plane-only stack: host redis-server, host operator."""
+    from .redisserver import RedisServer
+
+    stopped = _stop_flag()
     binaries = ensure_binaries(progress=_say)
     redis = RedisServer(root / "redis")
     redis.start()
@@ -71,11 +191,7 @@ def serve(root: Path) -> None:
     plane.start()
     _say(f"control plane up at {plane.server_url} in {time.monotonic() - t0:.1f}s")
     kubectl = [str(binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds_dir())], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
-                    "crd", "-l", "app.kubernetes.io/part-of=agentqueue"], check=True,
-                   stdout=subprocess.DEVNULL)
+    _apply_crds(kubectl)
     metrics_port = _free_port()
     env = dict(os.environ)
     env.update({
@@ -92,6 +208,7 @@ def serve(root: Path) -> None:
          "--liveness", "", "--drift-interval", "10s"],
         env=env, stdout=op_log, stderr=subprocess.STDOUT)
     ready = {
+        "mode": "control-plane",
         "kubeconfig": str(plane.kubeconfig),
         "redis_url": redis.admin_url,
         "metrics_url": f"http://127.0.0.1:{metrics_port}/metrics",
@@ -103,7 +220,7 @@ def serve(root: Path) -> None:
     (root / READY_FILE).write_text(json.dumps(ready, indent=2))
     _say("stack ready")
     try:
-        while not stop:
+        while not stopped():
             if operator.poll() is not None:
                 _say(f"operator exited with {operator.returncode}; restarting it")
                 operator = subprocess.Popen(operator.args, env=env, stdout=op_log,
@@ -134,25 +251,93 @@ def read_ready(root: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def up(example: str = "quickstart", namespace: str = "default", timeout: float = 900) -> int:
+#: Examples that are not a single file: the manifest to apply and the namespace it uses.
+EXAMPLES = {
+    "quickstart": ("quickstart.yaml", "default"),
+    "contact-center": ("contact-center/manifests.yaml", "contact-center"),
+}
+
+
+def resolve_example(example: str, namespace: str | None) -> tuple[Path, str]:
+    """(manifest, namespace) for ``--example``: a name above, a file or a directory under
+    examples/, or a path. Each named example has its own namespace so two can coexist."""
+    if example in EXAMPLES:
+        rel, default_ns = EXAMPLES[example]
+        return REPO / "examples" / rel, namespace or default_ns
+    for candidate in (REPO / "examples" / f"{example}.yaml", REPO / "examples" / example,
+                      Path(example)):
+        if candidate.exists():
+            return candidate, namespace or "default"
+    raise SystemExit(f"no example {example!r}: use one of {', '.join(EXAMPLES)}, a file or "
+                     "directory under examples/, or a path")
+
+
+def choose_mode(node: bool | None) -> tuple[bool, str | None]:
+    """(run a node?, why not). ``node``: True = required, False = never, None = if possible."""
+    if node is False:
+        return False, None
+    from .images import unavailable_reason as images_unavailable
+    from .node import node_unavailable_reason
+    reason = node_unavailable_reason() or images_unavailable()
+    if reason and node:
+        raise SystemExit(f"--node was asked for, but {reason}")
+    return reason is None, reason
+
+
+def _prebuild(node: bool) -> None:
+    """Builds that take minutes on a cold cache run in the foreground, with their progress."""
+    step = _Steps()
+    step("control-plane binaries", lambda: ensure_binaries(progress=_say))
+    if node:
+        from . import images
+        from .binaries import ensure_node_binaries
+        from .pause import ensure_pause_image
+        step("node binaries (kubelet, kube-proxy, kube-scheduler, CoreDNS)",
+             lambda: ensure_node_binaries(_say))
+        step("pause image", lambda: ensure_pause_image(_say))
+        step("images (base, operator, redis, agent)", lambda: images.ensure_images(_say))
+
+
+def _follow(log: Path, offset: int) -> int:
+    """Echo the supervisor's new progress lines; return the new offset."""
+    try:
+        with log.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+    except FileNotFoundError:
+        return offset
+    for line in chunk.decode(errors="replace").splitlines():
+        if line.startswith(("[agentqueue]", "[devcluster]", "[images]")):
+            print(line, file=sys.stderr, flush=True)
+    return offset + len(chunk)
+
+
+def up(example: str = "quickstart", namespace: str | None = None, timeout: float = 1800,
+       node: bool | None = None) -> int:
     root = state_dir()
     root.mkdir(parents=True, exist_ok=True)
+    sample, namespace = resolve_example(example, namespace)
     if running_pid(root) and read_ready(root):
         _say("the local stack is already running")
     else:
-        # Build or fetch the binaries in the foreground, so progress shows here.
+        with_node, why_not = choose_mode(node)
+        if why_not:
+            _say(f"no node: {why_not}; starting the control plane only (Deployments are "
+                 "scaled, no pod runs)")
         t0 = time.monotonic()
-        ensure_binaries(progress=_say)
-        _say(f"binaries ready in {time.monotonic() - t0:.1f}s")
+        _prebuild(with_node)
         (root / READY_FILE).unlink(missing_ok=True)
         log = open(root / LOG_FILE, "ab")  # noqa: SIM115 - handed to the detached child
+        offset = log.tell()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agentqueue.devcluster.stack", "serve", str(root)],
+            [sys.executable, "-m", "agentqueue.devcluster.stack",
+             "serve-node" if with_node else "serve", str(root)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         (root / PID_FILE).write_text(str(proc.pid))
         deadline = time.monotonic() + timeout
         while read_ready(root) is None:
+            offset = _follow(root / LOG_FILE, offset)
             if proc.poll() is not None:
                 _say(f"the stack failed to start; log {root / LOG_FILE}:")
                 print((root / LOG_FILE).read_text()[-4000:], file=sys.stderr)
@@ -161,30 +346,47 @@ def up(example: str = "quickstart", namespace: str = "default", timeout: float =
                 _say("timed out waiting for the stack")
                 return 1
             time.sleep(0.3)
+        _follow(root / LOG_FILE, offset)
         _say(f"stack started in {time.monotonic() - t0:.1f}s")
     ready = read_ready(root)
     assert ready is not None
     kubectl = [ready["kubectl"], "--kubeconfig", ready["kubeconfig"], "-n", namespace]
-    sample = REPO / "examples" / f"{example}.yaml"
-    if not sample.exists():
-        sample = REPO / "examples" / example
-    _say(f"applying {sample}")
-    subprocess.run([*kubectl, "apply", "-f", str(sample)], check=True)
-    _say("waiting for the queues to be Ready")
-    result = subprocess.run([*kubectl, "wait", "--for=condition=Ready", "--timeout=120s",
-                             "agentqueues", "--all"])
-    if result.returncode != 0:
-        _say(f"not Ready; the operator's log is {ready['operator_log']}")
+    if subprocess.run([*kubectl, "get", "namespace", namespace], capture_output=True
+                      ).returncode != 0:
+        subprocess.run([*kubectl, "create", "namespace", namespace], check=True,
+                       stdout=subprocess.DEVNULL)
+    _say(f"applying {sample} in namespace {namespace}")
+    got = subprocess.run([*kubectl, "apply", "-f", str(sample)], capture_output=True, text=True)
+    print(got.stdout, end="")
+    if got.returncode != 0:
+        _say(f"kubectl apply failed: {got.stderr.strip()}")
         return 1
+    t0 = time.monotonic()
+    for kind in ("agentqueues", "consumergroups", "retentionpolicies"):
+        present = subprocess.run([*kubectl, "get", kind, "-o", "name"], capture_output=True,
+                                 text=True).stdout.split()
+        if not present:
+            continue
+        _say(f"waiting for the {kind} to be Ready")
+        result = subprocess.run([*kubectl, "wait", "--for=condition=Ready", "--timeout=120s",
+                                 kind, "--all"])
+        if result.returncode != 0:
+            _say(f"not Ready; see `kubectl describe {kind}` and the operator's log "
+                 f"({ready['operator_log']})")
+            return 1
+    _say(f"everything Ready {time.monotonic() - t0:.1f}s after the apply")
     subprocess.run([*kubectl, "get", "agentqueue,consumergroup,retentionpolicy"])
+    ns = "" if namespace == "default" else f" -n {namespace}"
+    pods = (f"""  kubectl{ns} get pods -w               # agents start when work waits, stop when drained
+""" if ready.get("mode") == "node" else """  (control plane only: Deployments are scaled, no pod runs; see `agentqueue dev up --node`)
+""")
     print(f"""
 The local stack is running (state in {root}).
 
-  eval "$(agentqueue dev env)"          # KUBECONFIG, REDIS_URL, METRICS_URL for this shell
-  kubectl get aq,cg,rp -A               # the queues, groups and policies
-  kubectl describe aq billing           # conditions and Events
-  kubectl get secret billing.intake -o yaml   # a producer's credentials
-  agentqueue status                     # lengths, lag, pending, DLQ, replicas
+  eval "$(agentqueue dev env)"          # KUBECONFIG, REDIS_URL, METRICS_URL, PATH
+  kubectl get aq,cg,rp{ns}               # the queues, groups and policies
+  kubectl describe aq billing{ns}        # conditions and Events
+{pods}  agentqueue status{ns}                 # lengths, lag, pending, DLQ, replicas
   curl -s $METRICS_URL | grep agentqueue_
   agentqueue dev down                   # stop everything and remove the state
 """)
@@ -196,11 +398,13 @@ def env_exports() -> int:
     if ready is None:
         _say("the local stack is not running: agentqueue dev up")
         return 1
+    # kubectl and helm, and this venv's bin (agentqueue and the kubectl-agentqueue plugin).
     tool_dir = str(Path(ready["kubectl"]).parent)
+    venv_bin = str(Path(sys.executable).parent)
     print(f"export KUBECONFIG={ready['kubeconfig']}")
     print(f"export REDIS_URL={ready['redis_url']}")
     print(f"export METRICS_URL={ready['metrics_url']}")
-    print(f"export PATH={tool_dir}:$PATH")
+    print(f"export PATH={tool_dir}:{venv_bin}:$PATH")
     return 0
 
 
@@ -209,11 +413,17 @@ def down() -> int:
     pid = running_pid(root)
     if pid:
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # the node stops its pods and restores the machine
         while time.monotonic() < deadline and running_pid(root):
             time.sleep(0.2)
         if running_pid(root):
             os.kill(pid, signal.SIGKILL)
+    # Whatever a killed supervisor left: the node's changes to the machine, then the plane.
+    from .node import cleanup_leftovers, running_node
+    record = running_node()
+    if record is not None and Path(record.get("state_dir", "/")).is_relative_to(root):
+        for line in cleanup_leftovers(_say):
+            _say(line)
     if (root / "k8s").exists():
         with contextlib.suppress(FileNotFoundError, ValueError, OSError):
             ControlPlane.load(root / "k8s").stop()
@@ -225,7 +435,7 @@ def down() -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("action", choices=["serve"])
+    parser.add_argument("action", choices=["serve", "serve-node"])
     parser.add_argument("root")
     args = parser.parse_args()
-    serve(Path(args.root))
+    (serve_node if args.action == "serve-node" else serve)(Path(args.root))
