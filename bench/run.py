@@ -3,6 +3,7 @@
     python -m bench.run                     # everything (~10 min on 2 cores)
     python -m bench.run --quick             # tiny sizes: proves each one runs (CI)
     python -m bench.run --only polling,memory
+    python -m bench.run --only pods         # real pods on the local node (~6 min)
     python -m bench.run --out results.md    # also write environment + table to a file
 
 Exit status 1 when a benchmark failed (an 'error' row); a goal that is missed is a
@@ -17,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import dataplane, memory, polling, reconcile, scaling
+from . import dataplane, memory, pods, polling, reconcile, scaling
 from .common import Row, RunFn, environment, guarded, log, table
 
 BENCHMARKS: dict[str, RunFn] = {
@@ -26,6 +27,8 @@ BENCHMARKS: dict[str, RunFn] = {
     "memory": memory.run,
     "reconcile": reconcile.run,
     "scaling": scaling.run,
+    # Real pods on the local node (`agentqueue dev up`): reuses a running node stack.
+    "pods": pods.run,
 }
 
 

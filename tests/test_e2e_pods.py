@@ -31,6 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
+import yaml
 
 from agentqueue import keys
 from agentqueue.client import Outgoing, Producer
@@ -346,6 +347,38 @@ def test_helm_upgrade_to_a_new_tag_with_work_in_flight(stack: Stack, namespace: 
     second = [f"m-b{i}" for i in range(60)]
     send(stack, namespace, "upgrade.sender", second)
     drained(stack, namespace, "upgrade", first + second, timeout=120)
+
+
+def test_contact_center_runs_as_pods_and_meets_the_seed_slas(stack: Stack) -> None:
+    """The example as its README runs it: `dev up --example contact-center` (own namespace,
+    next to the quickstart), the agents scaled by their groups, loadgen as a Job whose log
+    ends with the three SLA lines."""
+    up = _cli("dev", "up", "--example", "contact-center", env=stack.env, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    ns = "contact-center"
+    job = yaml.safe_load((ROOT / "examples" / "contact-center" / "loadgen-job.yaml").read_text())
+    job["spec"]["template"]["spec"]["containers"][0]["command"] = [
+        "python", "loadgen.py", "-n", "300", "--report", "--timeout", "120"]
+    apply(stack, ns, [job])
+    wait_for(lambda: (stack.get("job", "loadgen", ns) or {}).get("status", {})
+             .get("succeeded") or (stack.get("job", "loadgen", ns) or {}).get("status", {})
+             .get("failed"), 240, "the loadgen Job to finish")
+    log = stack.kubectl("-n", ns, "logs", "job/loadgen").stdout
+    print(log)
+    assert (stack.get("job", "loadgen", ns) or {})["status"].get("succeeded") == 1, log
+    assert "300 sent, 300 outcomes" in log
+    sla = [line for line in log.splitlines() if line.startswith("SLA ")]
+    assert len(sla) == 3 and all(line.endswith("met") for line in sla), sla
+    stack.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_pods_benchmark_runs_on_the_node(stack: Stack) -> None:
+    """`python -m bench.pods --quick` against this stack: it prints its table."""
+    got = subprocess.run([sys.executable, "-m", "bench.pods", "--quick"], cwd=ROOT,
+                         env=stack.env, capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stdout[-3000:] + got.stderr[-3000:]
+    assert "| pods | work at 0 replicas → first message acked" in got.stdout
+    assert "| error" not in got.stdout
 
 
 def test_helm_uninstall_retains_queues_and_data(stack: Stack, namespace: str) -> None:
