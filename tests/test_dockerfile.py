@@ -11,6 +11,7 @@ replayed outside Docker: the same commands, with the image paths (/opt/venv, /op
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import os
 import re
 import shlex
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -261,6 +263,48 @@ def test_lock_pins_every_dependency_with_hashes() -> None:
         assert name in build_pins and req.specifier.contains(build_pins[name][0]), spec
     assert {"setuptools", "wheel"} <= set(build_pins)
     assert not {"setuptools", "wheel", "pip"} & set(pins), "build tools in the runtime lock"
+
+
+#: Pythons the image may run on: Debian bookworm's python3 and the pinned release base.
+SUPPORTED_PYTHONS = ("3.11.0", "3.11.2", "3.11.14")
+
+
+def lock_markers(path: Path) -> dict[str, Marker | None]:
+    """name -> environment marker of each pin (None when it always applies)."""
+    out: dict[str, Marker | None] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==[^\s;\\]+\s*(?:;([^\\]+))?", line)
+        if match:
+            marker = match.group(2)
+            out[canonicalize_name(match.group(1))] = Marker(marker.strip()) if marker else None
+    return out
+
+
+def test_lock_covers_every_python_the_project_claims() -> None:
+    """Each locked package's own requirements are locked for every supported 3.11.x: the
+    image on Debian's python3 3.11.2 crash-looped on `No module named 'async_timeout'`
+    (redis-py needs it below 3.11.3) with a lock compiled on a later 3.11. The requirements
+    come from the packages installed in .venv (same names; versions may differ slightly)."""
+    pins = lock_pins(LOCK)
+    missing = []
+    for full in SUPPORTED_PYTHONS:
+        env = {"python_full_version": full, "python_version": full.rsplit(".", 1)[0],
+               "extra": ""}
+        for name in pins:
+            try:
+                requires = importlib.metadata.requires(name) or []
+            except importlib.metadata.PackageNotFoundError:
+                continue
+            for spec in requires:
+                req = Requirement(spec)
+                if (req.marker is None or req.marker.evaluate(env)) and \
+                        canonicalize_name(req.name) not in pins:
+                    missing.append(f"{full}: {name} needs {spec}")
+    assert not missing, "\n".join(missing)
+    marker = lock_markers(LOCK)["async-timeout"]
+    assert marker is not None, "async-timeout is only needed below 3.11.3: keep its marker"
+    assert marker.evaluate({"python_full_version": "3.11.2"})
+    assert not marker.evaluate({"python_full_version": "3.11.14"})
 
 
 # --- the builder's steps, replayed -----------------------------------------------------------
