@@ -83,3 +83,26 @@ print(ensure_node_binaries(progress=print)); print(ensure_pause_image(progress=p
   exit 1
 fi
 log "node binaries ready in $(( $(date +%s) - start ))s"
+
+# --- images: base, operator, redis, agent (agentqueue.devcluster.images) ---------------------
+# buildah and debootstrap from Debian's packages (no registry, no Docker engine); the images
+# are made locally and cached under ~/.cache/agentqueue/images by a hash of their inputs.
+if [ "$(id -u)" -eq 0 ]; then
+  if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
+    log "installing buildah and debootstrap (Debian packages)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+             apt-get install -y -qq buildah debootstrap >/dev/null; }
+  fi
+  log "images: base (debootstrap), operator, redis, agent (first build: ~5 min)"
+  start=$(date +%s)
+  if ! .venv/bin/python -c "
+from agentqueue.devcluster.images import ensure_images
+for name, ref in ensure_images(progress=print).items(): print(name, ref.name, ref.tarball)"; then
+    log "building the images failed (see above): the node's pods (tests marked e2e) need them"
+    exit 1
+  fi
+  log "images ready in $(( $(date +%s) - start ))s"
+else
+  log "images: skipped (building them needs root: debootstrap and rootful buildah)"
+fi
