@@ -394,7 +394,7 @@ def _abandon_event(rt: Runtime, body: dict[str, Any], error: str) -> None:
         return
     what = deletion.left_behind([keys.acl_username(ns, name, e) for e in entries],
                                 spec.get("deletionPolicy") == "Delete",
-                                keys.queue_key_pattern(ns, name) + "*")
+                                keys.queue_key_pattern(ns, name))
     events.warn(body, reason=reasons.DELETION_ABANDONED,
                 message=(f"released after {rt.config.deletion_timeout:.0f}s without reaching "
                          f"Redis ({error[:300]}); left behind: {what}")[:1000])
