@@ -210,7 +210,7 @@ def test_operator_image_starts_on_debians_python_3_11_2_as_65532(
     op = built["operator"]
     assert op.name == "agentqueue-operator:dev"
     info = ocitar.read_docker_archive(op.tarball)
-    assert "docker.io/library/agentqueue-operator:dev" in info.repo_tags
+    assert info.repo_tags == ["agentqueue-operator:dev"]
     cfg = info.config["config"]
     assert cfg["User"] == "65532:65532" and cfg["Entrypoint"] == ["agentqueue", "run"]
     _operator_starts(op, "3.11.2")

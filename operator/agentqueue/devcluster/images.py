@@ -357,11 +357,13 @@ def _build(*, name: str, digest: str, containerfile: Path, context: Path,
                     "--build-arg", f"PIP_CERT={BUILD_CA_PATH}"]
         _run(f"buildah bud ({name})", [*cmd, str(context)], log)
         built = time.monotonic() - start
-        tmp = ref.tarball.with_name(ref.tarball.name + ".part")
+        tmp = ref.tarball.with_name(ref.tarball.name + ".pushed")
         tmp.unlink(missing_ok=True)
         _run(f"buildah push ({name})", ["buildah", "push", "--quiet", ref.local,
                                         f"docker-archive:{tmp}:{ref.name}"], log)
-        tmp.replace(ref.tarball)
+        # buildah also lists the storage name (localhost/...:<hash>); a node needs only ours.
+        ocitar.retag_docker_archive(tmp, ref.tarball, [ref.name])
+        tmp.unlink()
         _prune(name, ref.tarball, ref.local)
         say(f"{name} image: built in {built:.0f}s, exported in "
             f"{time.monotonic() - start - built:.0f}s ({_size_mb(ref.tarball)})")
