@@ -21,6 +21,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -45,8 +46,10 @@ CGROUP_PARENT = "agentqueue"
 GUARD_CHAIN = "AQ-FORWARD"
 #: iptables chains owned by the node: kube-proxy/kubelet (KUBE-), CNI plugins (CNI-), ours.
 CHAIN_PREFIXES = ("KUBE-", "CNI-", "AQ-")
-#: Machine paths that containerd/CNI/kubelet create whatever their configuration says;
-#: removed on cleanup only if they did not exist before the node started.
+#: Machine paths that containerd/CNI/kubelet use whatever their configuration says (shim
+#: sockets, the CNI result cache, kubelet's log symlinks). Cleanup removes only what the node
+#: put there, and directories that did not exist before, so another containerd sharing
+#: them (e.g. an image build) keeps its files.
 SIDE_PATHS = ("/run/netns", "/var/lib/cni", "/run/containerd", "/var/log/containers",
               "/var/log/pods", "/opt/containerd", "/etc/cni")
 NETNS_DIR = Path("/run/netns")
@@ -355,6 +358,11 @@ def kill_cgroup_tree(timeout: float = 10.0) -> int:
                 os.kill(pid, signal.SIGKILL)
         killed |= pids
         time.sleep(0.1)
+    # Their parents (shims) are gone too: init reaps them; wait a moment so that no
+    # process entry of a pod outlives the cleanup.
+    reap_deadline = time.monotonic() + 3.0
+    while time.monotonic() < reap_deadline and any(Path(f"/proc/{p}").exists() for p in killed):
+        time.sleep(0.05)
     return len(killed)
 
 
@@ -412,4 +420,55 @@ def pid_alive(pid: int) -> bool:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
     except (OSError, IndexError):
+        return False
+
+
+def side_dirs() -> list[str]:
+    """Every directory under `SIDE_PATHS` now (to tell later which ones the node made)."""
+    out: list[str] = []
+    for side in SIDE_PATHS:
+        if os.path.isdir(side) and not os.path.islink(side):
+            out += [d for d, _s, _f in os.walk(side)]
+    return out
+
+
+def _live_unix_sockets() -> set[str]:
+    with open("/proc/net/unix") as f:
+        return {ln.split()[-1] for ln in list(f)[1:] if len(ln.split()) >= 8}
+
+
+def remove_side_files(state_dir: Path, dirs_before: Iterable[str],
+                      sandbox_ids: Iterable[str] = ()) -> list[str]:
+    """Remove what the node left under `SIDE_PATHS`: CNI results of its network or its
+    sandboxes, symlinks into its state dir, shim sockets nobody listens on, then directories
+    that are empty now and did not exist before. Everything else is someone else's."""
+    ids = tuple(sandbox_ids)
+    keep_dirs = set(dirs_before)
+    live = _live_unix_sockets()
+    ours = str(state_dir).rstrip("/") + "/"
+    removed: list[str] = []
+    for side in SIDE_PATHS:
+        if not os.path.isdir(side) or os.path.islink(side):
+            continue
+        for dirpath, _dirs, files in os.walk(side, topdown=False):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                mine = (
+                    (os.path.islink(path) and os.readlink(path).startswith(ours))
+                    or ("/cni/" in path and (name.startswith(f"{CNI_NETWORK}-")
+                                             or any(f"-{i}-" in name for i in ids)))
+                    or (_is_socket(path) and path not in live and "/containerd/" in path))
+                if mine:
+                    os.unlink(path)
+                    removed.append(path)
+            if dirpath not in keep_dirs and not os.listdir(dirpath):
+                os.rmdir(dirpath)
+                removed.append(dirpath)
+    return removed
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
         return False

@@ -7,7 +7,7 @@ Order of use (the bridge must exist before the apiserver binds its gateway addre
     cp = ControlPlane(state_dir, node_ip=Node.gateway_ip).start()
     node.start(cp)                            # Ready in ~20 s
     ...
-    node.stop(); cp.stop()                    # node.stop() restores the machine
+    node.stop(control_plane=cp)               # node, control plane, then the machine
 
 Only one node may run on a machine (it owns the bridge, the pod ranges and the iptables
 chains); `hostnet.RECORD` says which. Everything the node changes is undone by `stop()`, or
@@ -234,20 +234,15 @@ def _safe_rmtree(path: Path) -> bool:
 
 def _remove_runtime_state(state_dir: Path, record: dict[str, Any]) -> list[str]:
     removed = []
+    sandboxes = state_dir / "containerd" / "state" / "io.containerd.grpc.v1.cri" / "sandboxes"
+    # CNI caches results per sandbox id outside our state dir (/var/lib/cni).
+    ids = os.listdir(sandboxes) if sandboxes.is_dir() else []
     # Per-run state only: containerd's image store (containerd/root) is kept, so imported
     # images survive a restart.
-    for sub in ("containerd/state", "kubelet", "cni/networks", "run"):
+    for sub in ("containerd/state", "kubelet", "cni/networks", "run", "pod-logs"):
         if _safe_rmtree(state_dir / sub):
             removed.append(sub)
-    for side in record["missing_paths"]:
-        if _safe_rmtree(Path(side)):
-            removed.append(side)
-    results = Path("/var/lib/cni/results")
-    if results.is_dir():
-        for f in results.glob(f"{hostnet.CNI_NETWORK}-*"):
-            f.unlink()
-            removed.append(str(f))
-    return removed
+    return removed + hostnet.remove_side_files(state_dir, record.get("side_dirs", []), ids)
 
 
 # ----- the node ------------------------------------------------------------------------------
@@ -322,7 +317,7 @@ class Node:
                                 for f in ("ip", "ip6")},
             "netns": hostnet.netns_names(),
             "mounts": hostnet.mount_points(),
-            "missing_paths": [p for p in hostnet.SIDE_PATHS if not os.path.lexists(p)],
+            "side_dirs": hostnet.side_dirs(),
         }
         _write_record(record)  # before the first change: a crash from here on is undoable
         try:
@@ -375,16 +370,20 @@ class Node:
                   f"(DNS and Services ready after {time.monotonic() - began:.1f}s)")
         return self
 
-    def stop(self, timeout: float = 15.0) -> list[str]:
-        """Stop every node process and restore the machine (see `hostnet`)."""
+    def stop(self, timeout: float = 15.0, *,
+             control_plane: ControlPlane | None = None) -> list[str]:
+        """Stop every node process and restore the machine (see `hostnet`); returns what
+        was restored.
+
+        Pass the node-mode `control_plane` to stop it too, in the one fast order: node
+        processes, then the control plane (its apiserver hangs ~15 s in shutdown once the
+        bridge address is gone), then the machine's network and sysctls.
+        """
         record = _read_record()
-        if record is None or record.get("state_dir") != str(self.state_dir):
-            for proc in self._procs:
-                proc.stop(timeout)
-            self._procs = []
-            return []
-        procs = self._procs or [_Process(p["name"], p["pid"], p["executable"])
-                                for p in record.get("processes", [])]
+        ours = record is not None and record.get("state_dir") == str(self.state_dir)
+        procs = self._procs or ([_Process(p["name"], p["pid"], p["executable"])
+                                 for p in record.get("processes", [])]
+                                if ours and record is not None else [])
         began = time.monotonic()
         by_name = {p.name: p for p in procs}
         for name in _STOP_ORDER:
@@ -392,6 +391,10 @@ class Node:
                 by_name[name].stop(timeout)
         self._procs = []
         self._say(f"node processes stopped in {time.monotonic() - began:.1f}s")
+        if control_plane is not None:
+            control_plane.stop(timeout)
+        if not ours or record is None:
+            return []
         return _cleanup(record, self._say)
 
     @classmethod
