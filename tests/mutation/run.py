@@ -1,0 +1,349 @@
+"""Mutation testing of the pure decision code with mutmut (`make mutation`).
+
+    .venv/bin/python -m tests.mutation.run [--budget SECONDS] [--jobs N] [--fresh]
+
+What it mutates and which tests judge the mutants are the two lists below: to cover a new
+pure module, add its path to MODULES and its unit-test file to TESTS (pure tests only: no
+redis-server, no apiserver; DESELECT the odd real-server test inside such a file).
+
+mutmut only finds sources under ``src/``, so the run works in a copy laid out that way
+(``~/.cache/agentqueue/mutation``, or ``$AQ_MUTATION_WORK``). The copy is kept: mutmut
+caches each mutant's verdict per function, so a later run only tests what changed (and
+re-checks earlier survivors when the tests changed). Files are rewritten only when their
+content differs, which keeps mutmut's mtime-based cache valid across fresh clones.
+
+A survivor fails the run unless `tests/mutation/equivalent.txt` lists it with the reason
+it is equivalent, or `tests/mutation/known-survivors.txt` lists it as a known gap (a test
+still to write). Entries are keyed by module, function and the mutated line, not by
+mutmut's numbers (which shift when a function changes). Mutants that only change prose
+(a string literal holding a space: a message for people, never a key or a field name,
+wrapped in ``XX`` or upper-/lower-cased) are counted apart and never fail the run. ``--budget`` stops testing after that many seconds
+(what is left is tested on the next run, from the cache) and still judges the survivors
+found so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "operator" / "agentqueue"
+EQUIVALENT = Path(__file__).resolve().parent / "equivalent.txt"
+KNOWN = Path(__file__).resolve().parent / "known-survivors.txt"
+
+# The pure decision code. Paths from the repository root.
+MODULES = [
+    "operator/agentqueue/keys.py",
+    "operator/agentqueue/client/backoff.py",
+    "operator/agentqueue/client/codec.py",
+    "operator/agentqueue/planning/acl.py",
+    "operator/agentqueue/planning/lag.py",
+    "operator/agentqueue/planning/queue_plan.py",
+    "operator/agentqueue/planning/retention.py",
+    "operator/agentqueue/planning/scaling.py",
+    "operator/agentqueue/planning/server_risks.py",
+    "operator/agentqueue/planning/slo.py",
+]
+
+# Fast pure unit tests that judge the mutants.
+TESTS = [
+    "tests/test_keys.py",
+    "tests/test_backoff.py",
+    "tests/test_codec.py",
+    "tests/test_acl_plan.py",
+    "tests/test_lag.py",
+    "tests/test_retention_plan.py",
+    "tests/test_scaling.py",
+    "tests/test_server_risks.py",
+    "tests/test_slo_plan.py",
+    "tests/test_properties.py",
+    "tests/test_promises.py",
+]
+
+# Tests inside those files that need a real server.
+DESELECT = [
+    "tests/test_properties.py::test_plan_converges_against_real_redis",
+    "tests/test_server_risks.py::test_server_facts_from_real_servers",
+]
+
+KILLED = {1, 3, 37}
+STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
+          24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+def say(msg: str) -> None:
+    print(f"[mutation {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def work_dir() -> Path:
+    env = os.environ.get("AQ_MUTATION_WORK")
+    return Path(env) if env else Path.home() / ".cache" / "agentqueue" / "mutation"
+
+
+def _write_if_changed(target: Path, data: bytes) -> bool:
+    if target.is_file() and target.read_bytes() == data:
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return True
+
+
+def _mirror(src: Path, dst: Path, skip: set[str]) -> None:
+    """Make `dst` hold `src`'s files (bytes only; unchanged files keep their mtime)."""
+    wanted: set[Path] = set()
+    for path in src.rglob("*"):
+        rel = path.relative_to(src)
+        if path.is_dir() or "__pycache__" in rel.parts or rel.parts[0] in skip:
+            continue
+        wanted.add(rel)
+        _write_if_changed(dst / rel, path.read_bytes())
+    if dst.exists():
+        for path in dst.rglob("*"):
+            rel = path.relative_to(dst)
+            if path.is_file() and "__pycache__" not in rel.parts and rel not in wanted:
+                path.unlink()
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(work: Path) -> str:
+    """Copy the package and tests into `work`; return a hash of the tests' content."""
+    _mirror(PACKAGE, work / "src" / "agentqueue", skip=set())
+    _mirror(ROOT / "tests", work / "tests", skip={"conftest.py", "mutation"})
+    conftest = (Path(__file__).parent / "conftest_mutation.py").read_bytes()
+    _write_if_changed(work / "tests" / "conftest.py", conftest)
+    only = [m.replace("operator/", "src/", 1) for m in MODULES]
+    args = ["-p", "no:cacheprovider", "-q", *(f"--deselect={d}" for d in DESELECT)]
+    config = (
+        "# Written by tests/mutation/run.py: edit the lists there.\n"
+        "[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = {_toml_list(only)}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(TESTS)}\n"
+        f"pytest_add_cli_args = {_toml_list(args)}\n"
+        "use_git_change_detection = false\n"
+        "\n[tool.pytest.ini_options]\nasyncio_mode = \"auto\"\n"
+    )
+    _write_if_changed(work / "pyproject.toml", config.encode())
+    digest = hashlib.sha256()
+    for path in sorted((work / "tests").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def mutmut(work: Path, args: list[str], jobs: int, deadline: float | None) -> int:
+    """Run `mutmut run`, printing a progress line every 30 s; SIGINT at the deadline
+    (mutmut saves each verdict as it goes, so the next run resumes)."""
+    exe = Path(sys.executable).with_name("mutmut")
+    proc = subprocess.Popen([str(exe), "run", "--max-children", str(jobs), *args], cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = b""
+    last_print = 0.0
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    interrupted = False
+    while True:
+        chunk = proc.stdout.read()
+        if chunk:
+            buf += chunk
+            *lines, buf = buf.replace(b"\r", b"\n").split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace").strip()
+                if line:
+                    tail.append(line)
+        if proc.poll() is not None:
+            break
+        now = time.monotonic()
+        if tail and now - last_print >= 30:
+            say(tail[-1])
+            last_print = now
+        if deadline is not None and now > deadline and not interrupted:
+            say("time budget used up: stopping (the rest is tested on the next run)")
+            os.killpg(proc.pid, signal.SIGINT)
+            interrupted = True
+        time.sleep(0.5)
+    if tail:
+        say(tail[-1])
+    if proc.returncode not in (0, None) and not interrupted:
+        print("\n".join(tail))
+    return proc.returncode
+
+
+def verdicts(work: Path) -> dict[str, tuple[Path, int | None]]:
+    out: dict[str, tuple[Path, int | None]] = {}
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        data = json.loads(meta.read_text())
+        source = meta.with_suffix("")  # mutants/src/agentqueue/...py
+        for name, code in data.get("exit_code_by_key", {}).items():
+            out[name] = (source.relative_to(work / "mutants"), code)
+    return out
+
+
+def describe(work: Path, names: list[str]) -> dict[str, str]:
+    """mutant name -> stable key: ``module.function: old line => new line``."""
+    code = (
+        "import json, sys\n"
+        "from mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+        "out = {}\n"
+        "for name, path in json.load(sys.stdin):\n"
+        "    out[name] = get_diff_for_mutant(name, path=path)\n"
+        "print(json.dumps(out))\n"
+    )
+    index = verdicts(work)
+    payload = json.dumps([[n, str(index[n][0])] for n in names])
+    res = subprocess.run([sys.executable, "-c", code], cwd=work, input=payload, text=True,
+                         capture_output=True, check=True)
+    diffs: dict[str, str] = json.loads(res.stdout)
+    keys = {}
+    for name, diff in diffs.items():
+        old = [ln[1:].strip() for ln in diff.splitlines()
+               if ln.startswith("-") and not ln.startswith("---")]
+        new = [ln[1:].strip() for ln in diff.splitlines()
+               if ln.startswith("+") and not ln.startswith("+++")]
+        function = name.split("__mutmut_")[0].replace("\u01c1", ".").replace(".x_", ".")
+        function = function.replace(".x.", ".")
+        keys[name] = f"{function}: {' / '.join(old)} => {' / '.join(new)}"
+    return keys
+
+
+def listed(path: Path) -> collections.Counter[str]:
+    """Keys in a list file: one per line, ``key  # reason``; blank and comment lines
+    are skipped. A key may appear as often as identical survivors exist."""
+    out: collections.Counter[str] = collections.Counter()
+    if not path.is_file():
+        return out
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, sep, reason = line.rpartition("  # ")
+        if not sep or not reason.strip():
+            raise SystemExit(f"{path.name}: no reason given for: {line}")
+        out[key.strip()] += 1
+    return out
+
+
+def _literals(text: str) -> list[str]:
+    return re.findall(r"""(?:"[^"]*"|'[^']*')""", text)
+
+
+def prose_only(key: str) -> bool:
+    """Whether the mutant only rewrites prose: every changed string literal holds a space
+    and changed only by ``XX`` wrapping or case."""
+    _, _, change = key.partition(": ")
+    old, sep, new = change.partition(" => ")
+    if not sep:
+        return False
+    a, b = _literals(old), _literals(new)
+    if len(a) != len(b) or re.sub(r"""(?:"[^"]*"|'[^']*')""", "", old) != re.sub(
+            r"""(?:"[^"]*"|'[^']*')""", "", new):
+        return False
+    changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    return bool(changed) and all(
+        " " in x and (y[1:-1] in (f"XX{x[1:-1]}XX", x[1:-1].upper(), x[1:-1].lower()))
+        for x, y in changed)
+
+
+def unlisted_pure_modules() -> list[str]:
+    known = set(MODULES)
+    return sorted(str(p.relative_to(ROOT)) for p in (PACKAGE / "planning").glob("*.py")
+                  if p.name != "__init__.py" and str(p.relative_to(ROOT)) not in known)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=None,
+                    help="stop testing mutants after this many seconds")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--fresh", action="store_true", help="forget cached verdicts")
+    ap.add_argument("--print-survivors", action="store_true",
+                    help="print every survivor's key (to triage into equivalent.txt)")
+    ap.add_argument("--report", action="store_true",
+                    help="judge the cached verdicts without running mutmut")
+    opts = ap.parse_args()
+
+    started = time.monotonic()
+    deadline = started + opts.budget if opts.budget else None
+    work = work_dir()
+    if opts.fresh and work.exists():
+        shutil.rmtree(work)
+    for path in unlisted_pure_modules():
+        say(f"note: {path} is not in MODULES of tests/mutation/run.py")
+    tests_hash = prepare(work)
+    before = verdicts(work)
+    stamp = work / "tests.sha256"
+    if opts.report:
+        pass
+    elif stamp.is_file() and stamp.read_text() != tests_hash:
+        # mutmut keeps verdicts per function; a changed test can kill an old survivor.
+        again = [n for n, (_, c) in before.items() if c == 0]
+        if again:
+            say(f"tests changed: re-checking {len(again)} earlier survivors")
+            for i in range(0, len(again), 200):
+                mutmut(work, again[i:i + 200], opts.jobs, deadline)
+    if not opts.report:
+        say(f"mutmut over {len(MODULES)} modules with {len(TESTS)} test files, "
+            f"{opts.jobs} jobs")
+        rc = mutmut(work, [], opts.jobs, deadline)
+        if rc not in (0, None) and (deadline is None or time.monotonic() < deadline):
+            say(f"mutmut failed (exit {rc})")
+            return 1
+        stamp.write_text(tests_hash)
+
+    results = verdicts(work)
+    wanted = {m.replace("operator/", "src/", 1) for m in MODULES}
+    results = {n: v for n, v in results.items() if str(v[0]) in wanted}
+    counts = collections.Counter(
+        "killed" if code in KILLED else STATUS.get(code, "suspicious")
+        for _, code in results.values())
+    bad = sorted(n for n, (_, c) in results.items()
+                 if c is not None and c not in KILLED)
+    keys = describe(work, bad) if bad else {}
+    prose = [n for n in bad if prose_only(keys[n])]
+    bad = [n for n in bad if n not in set(prose)]
+    allowed = listed(EQUIVALENT)
+    known = listed(KNOWN)
+    found = collections.Counter(keys[n] for n in bad)
+    new = [n for n in bad if found[keys[n]] > allowed.get(keys[n], 0) + known.get(keys[n], 0)]
+    stale = sorted(k for k in allowed + known if found[k] < allowed[k] + known[k])
+    elapsed = time.monotonic() - started
+    n_equivalent = sum(min(found[k], allowed[k]) for k in allowed)
+    n_known = sum(min(max(found[k] - allowed[k], 0), known[k]) for k in known)
+    say(f"{len(results)} mutants: {counts['killed']} killed, {len(prose)} prose only, "
+        f"{n_equivalent} equivalent (listed), {n_known} known survivors (listed), "
+        f"{len(new)} new survivors, {counts['not checked']} not checked yet; "
+        f"{elapsed:.0f} s")
+    if opts.print_survivors:
+        for n in bad:
+            print(keys[n])
+    for key in stale:
+        say(f"listed but no longer surviving (remove it from equivalent.txt): {key}")
+    if new:
+        shown: set[str] = set()
+        say(f"{len(new)} survivors not in tests/mutation/equivalent.txt "
+            "(kill each with a test, or list it there with the reason it is equivalent):")
+        for n in new:
+            if keys[n] not in shown:
+                shown.add(keys[n])
+                status = STATUS.get(results[n][1], "suspicious")
+                print(f"  [{status}] {keys[n]}    ({n})")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

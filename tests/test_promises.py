@@ -1,0 +1,119 @@
+"""Pure decisions pinned by plain examples (issue 17): each test names the bug or the
+mutant it fails on, so a lucky hypothesis seed is never the only guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentqueue.client.backoff import RetryPolicy, backoff_ms
+from agentqueue.models.group import ScalingSpec
+from agentqueue.planning.scaling import (
+    MAX_HISTORY,
+    ScaleHistory,
+    ScaleObservation,
+    ScalingParams,
+    decide,
+)
+
+# ---- backoff ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 0.5, 1.0, 2.0, 1e6, float("inf"), float("nan")])
+@pytest.mark.parametrize("jitter", [False, True])
+@pytest.mark.parametrize("attempt", [-1, 0, 1, 2, 50, 10**9])
+def test_backoff_with_max_zero_is_zero_and_never_raises(multiplier: float, jitter: bool,
+                                                        attempt: int) -> None:
+    """max_ms=0 (retry at once) crashed with a math domain error (log(0 / initial)); only
+    2 of 9 hypothesis seeds found it."""
+    assert backoff_ms(attempt, initial_ms=100, max_ms=0, multiplier=multiplier,
+                      jitter=jitter, rand=lambda: 0.7) == 0
+    assert RetryPolicy(initial_ms=100, max_ms=0, multiplier=multiplier,
+                       jitter=jitter).delay_ms(attempt, rand=lambda: 0.7) == 0
+
+
+def test_backoff_edges_of_the_degenerate_guard() -> None:
+    """initial_ms=1 is a real delay (mutant `initial_ms <= 1`); a negative max is 0."""
+    assert backoff_ms(1, initial_ms=1, max_ms=100, multiplier=2, jitter=False) == 1
+    assert backoff_ms(4, initial_ms=1, max_ms=100, multiplier=2, jitter=False) == 8
+    assert backoff_ms(1, initial_ms=5, max_ms=1, multiplier=2, jitter=False) == 1
+    assert backoff_ms(2, initial_ms=-5, max_ms=100, multiplier=2, jitter=False) == 0
+    assert backoff_ms(2, initial_ms=5, max_ms=-1, multiplier=2, jitter=False) == 0
+
+
+# ---- scaling: stabilization ---------------------------------------------------------
+
+UP_WINDOW = ScalingParams(min_replicas=0, max_replicas=10, lag_per_replica=10,
+                          activation_lag=1, cooldown_s=30, up_window_s=60,
+                          up_step_percent=1000, down_window_s=0, down_step_percent=1000)
+
+
+def test_scale_up_holds_at_the_lowest_recommendation_of_the_window() -> None:
+    """Waiting 20 -> 80 -> 90 within the 60 s up window holds at 2 replicas (HPA: the
+    *lowest* recommendation of the window). The mutant taking the highest jumps to 8."""
+    history = ScaleHistory()
+    current = 2
+    seen = []
+    for t, waiting in [(0.0, 20), (10.0, 80), (20.0, 90)]:
+        d = decide(UP_WINDOW, ScaleObservation(current, waiting), history, t)
+        seen.append((d.recommendation, d.desired))
+        current = d.desired
+    assert seen == [(2, 2), (8, 2), (9, 2)]
+    # Once 20 leaves the window (t > 60), the lowest of the window is 8: scale to 8.
+    d = decide(UP_WINDOW, ScaleObservation(current, 90), history, 60.5)
+    assert (d.recommendation, d.desired) == (9, 8)
+    assert "scale-up stabilization window (60s)" in decide(
+        UP_WINDOW, ScaleObservation(2, 90), ScaleHistory([(59.0, 2)]), 60.0).reason
+
+
+def test_scaling_params_from_spec_carries_every_field() -> None:
+    """Each field of the CRD's scaling spec reaches the decision (mutants dropping one
+    keyword fell back to the dataclass default unnoticed)."""
+    spec = ScalingSpec.model_validate({
+        "minReplicas": 2, "maxReplicas": 7, "lagPerReplica": 13, "activationLag": 4,
+        "cooldown": "45s", "fallbackReplicas": 3,
+        "scaleUp": {"stabilizationWindow": "15s", "maxStepPercent": 300},
+        "scaleDown": {"stabilizationWindow": "2m", "maxStepPercent": 20}})
+    assert ScalingParams.from_spec(spec) == ScalingParams(
+        min_replicas=2, max_replicas=7, lag_per_replica=13, activation_lag=4,
+        cooldown_s=45.0, up_window_s=15.0, up_step_percent=300, down_window_s=120.0,
+        down_step_percent=20, fallback_replicas=3)
+
+
+def test_history_from_json_orders_samples_by_time() -> None:
+    """Stored samples out of order come back oldest first (by time, not by value), so the
+    512 kept are the newest ones."""
+    h = ScaleHistory.from_json([[30.0, 1], [10.0, 9], [20.0, 5]])
+    assert h.samples == [(10.0, 9), (20.0, 5), (30.0, 1)]
+    many = [[float(t), 1000 - t] for t in range(MAX_HISTORY + 10)][::-1]
+    kept = ScaleHistory.from_json(many).samples
+    assert kept[0] == (10.0, 990) and kept[-1] == (float(MAX_HISTORY + 9), 1000 - MAX_HISTORY - 9)
+
+
+def test_backoff_multiplier_between_one_and_two_and_rand_clamped() -> None:
+    """A multiplier of 1.5 grows by 1.5 (mutant: floor 2.0); a huge attempt with it gives
+    the cap without overflowing (mutant: overflow guard only above 2.0); a rand() above 1
+    is clamped to the cap (mutant: clamp at 2.0)."""
+    p = RetryPolicy(initial_ms=100, max_ms=10_000, multiplier=1.5, jitter=False)
+    assert [p.delay_ms(n) for n in (1, 2, 3, 4)] == [100, 150, 225, 338]
+    assert p.delay_ms(10**6) == 10_000
+    assert RetryPolicy(initial_ms=100, max_ms=10_000, multiplier=0.5,
+                       jitter=False).delay_ms(5) == 100  # below 1: constant, never shrinking
+    jittered = RetryPolicy(initial_ms=100, max_ms=1000, multiplier=2.0, jitter=True)
+    assert jittered.delay_ms(3, rand=lambda: 1.5) == 400
+    assert jittered.delay_ms(3, rand=lambda: -0.5) == 0
+
+
+def test_fallback_decision_is_step_limited_and_keeps_last_active() -> None:
+    """Redis unreadable: fallbackReplicas within the step limit, said so in the reason;
+    lastActiveTime is carried through (a lost one would restart the cooldown clock)."""
+    p = ScalingParams(min_replicas=0, max_replicas=10, up_step_percent=100,
+                      down_step_percent=50, fallback_replicas=8)
+    d = decide(p, ScaleObservation(2, None, last_active=123.0), ScaleHistory(), 200.0)
+    assert (d.desired, d.recommendation, d.last_active, d.fallback) == (4, 4, 123.0, True)
+    assert d.reason == "Redis unreadable: fallbackReplicas 8 (step-limited to 4)"
+    d = decide(p, ScaleObservation(6, None, last_active=None), ScaleHistory(), 200.0)
+    assert (d.desired, d.reason) == (8, "Redis unreadable: fallbackReplicas 8")
+    keep = ScalingParams(min_replicas=1, max_replicas=10)
+    d = decide(keep, ScaleObservation(0, None, last_active=50.0), ScaleHistory(), 200.0)
+    assert (d.desired, d.last_active, d.reason) == (
+        1, 50.0, "Redis unreadable: keeping 1 replicas")
