@@ -22,11 +22,16 @@ import pytest
 import yaml
 
 from agentqueue.devcluster import ControlPlane, Kubectl, ensure_binaries, hostnet, wait_until
-from agentqueue.devcluster.node import Node, cleanup_leftovers, node_unavailable_reason
-from agentqueue.devcluster.pause import static_go_image
+from agentqueue.devcluster.node import (
+    Node,
+    NodeError,
+    _parse_a_records,
+    cleanup_leftovers,
+    node_unavailable_reason,
+)
+from agentqueue.devcluster.pause import static_go_image, write_image_tar
 
 _REASON = node_unavailable_reason()
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_REASON is not None, reason=str(_REASON))]
 
 #: Measured figures + margin (2 cores shared with whatever else runs; a cold page cache).
 READY_BOUND_S = 4.0 + 16.0
@@ -213,6 +218,8 @@ def _k(c: NodeCluster) -> Kubectl:
     return c.kubectl
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_node_ready(cluster: NodeCluster) -> None:
     assert cluster.node.ready_seconds is not None
     print(f"node Ready {cluster.node.ready_seconds:.1f}s after node start; "
@@ -222,6 +229,8 @@ def test_node_ready(cluster: NodeCluster) -> None:
     assert nodes == ["node/agentqueue-dev"]
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_ten_pods_running(cluster: NodeCluster) -> None:
     k = _k(cluster)
     deploy = {
@@ -251,6 +260,8 @@ def test_ten_pods_running(cluster: NodeCluster) -> None:
     assert elapsed < TEN_PODS_BOUND_S
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_pod_reaches_dns_service_and_apiserver(cluster: NodeCluster) -> None:
     k = _k(cluster)
     pod = {"apiVersion": "v1", "kind": "Pod",
@@ -272,6 +283,8 @@ def test_pod_reaches_dns_service_and_apiserver(cluster: NodeCluster) -> None:
     assert "OK apiserver" in logs and "OK service: web-" in logs
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_pods_cannot_reach_outside(cluster: NodeCluster) -> None:
     # Decided without sending a packet off the machine: where the kernel would send a pod's
     # packet, and that the guard drops it before anything else sees it.
@@ -294,6 +307,66 @@ def test_pods_cannot_reach_outside(cluster: NodeCluster) -> None:
     assert resolv.split() == ["nameserver", hostnet.GATEWAY_IP]
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+def test_forwarded_pod_packets_are_dropped(cluster: NodeCluster) -> None:
+    """A pod's packet for a foreign address reaches the host and is dropped there.
+
+    The foreign route leads into a veth pair whose other end sits in a throwaway network
+    namespace with nowhere to go, so even without the guard nothing could leave the
+    machine; the guard's drop counter and the veth's transmit counter tell which of the
+    two stopped the packets.
+    """
+    netns_dir = (cluster.node.state_dir / "containerd" / "state" / "io.containerd.grpc.v1.cri"
+                 / "netns")
+    netns = sorted(netns_dir.iterdir())[0]
+    link, target = "aqtest0", "198.18.0.7"  # RFC 2544 benchmarking range, local only
+    sink = subprocess.Popen(["unshare", "--net", "sleep", "120"])
+    try:
+        time.sleep(0.2)
+        subprocess.run(["ip", "link", "add", link, "type", "veth", "peer", "name", "aqtest1",
+                        "netns", str(sink.pid)], check=True)
+        Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1")  # no chatter
+        subprocess.run(["ip", "link", "set", link, "up"], check=True)
+        subprocess.run(["nsenter", f"--net=/proc/{sink.pid}/ns/net", "ip", "link", "set",
+                        "aqtest1", "up"], check=True)
+        subprocess.run(["ip", "route", "add", "198.18.0.0/24", "dev", link], check=True)
+        # A static neighbour: no ARP traffic that would move the transmit counter.
+        subprocess.run(["ip", "neigh", "replace", target, "lladdr", "02:00:00:00:00:07",
+                        "dev", link], check=True)
+        drops, sent = _guard_drops(), _tx_packets(link)
+        subprocess.run(["nsenter", f"--net={netns}", sys.executable, "-c",
+                        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                        f"for _ in range(3): s.sendto(b'x', ('{target}', 9))"], check=True)
+        time.sleep(0.2)
+        assert _guard_drops() >= drops + 3
+        assert _tx_packets(link) == sent
+    finally:
+        sink.kill()
+        sink.wait()
+        subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+
+
+def _guard_drops() -> int:
+    out = _out("iptables", "-t", "mangle", "-L", hostnet.GUARD_CHAIN, "-v", "-x", "-n")
+    return sum(int(line.split()[0]) for line in out.splitlines()[2:]
+               if "DROP" in line and hostnet.BRIDGE in line)
+
+
+def _tx_packets(link: str) -> int:
+    return int(Path(f"/sys/class/net/{link}/statistics/tx_packets").read_text())
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
+def test_second_node_refused(cluster: NodeCluster, tmp_path: Path) -> None:
+    with pytest.raises(NodeError, match="another node is running on this machine"):
+        Node(tmp_path / "other").prepare_host()
+    assert hostnet.forward_guard_ok()  # the refusal changed nothing
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_rest_footprint(cluster: NodeCluster) -> None:
     """Memory and CPU of the node at rest (its processes, shims and pods)."""
     pids = [int(line.split()[0]) for line in _node_processes(cluster.node.state_dir)]
@@ -328,6 +401,8 @@ def test_rest_footprint(cluster: NodeCluster) -> None:
     assert rss / 2**20 < REST_RSS_BOUND_MIB
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_stop_restores_machine(cluster: NodeCluster,
                                machine_before: tuple[Path, dict[str, Any]]) -> None:
     root, before = machine_before
@@ -353,6 +428,8 @@ time.sleep(600)
 """
 
 
+@pytest.mark.e2e
+@pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 def test_cleanup_after_sigkill(tmp_path: Path, probe_image: Path, cluster: NodeCluster) -> None:
     """A SIGKILLed start leaves pods, shims, mounts, rules: the next start cleans them."""
     assert not cluster.node.is_running()  # the module's node is stopped by now
@@ -377,3 +454,44 @@ def test_cleanup_after_sigkill(tmp_path: Path, probe_image: Path, cluster: NodeC
     restored = cleanup_leftovers()
     print("restored:", restored)
     assert_same_machine(before, machine_state(tmp_path))
+
+
+# ----- pure parts (no node needed) -------------------------------------------------------------
+
+def test_unavailable_reason_names_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    reason = node_unavailable_reason()
+    assert reason is not None and "root" in reason and "uid 1000" in reason
+
+
+def test_image_tar_layout(tmp_path: Path) -> None:
+    import json
+    import tarfile
+
+    out = write_image_tar(tmp_path / "img.tar", "agentqueue.local/x:1",
+                          {"bin/x": (b"#!", 0o755)}, ["/bin/x"], ["serve"])
+    with tarfile.open(out) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest[0]["RepoTags"] == ["agentqueue.local/x:1"]
+        config = json.load(tar.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+        layer = tar.extractfile(manifest[0]["Layers"][0])
+        assert layer is not None
+        with tarfile.open(fileobj=layer) as inner:
+            member = inner.getmember("bin/x")
+            assert member.mode == 0o755 and member.mtime == 0
+    assert config["config"]["Entrypoint"] == ["/bin/x"]
+    assert config["config"]["Cmd"] == ["serve"]
+    # Deterministic: the same input gives the same bytes.
+    again = write_image_tar(tmp_path / "again.tar", "agentqueue.local/x:1",
+                            {"bin/x": (b"#!", 0o755)}, ["/bin/x"], ["serve"])
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_dns_reply_parsing() -> None:
+    header = (0x1234).to_bytes(2, "big") + bytes([0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0])
+    question = b"\x01a\x05local\x00" + bytes([0, 1, 0, 1])
+    answer = bytes([0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 0, 0, 1])
+    assert _parse_a_records(header + question + answer, 0x1234) == ["10.0.0.1"]
+    assert _parse_a_records(header + question + answer, 0x9999) == []  # not our query
+    refused = header[:3] + bytes([0x85]) + header[4:]
+    assert _parse_a_records(refused + question, 0x1234) == []
