@@ -411,21 +411,31 @@ class Node:
     def is_running(self) -> bool:
         return any(p.alive() for p in self._procs)
 
-    def import_image(self, tarball: Path) -> None:
-        """Import a docker-archive or OCI tarball into the node's image store (k8s.io)."""
+    def import_image(self, tarball: Path, base_name: str | None = None) -> list[str]:
+        """Import a docker-archive or OCI tarball into the node's image store (``k8s.io``).
+
+        An OCI archive whose refs are bare tags (``1.0``) needs `base_name`
+        (``agentqueue.local/operator``) to become ``agentqueue.local/operator:1.0``. Images are
+        kept across node restarts and never garbage-collected (kubelet's image GC is off).
+        Returns the image names now in the store.
+        """
         began = time.monotonic()
-        result = subprocess.run(
-            ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", "images",
-             "import", str(tarball)],
-            text=True, capture_output=True, check=False)
+        cmd = ["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", "images",
+               "import"]
+        if base_name:
+            cmd += ["--base-name", base_name]
+        result = subprocess.run([*cmd, str(tarball)], text=True, capture_output=True,
+                                check=False)
         if result.returncode != 0:
             raise NodeError(f"importing {tarball} failed: {result.stderr.strip()}")
         self._say(f"imported {Path(tarball).name} in {time.monotonic() - began:.1f}s")
+        return self.images()
 
     def images(self) -> list[str]:
         out = subprocess.run(["ctr", "--address", str(self.containerd_socket), "-n", "k8s.io",
                               "images", "ls", "-q"], text=True, capture_output=True, check=True)
-        return out.stdout.split()
+        # CRI also names each image by its config digest; those are not names to use.
+        return [n for n in out.stdout.split() if not n.startswith("sha256:")]
 
     # ----- internals -----------------------------------------------------------------------
 
