@@ -393,8 +393,10 @@ class Node:
         self._say(f"node processes stopped in {time.monotonic() - began:.1f}s")
         if control_plane is not None:
             control_plane.stop(timeout)
-        if not ours or record is None:
+        if record is None:
             return []
+        if not ours:  # another state dir's record: clean it only if it is a leftover
+            return [] if _record_live_pids(record) else _cleanup(record, self._say)
         return _cleanup(record, self._say)
 
     @classmethod
