@@ -496,7 +496,8 @@ def _ha_drill(plane: Plane, server: RedisServer, tmp_path: Path, lifetime: int |
             handover = (f"; the standby paused {(paused_at or back_at) - back_at:.1f}s after the "
                         f"restart, in-flight overlap {overlap:.3f}s")
             assert not started_late, f"the paused replica started work: {started_late}"
-            assert overlap < 2.0, "the paused replica kept working after the handover"
+            # docs/drills.md: measured 0.00 s; the bound is that figure + 0.5 s margin.
+            assert overlap <= 0.5, "the paused replica kept working after the handover"
         say(f"comeback: the restarted replica is {'active' if switched else 'the standby'}"
             f"{handover}; 'three' handled by the active replica only")
     finally:

@@ -116,7 +116,9 @@ def test_drift_is_repaired(operator: Any, kubectl: Any, namespace: str,
     r.delete(key, f"aq:{{{namespace}/drift/0}}:meta")
     r.acl_deluser(user)
     t0 = time.monotonic()
-    wait_for(lambda: r.exists(key) and r.acl_getuser(user), timeout=20, what="repair")
+    # One drift interval (--drift-interval 2s in tests) + 2 s margin.
+    wait_for(lambda: r.exists(key) and r.acl_getuser(user), timeout=4, interval=0.1,
+             what="repair")
     print(f"drift repaired after {time.monotonic() - t0:.2f}s")
     creds = secret_values(kubectl, namespace, "drift.worker")
     assert client_for(creds).ping()  # the old Secret still works
@@ -184,7 +186,8 @@ def test_rotation_keeps_old_password_for_grace(operator: Any, kubectl: Any, name
         except redis.AuthenticationError:
             return True
         return False
-    wait_for(old_rejected, timeout=20, what="old password removed after grace")
+    # gracePeriod 3 s (counted from before this wait) + a drift interval + 2 s margin.
+    wait_for(old_rejected, timeout=7, interval=0.1, what="old password removed after grace")
     assert client_for(new).ping()
 
 
