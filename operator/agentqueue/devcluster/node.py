@@ -16,7 +16,6 @@ by `cleanup_leftovers()` after a crash, from the snapshot in that record (see `h
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -38,7 +37,20 @@ import yaml
 from . import hostnet
 from .binaries import NodeBinaries, ensure_node_binaries
 from .controlplane import ControlPlane, _die_with_parent, _Process, _tail, free_ports
+from .noderecord import (
+    NodeError,
+    cleanup,
+    cleanup_leftovers,
+    live_pids,
+    read_record,
+    running_node,
+    start_time,
+    write_record,
+)
 from .pause import PAUSE_IMAGE, ensure_pause_image
+
+__all__ = ["Node", "NodeError", "cleanup_leftovers", "dns_query", "node_unavailable_reason",
+           "running_node"]
 
 Progress = Callable[[str], None]
 
@@ -57,10 +69,6 @@ PACKAGES_HINT = ("run scripts/bootstrap.sh (apt-get install containerd runc "
 _STOP_ORDER = ("kubelet", "kube-scheduler", "kube-proxy", "coredns", "containerd")
 _CAP_NET_ADMIN = 12
 _CAP_SYS_ADMIN = 21
-
-
-class NodeError(RuntimeError):
-    """The node cannot start here, another node runs, or cleanup left something behind."""
 
 
 def _say(msg: str) -> None:
@@ -105,146 +113,6 @@ def _run_ok(cmd: list[str]) -> bool:
                           check=False).returncode == 0
 
 
-# ----- the machine record ------------------------------------------------------------------
-
-def _read_record() -> dict[str, Any] | None:
-    try:
-        return dict(json.loads(hostnet.RECORD.read_text()))
-    except FileNotFoundError:
-        return None
-    except ValueError as exc:
-        raise NodeError(f"{hostnet.RECORD} is corrupt ({exc}); inspect and delete it") from exc
-
-
-def _write_record(record: dict[str, Any]) -> None:
-    hostnet.RECORD.parent.mkdir(parents=True, exist_ok=True)
-    tmp = hostnet.RECORD.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(hostnet.RECORD)
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _record_live_pids(record: dict[str, Any]) -> list[int]:
-    """Recorded processes still running, and the owner if it still holds the node."""
-    live = [p["pid"] for p in record.get("processes", [])
-            if _Process(p["name"], p["pid"], p["executable"]).alive()]
-    owner = record.get("owner", {})
-    if owner and not record.get("detached") and _start_time(owner["pid"]) == owner["start"]:
-        live.append(owner["pid"])
-    return live
-
-
-def running_node() -> dict[str, Any] | None:
-    """The record of the node running on this machine, if any (None if none or only leftovers)."""
-    record = _read_record()
-    return record if record and _record_live_pids(record) else None
-
-
-def cleanup_leftovers(progress: Progress | None = None) -> list[str]:
-    """Undo what a crashed node left (from `hostnet.RECORD`); returns what was restored.
-
-    Refuses while the recorded node still runs: stop it with `Node.stop()` instead.
-    """
-    record = _read_record()
-    if record is None:
-        return []
-    live = _record_live_pids(record)
-    if live:
-        raise NodeError(f"the node from {record['state_dir']} is still running (pids {live}); "
-                        f"stop it first (agentqueue dev down)")
-    say = progress or _say
-    say(f"cleaning up what a previous node left ({hostnet.RECORD})")
-    return _cleanup(record, say)
-
-
-def _cleanup(record: dict[str, Any], say: Progress) -> list[str]:
-    began = time.monotonic()
-    done: list[str] = []
-    errors: list[str] = []
-    state_dir = Path(record["state_dir"])
-
-    def step(name: str, fn: Callable[[], object]) -> None:
-        try:
-            result = fn()
-            if isinstance(result, list) and result:
-                done.append(f"{name}: {len(result)}")
-            elif isinstance(result, int) and result:
-                done.append(f"{name}: {result}")
-        except Exception as exc:  # noqa: BLE001 - every step runs; failures are reported
-            errors.append(f"{name}: {exc}")
-
-    procs = [_Process(p["name"], p["pid"], p["executable"]) for p in record.get("processes", [])]
-    def stop_procs() -> list[str]:
-        alive = [p for p in procs if p.alive()]
-        for p in alive:
-            p.stop(5.0)
-        return [p.name for p in alive]
-
-    step("processes", stop_procs)
-    sock = record.get("containerd_socket", "")
-    step("shims", lambda: _kill(hostnet.processes_matching(f"-address {sock}")) if sock else [])
-    step("pod processes", hostnet.kill_cgroup_tree)
-    step("cgroups", hostnet.remove_cgroups)
-    step("netns", lambda: hostnet.remove_new_netns(record["netns"]))
-    step("mounts", lambda: hostnet.unmount_under(
-        [str(state_dir), *hostnet.SIDE_PATHS], keep=record["mounts"]))
-    for family, tables in record["iptables_tables"].items():
-        step(f"{family}tables rules", functools.partial(hostnet.remove_owned_rules, family))
-        step(f"{family} tables",
-             functools.partial(hostnet.drop_new_empty_tables, family, tables))
-    step("bridge and routes", hostnet.remove_bridge_and_routes)
-    step("sysctls", lambda: _log_sysctls(hostnet.restore_sysctls(record["sysctls"]), say))
-    step("runtime state", lambda: _remove_runtime_state(state_dir, record))
-    if errors:
-        raise NodeError("node cleanup incomplete (the record is kept; run it again):\n  "
-                        + "\n  ".join(errors))
-    hostnet.RECORD.unlink(missing_ok=True)
-    say(f"machine restored in {time.monotonic() - began:.1f}s"
-        + (f" ({'; '.join(done)})" if done else ""))
-    return done
-
-
-def _kill(pids: list[int]) -> list[int]:
-    hostnet.kill_pids(pids)
-    return pids
-
-
-def _log_sysctls(changed: list[str], say: Progress) -> list[str]:
-    if changed:
-        say(f"sysctls restored: {', '.join(changed)}")
-    return changed
-
-
-def _safe_rmtree(path: Path) -> bool:
-    # Never recurse into a mount (a lazily detached one may still be listed).
-    prefix = str(path).rstrip("/") + "/"
-    if any(m == str(path) or m.startswith(prefix) for m in hostnet.mount_points()):
-        raise NodeError(f"{path} still has mounts; not removing it")
-    if path.exists():
-        shutil.rmtree(path)
-        return True
-    return False
-
-
-def _remove_runtime_state(state_dir: Path, record: dict[str, Any]) -> list[str]:
-    removed = []
-    sandboxes = state_dir / "containerd" / "state" / "io.containerd.grpc.v1.cri" / "sandboxes"
-    # CNI caches results per sandbox id outside our state dir (/var/lib/cni).
-    ids = os.listdir(sandboxes) if sandboxes.is_dir() else []
-    # Per-run state only: containerd's image store (containerd/root) is kept, so imported
-    # images survive a restart.
-    for sub in ("containerd/state", "kubelet", "cni/networks", "run", "pod-logs"):
-        if _safe_rmtree(state_dir / sub):
-            removed.append(sub)
-    return removed + hostnet.remove_side_files(state_dir, record.get("side_dirs", []), ids)
-
-
 # ----- the node ------------------------------------------------------------------------------
 
 class Node:
@@ -287,12 +155,12 @@ class Node:
         reason = node_unavailable_reason()
         if reason:
             raise NodeError(reason)
-        record = _read_record()
+        record = read_record()
         if record is not None:
             if record.get("state_dir") == str(self.state_dir) and \
                     record.get("owner", {}).get("pid") == os.getpid() and not self._procs:
                 return  # prepared by this process already
-            live = _record_live_pids(record)
+            live = live_pids(record)
             if live:
                 raise NodeError(
                     f"another node is running on this machine (state dir {record['state_dir']}, "
@@ -308,7 +176,7 @@ class Node:
             "version": 1,
             "state_dir": str(self.state_dir),
             "node_name": self.name,
-            "owner": {"pid": os.getpid(), "start": _start_time(os.getpid())},
+            "owner": {"pid": os.getpid(), "start": start_time(os.getpid())},
             "detached": False,
             "containerd_socket": str(self.containerd_socket),
             "processes": [],
@@ -319,7 +187,7 @@ class Node:
             "mounts": hostnet.mount_points(),
             "side_dirs": hostnet.side_dirs(),
         }
-        _write_record(record)  # before the first change: a crash from here on is undoable
+        write_record(record)  # before the first change: a crash from here on is undoable
         try:
             hostnet.create_cgroup_parent()
             hostnet.create_bridge()
@@ -330,7 +198,7 @@ class Node:
             if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
                 hostnet.set_sysctl("net.bridge.bridge-nf-call-iptables", "1")
         except BaseException:
-            _cleanup(record, self._say)
+            cleanup(record, self._say)
             raise
         self._say(f"host prepared in {time.monotonic() - began:.1f}s: bridge {hostnet.BRIDGE} "
                   f"{self.gateway_ip}/24, blackholes {', '.join(hostnet.BLACKHOLES)}, "
@@ -379,7 +247,7 @@ class Node:
         processes, then the control plane (its apiserver hangs ~15 s in shutdown once the
         bridge address is gone), then the machine's network and sysctls.
         """
-        record = _read_record()
+        record = read_record()
         ours = record is not None and record.get("state_dir") == str(self.state_dir)
         procs = self._procs or ([_Process(p["name"], p["pid"], p["executable"])
                                  for p in record.get("processes", [])]
@@ -396,13 +264,13 @@ class Node:
         if record is None:
             return []
         if not ours:  # another state dir's record: clean it only if it is a leftover
-            return [] if _record_live_pids(record) else _cleanup(record, self._say)
-        return _cleanup(record, self._say)
+            return [] if live_pids(record) else cleanup(record, self._say)
+        return cleanup(record, self._say)
 
     @classmethod
     def load(cls, progress: Progress | None = None) -> Node | None:
         """The node recorded on this machine (started by any process), or None."""
-        record = _read_record()
+        record = read_record()
         if record is None:
             return None
         node = cls(Path(record["state_dir"]), progress=progress, name=record["node_name"])
@@ -454,13 +322,13 @@ class Node:
         self._record_processes(detach)
 
     def _record_processes(self, detach: bool) -> None:
-        record = _read_record()
+        record = read_record()
         if record is None:
             raise NodeError(f"{hostnet.RECORD} vanished while the node was starting")
         record["processes"] = [{"name": p.name, "pid": p.pid, "executable": p.executable}
                                for p in self._procs]
         record["detached"] = detach
-        _write_record(record)
+        write_record(record)
 
     def _spawn_components(self, b: NodeBinaries, cp: ControlPlane, detach: bool) -> None:
         sd = self.state_dir
