@@ -5,7 +5,8 @@ A node changes machine-wide state: kubelet writes sysctls (``vm.overcommit_memor
 forwarding guard, containerd and kubelet make mounts, network namespaces and cgroups. Before
 the first change a *record* (`RECORD`, JSON, on tmpfs like everything it describes) snapshots
 the old sysctl values, which iptables tables and netns existed, and which paths did not
-exist; `cleanup()` works only from that record, so it also undoes what a crashed run left.
+exist; `noderecord.cleanup()` works only from that record, so it also undoes what a crashed
+run left. This module holds the primitives: snapshot, change, and undo.
 
 Safety of the network: pods live on `BRIDGE` (`POD_CIDR`); the whole pod supernet and the
 Service range have blackhole routes, so no packet for them ever takes the default route; a
