@@ -45,8 +45,10 @@ RECORD = Path(os.environ.get("AGENTQUEUE_NODE_RECORD", "/run/agentqueue/node.jso
 #: Pods' cgroups live under this parent in every hierarchy (kubelet ``cgroupRoot``).
 CGROUP_PARENT = "agentqueue"
 GUARD_CHAIN = "AQ-FORWARD"
-#: iptables chains owned by the node: kube-proxy/kubelet (KUBE-), CNI plugins (CNI-), ours.
-CHAIN_PREFIXES = ("KUBE-", "CNI-", "AQ-")
+#: iptables chains owned by the node: kube-proxy's and kubelet's (KUBE-) and ours. Not CNI-:
+#: our bridge network neither masquerades nor maps ports, so it makes none, and an image
+#: build's CNI network running beside the node keeps its chains.
+CHAIN_PREFIXES = ("KUBE-", "AQ-")
 #: Machine paths that containerd/CNI/kubelet use whatever their configuration says (shim
 #: sockets, the CNI result cache, kubelet's log symlinks). Cleanup removes only what the node
 #: put there, and directories that did not exist before, so another containerd sharing
