@@ -175,6 +175,19 @@ def remove_owned_rules(family: str) -> int:
     return removed
 
 
+def foreign_kube_chains() -> list[str]:
+    """KUBE-* chains present now (before our node starts they belong to someone else)."""
+    found = []
+    for family in _FAMILIES:
+        table = ""
+        for line in iptables_save(family).splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line.startswith(":KUBE-"):
+                found.append(f"{family} {table} {line[1:].split()[0]}")
+    return found
+
+
 def _owned_goto(parts: list[str]) -> bool:
     return "-g" in parts and _owned(parts[parts.index("-g") + 1])
 

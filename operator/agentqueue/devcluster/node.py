@@ -172,6 +172,13 @@ class Node:
             raise NodeError(f"interface {hostnet.BRIDGE} exists but no node owns it; "
                             f"remove it (ip link del {hostnet.BRIDGE}) if it is a leftover")
         hostnet.check_ranges_free()
+        # Our cleanup deletes every KUBE-* chain: refuse to share iptables with another
+        # Kubernetes (a kubeadm/k3s node on this machine).
+        foreign = hostnet.foreign_kube_chains()
+        if foreign:
+            raise NodeError(f"iptables already holds Kubernetes chains ({', '.join(foreign[:3])}"
+                            f"{'...' if len(foreign) > 3 else ''}): another Kubernetes runs on "
+                            f"this machine; a node here would remove its rules on stop")
         record = {
             "version": 1,
             "state_dir": str(self.state_dir),
