@@ -13,6 +13,7 @@ from agentqueue.planning.scaling import (
     ScaleObservation,
     ScalingParams,
     decide,
+    step_allowance,
 )
 
 # ---- backoff ------------------------------------------------------------------------
@@ -117,3 +118,91 @@ def test_fallback_decision_is_step_limited_and_keeps_last_active() -> None:
     d = decide(keep, ScaleObservation(0, None, last_active=50.0), ScaleHistory(), 200.0)
     assert (d.desired, d.last_active, d.reason) == (
         1, 50.0, "Redis unreadable: keeping 1 replicas")
+
+
+# ---- scaling: each rule's edges, by plain examples ------------------------------------
+# (the property tests in test_scaling.py find these only with many examples)
+
+BASE = ScalingParams(min_replicas=0, max_replicas=10, lag_per_replica=10, activation_lag=1,
+                     cooldown_s=30, up_window_s=0, up_step_percent=1000, down_window_s=0,
+                     down_step_percent=1000)
+
+
+def params(**kw: object) -> ScalingParams:
+    return ScalingParams(**{**BASE.__dict__, **kw})  # type: ignore[arg-type]
+
+
+def test_min_replicas_one_is_the_recommendation_without_work() -> None:
+    d = decide(params(min_replicas=1), ScaleObservation(3, 0), ScaleHistory(), 100.0)
+    assert (d.recommendation, d.desired) == (1, 1)
+    assert d.reason == "no work waiting → minReplicas 1"
+
+
+def test_cooldown_reason_counts_down() -> None:
+    d = decide(params(), ScaleObservation(2, 0, last_active=90.0), ScaleHistory(), 100.0)
+    assert d.desired == 1 and "cooldown 30s ends in 20s" in d.reason
+
+
+def test_one_waiting_message_marks_the_group_active() -> None:
+    d = decide(params(), ScaleObservation(1, 1, last_active=5.0), ScaleHistory(), 100.0)
+    assert d.last_active == 100.0
+
+
+def test_paused_decision_keeps_last_active_and_recommends_zero() -> None:
+    d = decide(params(), ScaleObservation(4, 50, last_active=42.0), ScaleHistory(), 100.0,
+               paused=True)
+    assert (d.desired, d.recommendation, d.last_active) == (0, 0, 42.0)
+
+
+@pytest.mark.parametrize("window", [0.5, 0.9])
+def test_sub_second_stabilization_windows_apply(window: float) -> None:
+    """Windows shorter than a second still hold (mutants: only windows above 1 s)."""
+    up = params(up_window_s=window)
+    d = decide(up, ScaleObservation(2, 90), ScaleHistory([(99.8, 2)]), 100.0)
+    assert (d.recommendation, d.desired) == (9, 2)
+    down = params(down_window_s=window)
+    d = decide(down, ScaleObservation(9, 20), ScaleHistory([(99.8, 9)]), 100.0)
+    assert (d.recommendation, d.desired) == (2, 9)
+    assert d.reason.endswith(f"held at 9 by the scale-down stabilization window ({window:g}s)")
+
+
+def test_windows_exclude_a_sample_exactly_at_their_start() -> None:
+    """A window of w seconds is (now - w, now]."""
+    h = ScaleHistory([(40.0, 1), (70.0, 6)])
+    assert h.lowest_since(40.0, 99) == 6 and h.highest_since(70.0, -1) == -1
+    assert h.highest_since(39.9, -1) == 6 and h.lowest_since(39.9, 99) == 1
+
+
+def test_scale_up_steps_round_up_and_down_steps_round_down() -> None:
+    """HPA rounding: 50% of 3 is 2 replicas up (ceil), 1 down (floor)."""
+    assert decide(params(up_step_percent=50), ScaleObservation(3, 100), ScaleHistory(),
+                  100.0).desired == 5
+    assert decide(params(down_step_percent=50), ScaleObservation(3, 10), ScaleHistory(),
+                  100.0).desired == 2
+    assert step_allowance(100, 50, up=False) == 50 and step_allowance(100, 50, up=True) == 50
+    assert step_allowance(3, 50, up=False) == 1 and step_allowance(3, 50, up=True) == 2
+
+
+def test_outside_min_max_is_said_in_the_reason() -> None:
+    d = decide(params(max_replicas=4, down_step_percent=10), ScaleObservation(20, 100),
+               ScaleHistory(), 100.0)
+    assert d.desired == 4 and d.reason.endswith("kept within [0, 4]")
+    d = decide(params(), ScaleObservation(3, 30), ScaleHistory(), 100.0)
+    assert "kept within" not in d.reason and "maxStepPercent" not in d.reason
+
+
+def test_history_record_keeps_exactly_the_samples_a_window_can_need() -> None:
+    h = ScaleHistory([(1.0, 5)])
+    h.record(2.0, 5, keep_s=100)
+    assert h.samples == [(2.0, 5)]  # an equal older value can never be a window's extreme
+    h = ScaleHistory([(10.0, 3), (15.0, 8)])
+    h.record(20.0, 5, keep_s=10)
+    assert h.samples == [(10.0, 3), (15.0, 8), (20.0, 5)]  # t == now - keep is kept
+    h.record(25.0, 5, keep_s=10)
+    assert h.samples == [(15.0, 8), (25.0, 5)]  # older than keep_s: dropped
+    h = ScaleHistory([(5.0, 3)])
+    h.record(5.0, 7, keep_s=10)
+    assert h.samples == [(5.0, 3), (5.0, 7)]  # two decisions in the same second
+    h = ScaleHistory([(1.0, 9), (50.0, 2)])  # 50.0: from a clock that went backwards
+    h.record(10.0, 4, keep_s=100)
+    assert h.samples == [(1.0, 9), (10.0, 4)]

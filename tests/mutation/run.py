@@ -8,8 +8,8 @@ redis-server, no apiserver; DESELECT the odd real-server test inside such a file
 
 mutmut only finds sources under ``src/``, so the run works in a copy laid out that way
 (``~/.cache/agentqueue/mutation``, or ``$AQ_MUTATION_WORK``). The copy is kept: mutmut
-caches each mutant's verdict per function, so a later run only tests what changed (and
-re-checks earlier survivors when the tests changed). Files are rewritten only when their
+caches each mutant's verdict per function, so a later run only tests what changed, then
+re-checks earlier survivors when the tests changed (unlisted ones first). Files are rewritten only when their
 content differs, which keeps mutmut's mtime-based cache valid across fresh clones.
 
 A survivor fails the run unless `tests/mutation/equivalent.txt` lists it with the reason
@@ -17,9 +17,9 @@ it is equivalent, or `tests/mutation/known-survivors.txt` lists it as a known ga
 still to write). Entries are keyed by module, function and the mutated line, not by
 mutmut's numbers (which shift when a function changes). Mutants that only change prose
 (a string literal holding a space: a message for people, never a key or a field name,
-wrapped in ``XX`` or upper-/lower-cased) are counted apart and never fail the run. ``--budget`` stops testing after that many seconds
-(what is left is tested on the next run, from the cache) and still judges the survivors
-found so far.
+wrapped in ``XX`` or upper-/lower-cased) are counted apart and never fail the run.
+``--budget`` stops testing after that many seconds (what is left is tested on the next
+run, from the cache) and still judges the survivors found so far.
 """
 
 from __future__ import annotations
@@ -258,6 +258,23 @@ def prose_only(key: str) -> bool:
         for x, y in changed)
 
 
+def recheck_survivors(work: Path, jobs: int, deadline: float | None) -> bool:
+    """Run earlier survivors again; True when all were re-checked."""
+    survivors = sorted(n for n, (_, c) in verdicts(work).items() if c == 0)
+    if not survivors:
+        return True
+    keys = describe(work, survivors)
+    listed_keys = set(listed(EQUIVALENT)) | set(listed(KNOWN))
+    survivors = [n for n in survivors if keys[n] not in listed_keys and not prose_only(keys[n])]\
+        + [n for n in survivors if keys[n] in listed_keys and not prose_only(keys[n])]
+    say(f"tests changed: re-checking {len(survivors)} earlier survivors")
+    for i in range(0, len(survivors), 100):
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        mutmut(work, survivors[i:i + 100], jobs, deadline)
+    return deadline is None or time.monotonic() <= deadline
+
+
 def unlisted_pure_modules() -> list[str]:
     known = set(MODULES)
     return sorted(str(p.relative_to(ROOT)) for p in (PACKAGE / "planning").glob("*.py")
@@ -272,6 +289,8 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="forget cached verdicts")
     ap.add_argument("--print-survivors", action="store_true",
                     help="print every survivor's key (to triage into equivalent.txt)")
+    ap.add_argument("--record-known", metavar="REASON",
+                    help="append every unlisted survivor to known-survivors.txt with REASON")
     ap.add_argument("--report", action="store_true",
                     help="judge the cached verdicts without running mutmut")
     opts = ap.parse_args()
@@ -284,17 +303,7 @@ def main() -> int:
     for path in unlisted_pure_modules():
         say(f"note: {path} is not in MODULES of tests/mutation/run.py")
     tests_hash = prepare(work)
-    before = verdicts(work)
     stamp = work / "tests.sha256"
-    if opts.report:
-        pass
-    elif stamp.is_file() and stamp.read_text() != tests_hash:
-        # mutmut keeps verdicts per function; a changed test can kill an old survivor.
-        again = [n for n, (_, c) in before.items() if c == 0]
-        if again:
-            say(f"tests changed: re-checking {len(again)} earlier survivors")
-            for i in range(0, len(again), 200):
-                mutmut(work, again[i:i + 200], opts.jobs, deadline)
     if not opts.report:
         say(f"mutmut over {len(MODULES)} modules with {len(TESTS)} test files, "
             f"{opts.jobs} jobs")
@@ -302,8 +311,14 @@ def main() -> int:
         if rc not in (0, None) and (deadline is None or time.monotonic() < deadline):
             say(f"mutmut failed (exit {rc})")
             return 1
-        stamp.write_text(tests_hash)
-
+        if not stamp.is_file() or stamp.read_text() != tests_hash:
+            # mutmut keeps verdicts per function, so a changed test could kill an earlier
+            # survivor unnoticed: re-check them, unlisted ones first, as time allows.
+            if recheck_survivors(work, opts.jobs, deadline):
+                stamp.write_text(tests_hash)
+            else:
+                say("time budget used up before every earlier survivor was re-checked "
+                    "(the next run goes on)")
     results = verdicts(work)
     wanted = {m.replace("operator/", "src/", 1) for m in MODULES}
     results = {n: v for n, v in results.items() if str(v[0]) in wanted}
@@ -330,6 +345,12 @@ def main() -> int:
     if opts.print_survivors:
         for n in bad:
             print(keys[n])
+    if opts.record_known and new:
+        with KNOWN.open("a") as f:
+            for n in new:
+                f.write(f"{keys[n]}  # {opts.record_known}\n")
+        say(f"recorded {len(new)} survivors in {KNOWN.name}")
+        new = []
     for key in stale:
         say(f"listed but no longer surviving (remove it from equivalent.txt): {key}")
     if new:
