@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from agentqueue import keys
 from agentqueue.client.backoff import RetryPolicy, backoff_ms
 from agentqueue.models.group import ScalingSpec
 from agentqueue.planning.scaling import (
@@ -206,3 +207,19 @@ def test_history_record_keeps_exactly_the_samples_a_window_can_need() -> None:
     h = ScaleHistory([(1.0, 9), (50.0, 2)])  # 50.0: from a clock that went backwards
     h.record(10.0, 4, keep_s=100)
     assert h.samples == [(1.0, 9), (10.0, 4)]
+
+
+# ---- keys ---------------------------------------------------------------------------
+
+def test_static_keys_list_each_priority_level_once() -> None:
+    """Level 0 is the plain queue key; levels 1..n-1 get their own key, once each."""
+    p = keys.PartitionKeys("ns", "q", 2)
+    q = p.queue_key
+    base = [q, p.dead_letter, p.retry, p.meta, p.stats]
+    assert p.all_static() == base
+    assert p.all_static(3) == [q, f"{q}:1", f"{q}:2", *base[1:]]
+    assert len(set(p.all_static(5))) == len(p.all_static(5)) == 5 + 4
+
+
+def test_scan_pattern_is_the_acl_pattern() -> None:
+    assert keys.queue_scan_pattern("ns", "q") == keys.queue_key_pattern("ns", "q") == "aq:{ns/q/*"
