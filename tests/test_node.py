@@ -487,6 +487,35 @@ def test_image_tar_layout(tmp_path: Path) -> None:
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_removal_script_touches_only_node_chains() -> None:
+    saved = textwrap.dedent("""\
+        *nat
+        :PREROUTING ACCEPT [0:0]
+        :POSTROUTING ACCEPT [0:0]
+        :KUBE-SERVICES - [0:0]
+        :DOCKER - [0:0]
+        -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+        -A PREROUTING -j DOCKER
+        -A KUBE-SERVICES -d 10.0.0.1/32 -j KUBE-SVC-X
+        COMMIT
+        *filter
+        :FORWARD ACCEPT [0:0]
+        -A FORWARD -j ACCEPT
+        COMMIT
+        *mangle
+        :FORWARD ACCEPT [0:0]
+        :AQ-FORWARD - [0:0]
+        -A FORWARD -g AQ-FORWARD
+        COMMIT
+        """)
+    assert hostnet.removal_script(saved) == [
+        "*nat",
+        '-D PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        "-F KUBE-SERVICES", "-X KUBE-SERVICES", "COMMIT",
+        "*mangle", "-D FORWARD -g AQ-FORWARD", "-F AQ-FORWARD", "-X AQ-FORWARD", "COMMIT",
+    ]
+
+
 def test_dns_reply_parsing() -> None:
     header = (0x1234).to_bytes(2, "big") + bytes([0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0])
     question = b"\x01a\x05local\x00" + bytes([0, 1, 0, 1])

@@ -150,9 +150,19 @@ def _owned(chain: str) -> bool:
 
 def remove_owned_rules(family: str) -> int:
     """Delete every rule in or jumping to a node-owned chain, then those chains."""
-    saved = iptables_save(family)
+    script = removal_script(iptables_save(family))
+    if script:
+        _run([_FAMILIES[family][2], "--noflush"], input="\n".join(script) + "\n")
+    return sum(1 for line in script if line.startswith(("-D ", "-X ")))
+
+
+def removal_script(saved: str) -> list[str]:
+    """``iptables-restore --noflush`` input undoing the node's rules in `saved` (pure).
+
+    Jumps into node-owned chains from other chains are deleted rule by rule (their exact
+    text, as saved); node-owned chains are flushed, then deleted. Nothing else is touched.
+    """
     script: list[str] = []
-    removed = 0
     table = ""
     deletes: list[str] = []
     chains: list[str] = []
@@ -161,18 +171,18 @@ def remove_owned_rules(family: str) -> int:
             if table and (deletes or chains):
                 script += [f"*{table}", *deletes, *(f"-F {c}" for c in chains),
                            *(f"-X {c}" for c in chains), "COMMIT"]
-                removed += len(deletes) + len(chains)
             table, deletes, chains = line[1:], [], []
         elif line.startswith(":") and _owned(line[1:].split()[0]):
             chains.append(line[1:].split()[0])
         elif line.startswith("-A "):
             parts = line.split()
-            target = parts[parts.index("-j") + 1] if "-j" in parts else ""
-            if not _owned(parts[1]) and (_owned(target) or _owned_goto(parts)):
+            if not _owned(parts[1]) and (_owned(_arg(parts, "-j")) or _owned(_arg(parts, "-g"))):
                 deletes.append("-D " + line[3:])
-    if script:
-        _run([_FAMILIES[family][2], "--noflush"], input="\n".join(script) + "\n")
-    return removed
+    return script
+
+
+def _arg(parts: list[str], flag: str) -> str:
+    return parts[parts.index(flag) + 1] if flag in parts else ""
 
 
 def foreign_kube_chains() -> list[str]:
@@ -186,10 +196,6 @@ def foreign_kube_chains() -> list[str]:
             elif line.startswith(":KUBE-"):
                 found.append(f"{family} {table} {line[1:].split()[0]}")
     return found
-
-
-def _owned_goto(parts: list[str]) -> bool:
-    return "-g" in parts and _owned(parts[parts.index("-g") + 1])
 
 
 def drop_new_empty_tables(family: str, tables_before: Iterable[str]) -> list[str]:
