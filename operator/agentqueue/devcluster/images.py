@@ -36,7 +36,7 @@ from . import binaries, ocitar
 Progress = Callable[[str], None]
 
 #: Bump when the way an image is made changes (invalidates every cached tarball).
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "3"
 SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -179,12 +179,16 @@ def _prune(prefix: str, keep: Path, keep_local: str | None = None) -> None:
     older tags of it (best effort: a tag another image is built FROM stays until that one
     goes). Untagged intermediate images stay: they are the layer cache of the next build."""
     current = keep.stem.rsplit("-", 1)[-1]  # the input hash's first 12 hex digits
+    # Another process may still use an older one (a test importing it, a retag): only
+    # tarballs untouched for an hour go.
+    stale = time.time() - 3600
     for old in cache_dir().glob(f"{prefix}-*.tar"):
         # <prefix>-<hash>.tar, or <prefix>-tag-<tag>-<hash>.tar from retag()
-        if old != keep and not old.stem.endswith(f"-{current}"):
+        if old != keep and not old.stem.endswith(f"-{current}") \
+                and old.stat().st_mtime < stale:
             old.unlink(missing_ok=True)
     for old in (cache_dir() / "logs").glob(f"{prefix}-*.log"):
-        if not old.stem.endswith(f"-{current}"):
+        if not old.stem.endswith(f"-{current}") and old.stat().st_mtime < stale:
             old.unlink(missing_ok=True)
     if keep_local is None:
         return
@@ -210,11 +214,61 @@ Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 
+# As Debian's -slim images: no docs (but their copyright files), man pages or translations,
+# now and in what a later `apt-get install` on this base adds (the redis image).
+_DPKG_SLIM = """path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+"""
+
+
+def _slim(rootfs: Path) -> None:
+    (rootfs / "etc/dpkg/dpkg.cfg.d/agentqueue-slim").write_text(_DPKG_SLIM)
+    for rel in ("usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/groff",
+                "usr/share/lintian", "usr/share/linda"):
+        for child in (rootfs / rel).glob("*"):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    for path in sorted((rootfs / "usr/share/doc").rglob("*"), reverse=True):
+        if path.name == "copyright" or (path.is_dir() and any(path.iterdir())):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            path.rmdir()
+        else:
+            path.unlink()
+
+
 # Left by debootstrap from the host or by apt, and not part of an image: the runtime
 # provides hostname and resolv.conf; lists and caches are re-fetched by whoever needs them.
 _BASE_DROP = ("etc/hostname", "etc/resolv.conf", "etc/apt/sources.list", "var/cache/apt",
               "var/lib/apt/lists", "var/log", "var/cache/debconf/templates.dat-old",
-              "var/lib/dpkg/status-old", "etc/machine-id", "root/.bash_history")
+              "var/lib/dpkg/status-old", "etc/machine-id", "root/.bash_history",
+              # ldconfig's cache of inodes and ctimes: the one file two builds disagree on
+              "var/cache/ldconfig/aux-cache")
+
+
+def _fix_shadow_dates(rootfs: Path) -> None:
+    """The "last password change" day of every account is the build's day: use the epoch's
+    (what Debian's debuerreotype does), so a rebuild on another day gives the same bytes."""
+    day = str(BASE_EPOCH // 86400)
+    for name in ("etc/shadow", "etc/shadow-"):
+        path = rootfs / name
+        if not path.is_file():
+            continue
+        lines = []
+        for line in path.read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2]:
+                fields[2] = day
+            lines.append(":".join(fields))
+        path.write_text("\n".join(lines) + "\n")
 
 
 def ensure_base(progress: Progress | None = None) -> ImageRef:
@@ -250,6 +304,7 @@ def _build_base(ref: ImageRef, recipe: dict[str, object], say: Progress) -> None
     (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(
         _BASE_SOURCES.format(mirror=mirror, security=security, suite=SUITE))
     (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
+    _slim(rootfs)
     say(f"base image: debootstrap done in {time.monotonic() - start:.0f}s; "
         "applying bookworm-security/updates")
     t = time.monotonic()
@@ -273,6 +328,7 @@ def _build_base(ref: ImageRef, recipe: dict[str, object], say: Progress) -> None
         else:
             path.unlink(missing_ok=True)
     (rootfs / "etc/machine-id").write_text("")  # systemd's "uninitialised" marker
+    _fix_shadow_dates(rootfs)
     version = (rootfs / "etc/debian_version").read_text().strip()
     say(f"base image: upgraded in {time.monotonic() - t:.0f}s (Debian {version}); "
         "writing the tarball")
@@ -296,7 +352,7 @@ def _build_base(ref: ImageRef, recipe: dict[str, object], say: Progress) -> None
     ocitar.write_docker_archive(ref.tarball, layers=[layer], config=config,
                                 repo_tags=[ref.name])
     ocitar.remove_tree(work)
-    _prune("agentqueue-base", ref.tarball)
+    _prune("agentqueue-base", ref.tarball, ref.local)
     say(f"base image {ref.name}: ready in {time.monotonic() - start:.0f}s "
         f"({_size_mb(ref.tarball)})")
 
