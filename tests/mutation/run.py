@@ -69,6 +69,7 @@ TESTS = [
     "tests/test_slo_plan.py",
     "tests/test_properties.py",
     "tests/test_promises.py",
+    "tests/test_codec_limits.py",
 ]
 
 # Tests inside those files that need a real server.
