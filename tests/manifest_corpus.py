@@ -246,3 +246,42 @@ VALID: list[dict[str, Any]] = [
     cg({"queueRef": {"name": "minimal"}, "scaleTargetRef": {"name": "agent"}}, name="workers"),
     rp({"maxLength": 1000, "selector": {"matchLabels": {"tier": "standard"}}}, name="standard"),
 ]
+
+# Appended (issue 14, hostile tenants): bounds on what one object may cost, and
+# malformed references, refused by the apiserver with the exact text.
+INVALID += [
+    Case("cg-poll-interval-zero", cg({**Q, "scaling": {"pollInterval": "0s"}}),
+         ["spec.scaling.pollInterval", "scaling.pollInterval must be at least 200ms"]),
+    Case("cg-poll-interval-below-minimum", cg({**Q, "scaling": {"pollInterval": "199ms"}}),
+         ["spec.scaling.pollInterval", "scaling.pollInterval must be at least 200ms"]),
+    Case("cg-target-api-version-malformed",
+         cg({**Q, "scaleTargetRef": {"apiVersion": "apps/v1/extra", "name": "w"}}),
+         ["spec.scaleTargetRef.apiVersion", "should match"]),
+    Case("cg-target-kind-malformed",
+         cg({**Q, "scaleTargetRef": {"kind": "deployment", "name": "w"}}),
+         ["spec.scaleTargetRef.kind", "should match"]),
+    Case("aq-partitions-times-access",
+         aq({"partitions": 33, "access": {"consumers": [{"name": f"c{i}"} for i in range(32)]}}),
+         ["spec.access", "partitions x access entries must be at most 1024"]),
+    Case("aq-schema-too-many-keys", aq({"schema": {f"k{i}": {} for i in range(257)}}),
+         ["spec.schema", "must have at most 256 items"]),
+    Case("rp-interval-below-minimum", rp({"maxLength": 5, "interval": "500ms"}),
+         ["spec.interval", "interval must be at least 1s"]),
+]
+
+SEMANTIC += [
+    SemanticCase("aq-redis-url-bad-port",
+                 [secret("badport", url="redis://127.0.0.1:99999"),
+                  aq({"redis": {"secretRef": {"name": "badport"}}})],
+                 "RedisSecretInvalid", ["Secret 'badport': url has an invalid port "
+                                        "(expected a number from 1 to 65535)"]),
+    SemanticCase("aq-redis-link-local",
+                 [secret("metadata", url="redis://169.254.169.254:6379"),
+                  aq({"redis": {"secretRef": {"name": "metadata"}}})],
+                 "RedisAddressRefused", ["169.254.169.254 is in 169.254.0.0/16"]),
+    SemanticCase("aq-secret-conflict",
+                 [secret("sc.worker", REDIS_PASSWORD="mine"),
+                  aq({"access": {"consumers": [{"name": "worker"}]}}, name="sc")],
+                 "SecretConflict", ["Secret 'sc.worker' exists and was not created by the "
+                                    "operator for this queue; it is left untouched"]),
+]
