@@ -179,3 +179,32 @@ async def test_ack_only_after_the_retry_exists(lib: RedisClient) -> None:
     # Not pending any more (acked): a second nack neither acks nor writes.
     assert await functions.nack(lib, P, GROUP, entry, due_ms=7, error="e") is False
     assert await lib.zcard(P.retry) == 1
+
+
+async def test_upgrade_keeps_working_with_users_of_the_previous_operator(
+        lib: RedisClient, redis_target: RedisTarget) -> None:
+    """Library 5 is loaded at the first reconcile of any queue on a server; users of
+    other queues get TYPE at their own reconcile. Meanwhile their calls still work
+    (the type check is skipped, the write itself refuses a wrong type)."""
+    assert functions.LIBRARY_VERSION == "5"
+    name, password = acl_username("tenant", "jobs", "old"), users.new_password()
+    old_rules = [r.replace(" +type", "") for r in acl_rules(
+        Role.CONSUMER, "tenant", "jobs", QueueType.STREAM, 1) if r != "+type"]
+    assert not any("+type" in r for r in old_rules)
+    await users.ensure_user(lib, name, old_rules, [users.sha256_hex(password)])
+    old = await connection.connect(RedisTarget(redis_target.url, name, password))
+    try:
+        entry = await _pending_one(lib)
+        assert await functions.nack(old, P, GROUP, entry, due_ms=1, error="e")
+        assert await functions.promote(old, P, now_ms=2) == 1
+        entry = await _pending_one(lib)
+        assert await functions.deadletter(old, P, GROUP, entry, "c1", "e", 1, 1)
+        # a wrong type is still refused by the write, before the XACK
+        entry = await _pending_one(lib)
+        await lib.delete(P.retry)
+        await lib.set(P.retry, "x")
+        with pytest.raises(RedisSpecError, match="WRONGTYPE"):
+            await functions.nack(old, P, GROUP, entry, due_ms=1, error="e")
+        assert entry in await _pending_ids(lib)
+    finally:
+        await connection.close_client(old)

@@ -442,3 +442,28 @@ def test_a_workload_owned_by_another_controller_is_not_scaled(
         "Deployment/owned is controlled by ConfigMap/owner; agentqueue does not scale it")
     time.sleep(1.0)
     assert (get_obj(kubectl, "deployment", "owned", namespace) or {})["spec"]["replicas"] == 2
+
+
+def test_a_queue_at_the_bounds_is_served_and_deletable(hostile_operator: OperatorProcess,
+                                                       kubectl: Any, namespace: str,
+                                                       operator_redis: Any) -> None:
+    """256 partitions x 4 access entries (the 1024 bound) with a schema at the operator's
+    limit: Ready, no loop, bounded logs, deleted (with its data) without waiting."""
+    r = admin(operator_redis)
+    log_before = len(hostile_operator.log_text())
+    started = time.monotonic()
+    apply(kubectl, namespace, queue("wide", partitions=256, deletionPolicy="Delete",
+                                    schema=_schema(MAX_SCHEMA_BYTES),
+                                    access={"consumers": [{"name": f"c{i}"} for i in range(4)]}))
+    wait_ready(kubectl, "agentqueues", "wide", namespace, timeout=90)
+    ready_s = time.monotonic() - started
+    time.sleep(6)  # three drift checks
+    grown = len(hostile_operator.log_text()) - log_before
+    print(f"256 x 4 queue Ready after {ready_s:.1f}s; log grew {grown} bytes")
+    assert ready_s < 60.0
+    assert grown < 200_000
+    assert r.exists(f"aq:{{{namespace}/wide/255}}:meta") == 1
+    started = time.monotonic()
+    kubectl("delete", "agentqueues", "wide", "-n", namespace, "--wait=true", "--timeout=60s")
+    print(f"deleted in {time.monotonic() - started:.1f}s")
+    assert r.exists(f"aq:{{{namespace}/wide/255}}:meta") == 0
