@@ -238,7 +238,8 @@ class KubeGateway:
             raise KubeNotFound(f"no API serves {kind} in {api_version}") from None
         try:
             obj = await self._call(self._dynamic.get, resource, name=name, namespace=namespace)
-        except KubeNotFound:
+        except (KubeNotFound, KubeForbidden):
+            # Absent, or RBAC grants only its /scale (extraScaleTargets): cannot tell.
             return None
         data = cast(dict[str, Any], obj.to_dict())
         for ref in ((data.get("metadata") or {}).get("ownerReferences") or []):
