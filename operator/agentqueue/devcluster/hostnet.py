@@ -8,8 +8,10 @@ the old sysctl values, which iptables tables and netns existed, and which paths 
 exist; `noderecord.cleanup()` works only from that record, so it also undoes what a crashed
 run left. This module holds the primitives: snapshot, change, and undo.
 
-Safety of the network: pods live on `BRIDGE` (`POD_CIDR`); the whole pod supernet and the
-Service range have blackhole routes, so no packet for them ever takes the default route; a
+Safety of the network: pods live on `BRIDGE` (`POD_CIDR`); the Service range is routed to
+the bridge too (so the host's own connections to a cluster IP get a route, and kube-proxy's
+OUTPUT rules turn them into pod addresses), and the rest of the pod supernet has a blackhole
+route, so no packet for either range ever takes the default route; a
 mangle-table guard (evaluated before kube-proxy's filter rules) drops anything forwarded
 between the bridge and any other interface, so pods reach the host and each other only.
 """
@@ -38,7 +40,11 @@ POD_SUPERNET = "10.244.0.0/16"
 POD_CIDR = "10.244.0.0/24"
 GATEWAY_IP = "10.244.0.1"
 SERVICE_CIDR = certs.SERVICE_CLUSTER_IP_RANGE
-BLACKHOLES = (POD_SUPERNET, SERVICE_CIDR)
+BLACKHOLES = (POD_SUPERNET,)
+#: Ranges routed onto the bridge (besides `POD_CIDR`, which is on-link): the Service range.
+#: A blackhole here would make the host's connect() to a cluster IP fail before kube-proxy's
+#: OUTPUT DNAT runs; a packet for an unused cluster IP now dies on the bridge, on this machine.
+BRIDGE_ROUTES = (SERVICE_CIDR,)
 #: The record of the one node this machine may run (tmpfs: gone with a reboot, as is
 #: everything it describes). Overridable for tests of the record logic only.
 RECORD = Path(os.environ.get("AGENTQUEUE_NODE_RECORD", "/run/agentqueue/node.json"))
@@ -253,7 +259,7 @@ def routes() -> list[dict[str, Any]]:
 
 def check_ranges_free() -> None:
     """Refuse when any route already covers our pod or Service ranges (another CNI, a VPN)."""
-    ours = [ipaddress.ip_network(n) for n in BLACKHOLES]
+    ours = [ipaddress.ip_network(n) for n in (*BLACKHOLES, *BRIDGE_ROUTES)]
     for r in routes():
         dst = r.get("dst", "")
         if dst in ("default", "") or r.get("table") == "local" or ":" in dst:
@@ -276,10 +282,15 @@ def create_bridge() -> None:
     _run(["ip", "link", "set", BRIDGE, "up"])
     for net in BLACKHOLES:
         _run(["ip", "route", "add", "blackhole", net])
+    for net in BRIDGE_ROUTES:
+        _run(["ip", "route", "add", net, "dev", BRIDGE, "src", GATEWAY_IP])
 
 
 def remove_bridge_and_routes() -> list[str]:
     done: list[str] = []
+    for net in BRIDGE_ROUTES:  # gone with the bridge anyway; explicit for a clear report
+        if _run(["ip", "route", "del", net, "dev", BRIDGE], check=False).returncode == 0:
+            done.append(f"route {net} dev {BRIDGE}")
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         _run(["ip", "link", "del", BRIDGE], check=False)
         done.append(f"bridge {BRIDGE}")

@@ -208,7 +208,8 @@ class Node:
             cleanup(record, self._say)
             raise
         self._say(f"host prepared in {time.monotonic() - began:.1f}s: bridge {hostnet.BRIDGE} "
-                  f"{self.gateway_ip}/24, blackholes {', '.join(hostnet.BLACKHOLES)}, "
+                  f"{self.gateway_ip}/24, Services {', '.join(hostnet.BRIDGE_ROUTES)} on it, "
+                  f"blackholes {', '.join(hostnet.BLACKHOLES)}, "
                   f"forward guard")
 
     def start(self, control_plane: ControlPlane, timeout: float = 90.0, *,

@@ -78,12 +78,22 @@ def _stop_flag() -> Callable[[], bool]:
     return lambda: stop
 
 
-def _apply_crds(kubectl: list[str]) -> None:
-    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(crds_dir())], check=True,
-                   stdout=subprocess.DEVNULL)
+def _apply_crds(kubectl: list[str], directory: Path | None = None) -> None:
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(directory or crds_dir())],
+                   check=True, stdout=subprocess.DEVNULL)
     subprocess.run([*kubectl, "wait", "--for=condition=Established", "--timeout=60s",
                     "crd", "-l", "app.kubernetes.io/part-of=agentqueue"], check=True,
                    stdout=subprocess.DEVNULL)
+
+
+def _checked(cmd: list[str], what: str) -> None:
+    got = subprocess.run(cmd, capture_output=True, text=True)
+    if got.returncode != 0:
+        raise StackError(f"{what} failed: {(got.stderr or got.stdout).strip()[-2000:]}")
+
+
+class StackError(RuntimeError):
+    """A step of the stack failed; the message says which and why (no traceback)."""
 
 
 class _Steps:
@@ -123,7 +133,9 @@ def serve_node(root: Path) -> None:
         for ref in (built["operator"], built["redis"], built["agent"], alt):
             step(f"import {ref.name}", functools.partial(node.import_image, ref.tarball))
         kubectl = [str(binaries.kubectl), "--kubeconfig", str(plane.kubeconfig)]
-        step("CRDs", lambda: _apply_crds(kubectl))
+        # The chart's CRDs (ours + kopf's peering), server-side first: the documented upgrade
+        # path, since Helm never upgrades crds/ (hence --skip-crds below).
+        step("CRDs", lambda: _apply_crds(kubectl, inkube.CHART / "crds"))
         password = inkube.new_password()
         step("namespace " + inkube.RELEASE_NAMESPACE, lambda: subprocess.run(
             [*kubectl, "create", "namespace", inkube.RELEASE_NAMESPACE], check=True,
@@ -139,8 +151,8 @@ def serve_node(root: Path) -> None:
         helm_args = inkube.helm_install_args(
             inkube.OperatorImage(operator.repository, operator.tag))
         helm = [str(binaries.helm), "--kubeconfig", str(plane.kubeconfig)]
-        step("operator (helm install, waits for the pod to be Ready)", lambda: subprocess.run(
-            [*helm, *helm_args], check=True, stdout=subprocess.DEVNULL))
+        step("operator (helm install, waits for the pod to be Ready)",
+             lambda: _checked([*helm, *helm_args], "helm install"))
         metrics_ip = inkube.cluster_ip(kubectl, inkube.RELEASE_NAMESPACE,
                                        _metrics_service(kubectl))
         ready = {
@@ -165,8 +177,9 @@ def serve_node(root: Path) -> None:
             time.sleep(0.5)
     finally:
         (root / READY_FILE).unlink(missing_ok=True)
-        node.stop()
-        plane.stop()
+        # Node processes, then the control plane while its address (the bridge) exists,
+        # then the machine restored.
+        node.stop(control_plane=plane)
 
 
 def _metrics_service(kubectl: list[str]) -> str:
@@ -418,15 +431,15 @@ def down() -> int:
             time.sleep(0.2)
         if running_pid(root):
             os.kill(pid, signal.SIGKILL)
-    # Whatever a killed supervisor left: the node's changes to the machine, then the plane.
-    from .node import cleanup_leftovers, running_node
-    record = running_node()
-    if record is not None and Path(record.get("state_dir", "/")).is_relative_to(root):
-        for line in cleanup_leftovers(_say):
-            _say(line)
+    # Whatever a killed supervisor left: the control plane first (while the bridge it binds
+    # still exists), then the node's changes to the machine, from the node's record.
     if (root / "k8s").exists():
         with contextlib.suppress(FileNotFoundError, ValueError, OSError):
             ControlPlane.load(root / "k8s").stop()
+    from .node import NodeError, cleanup_leftovers
+    with contextlib.suppress(NodeError):  # a node of another stack is still running
+        for line in cleanup_leftovers(_say):
+            _say(line)
     import shutil
     shutil.rmtree(root, ignore_errors=True)
     _say("the local stack is stopped and its state removed")
@@ -438,4 +451,8 @@ if __name__ == "__main__":
     parser.add_argument("action", choices=["serve", "serve-node"])
     parser.add_argument("root")
     args = parser.parse_args()
-    (serve_node if args.action == "serve-node" else serve)(Path(args.root))
+    try:
+        (serve_node if args.action == "serve-node" else serve)(Path(args.root))
+    except (StackError, subprocess.CalledProcessError) as exc:
+        _say(f"the stack failed: {exc}")
+        sys.exit(1)
