@@ -51,3 +51,12 @@ async def test_send_peek_and_dlq_cycle(redis_server: Any, redis_client: Any) -> 
     assert replayed.returncode == 0 and "replayed" in replayed.stdout
     assert await redis_client.xlen(part.dead_letter) == 0
     assert await redis_client.xlen(part.queue_key) == 2
+
+
+def test_via_address_replaces_only_host_and_port() -> None:
+    from agentqueue.tools_cli import via_address
+
+    assert via_address("redis://redis.ns.svc.cluster.local:6379/0", "10.0.0.5:6379") == \
+        "redis://10.0.0.5:6379/0"
+    assert via_address("rediss://u:p@name:6380/2?x=1", "127.0.0.1:16380") == \
+        "rediss://u:p@127.0.0.1:16380/2?x=1"

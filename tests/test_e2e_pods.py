@@ -295,6 +295,25 @@ def test_quickstart_work_starts_agents_that_drain_it_and_stop(stack: Stack) -> N
     print(f"quickstart: back at zero pods {time.monotonic() - t0:.1f}s after the send")
 
 
+def test_readme_cli_lines_work_on_the_node(stack: Stack) -> None:
+    """The README's lines after `make dev-up`, in a shell that ran `agentqueue dev env`."""
+    exports = _cli("dev", "env", env=stack.env)
+    assert exports.returncode == 0, exports.stderr
+    env = dict(stack.env)
+    for line in exports.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value.replace("$PATH", stack.env.get("PATH", ""))
+    assert env["AGENTQUEUE_REDIS_ADDRESS"] == urlsplit(stack.ready["redis_url"]).netloc \
+        .rpartition("@")[2]
+    sent = _cli("send", "billing", '{"ticket": 1}', env=env, timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    status = _cli("status", env=env, timeout=60)
+    assert status.returncode == 0 and "billing" in status.stdout, status.stdout + status.stderr
+    got = subprocess.run(["kubectl", "get", "aq,cg,rp"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert got.returncode == 0 and "billing-agents" in got.stdout, got.stderr
+
+
 def test_force_deleted_consumer_pod_loses_nothing(stack: Stack, namespace: str) -> None:
     apply(stack, namespace, work_manifests("work", work_ms=100, max_replicas=2))
     ready(stack, "agentqueues", "work", namespace)

@@ -111,7 +111,22 @@ def _redis_env(args: argparse.Namespace) -> dict[str, str]:
         raise SystemExit(f"AgentQueue {ns}/{args.queue} has no access entry to use; "
                          "pass --redis-url")
     secret = core.read_namespaced_secret(wanted[0]["secretName"], ns)
-    return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    env = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+    address = getattr(args, "redis_address", None) or os.environ.get("AGENTQUEUE_REDIS_ADDRESS")
+    if address and env.get("REDIS_URL"):
+        env["REDIS_URL"] = via_address(env["REDIS_URL"], address)
+    return env
+
+
+def via_address(url: str, address: str) -> str:
+    """``url`` with its host and port replaced by ``address`` (``host:port``): the Secret
+    names Redis as pods reach it (a cluster DNS name); from outside the cluster it is
+    reached elsewhere (a port-forward, or the cluster IP on the local dev node)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{address}" if userinfo else address))
 
 
 def _run_tool(args: argparse.Namespace, fn_name: str) -> int:
@@ -128,6 +143,9 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("-n", "--namespace", default=os.environ.get("AQ_NAMESPACE"))
         p.add_argument("--kubeconfig", default=None)
         p.add_argument("--context", default=None)
+        p.add_argument("--redis-address", default=None, metavar="HOST:PORT",
+                       help="reach Redis here instead of the Secret's host (e.g. a "
+                            "port-forward); env AGENTQUEUE_REDIS_ADDRESS")
 
     p = sub.add_parser("status", help="queues and groups: length, lag, pending, DLQ, replicas")
     common(p)

@@ -155,10 +155,12 @@ def serve_node(root: Path) -> None:
              lambda: _checked([*helm, *helm_args], "helm install"))
         metrics_ip = inkube.cluster_ip(kubectl, inkube.RELEASE_NAMESPACE,
                                        _metrics_service(kubectl))
+        redis_ip = inkube.cluster_ip(kubectl, inkube.RELEASE_NAMESPACE, inkube.REDIS_NAME)
         ready = {
             "mode": "node",
             "kubeconfig": str(plane.kubeconfig),
             "redis_url": inkube.host_redis_url(kubectl, password),
+            "redis_address": f"{redis_ip}:{inkube.REDIS_PORT}",
             "metrics_url": f"http://{metrics_ip}:9090/metrics",
             "kubectl": str(binaries.kubectl),
             "helm": str(binaries.helm),
@@ -417,6 +419,10 @@ def env_exports() -> int:
     print(f"export KUBECONFIG={ready['kubeconfig']}")
     print(f"export REDIS_URL={ready['redis_url']}")
     print(f"export METRICS_URL={ready['metrics_url']}")
+    if ready.get("redis_address"):
+        # Credentials Secrets name Redis by its cluster DNS name (for pods); the CLI on this
+        # machine reaches the same Service by its cluster IP.
+        print(f"export AGENTQUEUE_REDIS_ADDRESS={ready['redis_address']}")
     print(f"export PATH={tool_dir}:{venv_bin}:$PATH")
     return 0
 
