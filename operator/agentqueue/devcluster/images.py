@@ -51,7 +51,7 @@ DEV_TAG = "dev"
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 IMAGES_DIR = REPO_ROOT / "images"
-AGENT_DIR = REPO_ROOT / "examples" / "agent"
+EXAMPLES_DIR = REPO_ROOT / "examples"
 _TOOLS = ("buildah", "debootstrap", "runc", "tar", "chroot")
 
 
@@ -457,15 +457,18 @@ def ensure_redis(progress: Progress | None = None, *, base: ImageRef | None = No
 
 def ensure_agent(progress: Progress | None = None, *, operator: ImageRef | None = None
                  ) -> ImageRef:
-    """The example agent (examples/agent) on the operator image, which carries the SDK."""
+    """The example agents (examples/agent, examples/contact-center) on the operator image,
+    which carries the SDK."""
     say = progress or _default_progress
     operator = operator or ensure_operator(say)
     containerfile = IMAGES_DIR / "agent" / "Containerfile"
     digest = _hash([("recipe", RECIPE_VERSION.encode()),
                     ("operator", operator.input_hash.encode()),
-                    *_files(REPO_ROOT, ["images/agent", "examples/agent"])])
+                    *_files(REPO_ROOT, ["images/agent", "examples/agent",
+                                        "examples/contact-center/agents.py",
+                                        "examples/contact-center/loadgen.py"])])
     return _build(name="agentqueue-agent", digest=digest, containerfile=containerfile,
-                  context=AGENT_DIR,
+                  context=EXAMPLES_DIR,
                   build_args=lambda: {"OPERATOR_IMAGE": load(operator, say)}, say=say)
 
 
