@@ -100,3 +100,16 @@ def test_element_size_is_checked_before_parsing() -> None:
         decode_element(b" " * limit, max_payload_bytes=10)
     with pytest.raises(DecodeError, match=f"^element larger than 10 bytes \\({limit + 1}\\)$"):
         decode_element(b" " * (limit + 1), max_payload_bytes=10)
+
+
+def test_stream_fields_edges() -> None:
+    with pytest.raises(DecodeError, match="^entry is not a field map: list$"):
+        decode_fields([b"d"])  # one item, but not a map: the fast path must not take it
+    key = "k" * MAX_KEY_BYTES
+    assert decode_fields({b"d": b"{}", b"k": key.encode()}).idempotency_key == key
+    with pytest.raises(DecodeError, match=f"^field 'k' longer than {MAX_KEY_BYTES} bytes$"):
+        decode_fields({b"d": b"{}", b"k": key.encode() + b"k"})
+    with pytest.raises(DecodeError, match="^field name of type int$"):
+        decode_fields({b"d": b"{}", 5: b"x"})
+    with pytest.raises(DecodeError, match="^unknown field 'zz'$"):
+        decode_fields({b"d": b"{}", b"zz": b"x"})
