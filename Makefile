@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make dev-up   set up everything, start the local stack, run the operator on a sample
 #   make test     set up everything, then lint, type-check, check the CRDs and run all tests
-.PHONY: bootstrap dev-up dev-down test lint unit bench crds kind-up image kind-load deploy e2e
+.PHONY: bootstrap dev-up dev-down test lint unit bench crds kind-up image kind-load deploy e2e mutation
 
 VENV := .venv/bin
 KIND_CLUSTER ?= agentqueue
@@ -24,6 +24,15 @@ lint:
 
 test: bootstrap lint
 	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600
+	$(VENV)/python -m tests.mutation.run --budget $(MUTATION_BUDGET)
+
+# Mutation testing of the pure decision code (modules and tests listed in
+# tests/mutation/run.py). Verdicts are cached in ~/.cache/agentqueue/mutation, so a run
+# tests only what changed; `make test` stops testing after MUTATION_BUDGET seconds (the
+# rest is tested next time) and fails on a survivor not listed in tests/mutation/.
+MUTATION_BUDGET ?= 270
+mutation: bootstrap
+	$(VENV)/python -m tests.mutation.run
 
 unit: bootstrap
 	$(VENV)/python -m pytest -q -m "not k8s and not slow"
