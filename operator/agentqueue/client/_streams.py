@@ -174,6 +174,18 @@ class StreamBackend:
 
     # --- keeping messages ----------------------------------------------------------------------
 
+    async def release(self, entries: Sequence[tuple[int, str]], idle_ms: int) -> None:
+        """Hand entries we read but will not process back to the group now: their idle time
+        is set to ``idle_ms`` (the visibility timeout), so the next XAUTOCLAIM of another
+        consumer takes them, instead of them waiting out the timeout (a scale-down would
+        otherwise strand every prefetched message for that long). ``JUSTID``: no delivery
+        is counted for this."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for i, eids in _by_partition(entries).items():
+                pipe.xclaim(self.parts[i].queue_key, self.group, self.consumer, 0, eids,
+                            idle=idle_ms, justid=True)
+            await pipe.execute()
+
     async def heartbeat(self, held: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
         """Reset the idle time of entries we still own; return those (others were
         reclaimed or dead-lettered by someone else and are lost to us).

@@ -241,8 +241,10 @@ class Consumer:
     async def close(self) -> None:
         """Stop, flush pending acks, close the connection (if this consumer made it).
 
-        Messages read but not acked stay pending and are reclaimed by other consumers
-        after the visibility timeout: nothing is lost.
+        Stream messages read but never handed to a handler are released: other consumers
+        reclaim them at their next reclaim (seconds), not after the visibility timeout.
+        Messages handed out but not acked stay pending and are reclaimed after the
+        visibility timeout: nothing is lost.
         """
         if self._closed:
             return
@@ -253,6 +255,11 @@ class Consumer:
             await asyncio.wait({self._maintenance}, timeout=5)
         with contextlib.suppress(*redis_errors()):
             await self.flush_acks()
+        unstarted = [m._handle for m in self._buffer]
+        if unstarted and isinstance(self._backend, StreamBackend):
+            self._buffer.clear()
+            with contextlib.suppress(*redis_errors()):
+                await self._backend.release(unstarted, self.visibility_ms)
         if self._backend is not None:
             with contextlib.suppress(*redis_errors()):
                 await self._backend.close()
@@ -387,6 +394,10 @@ class Consumer:
             if isinstance(backend, StreamBackend):
                 deliveries = await backend.reclaim(self.visibility_ms, self.batch_size,
                                                    set(self._held))
+                if len(deliveries) >= self.batch_size:
+                    # A full batch: a stopped or dead consumer left more; take the rest
+                    # batch after batch instead of one batch per reclaim interval.
+                    self._next_reclaim = now
             else:
                 await backend.recover(self.visibility_ms, self._kept_elements())
         if not deliveries:
