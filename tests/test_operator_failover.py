@@ -76,6 +76,7 @@ def test_users_reasserted_on_a_promoted_replica(operator: Any, kubectl: Any, nam
     user = creds["REDIS_USERNAME"]
     node = replica.client()
     assert node.info("replication")["role"] == "slave"
+    time.sleep(2 * DRIFT_S)  # the operator has seen the cluster (its run_id watch began)
 
     t0 = time.monotonic()
     node.execute_command("CLUSTER", "FAILOVER")

@@ -279,6 +279,11 @@ async def primaries(client: RedisClient) -> list[aredis.Redis]:
 async def server_ids(client: RedisClient) -> dict[str, str]:
     """Node address → run_id. A changed run_id means a restart or failover: the
     operator then re-asserts users, the library and consumer groups."""
+    if isinstance(client, aredis.RedisCluster):
+        # A failover moves no key, so no MOVED reply makes the client re-read the slot
+        # map: without this the promoted replica would never get its ACL users.
+        with translate_errors("refresh the cluster's topology"):
+            await client.nodes_manager.initialize()
     nodes = await primaries(client)
     with translate_errors("read server ids"):
         infos = await asyncio.gather(*(node.info("server") for node in nodes))
