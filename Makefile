@@ -1,7 +1,8 @@
 # The two commands of the README:
-#   make dev-up   set up everything, start the local stack, run the operator on a sample
+#   make dev-up   set up everything, start the local stack (a real node where one can run:
+#                 Redis and the operator as pods), run the operator on a sample
 #   make test     set up everything, then lint, type-check, check the CRDs and run all tests
-.PHONY: bootstrap dev-up dev-down test lint unit bench crds kind-up image kind-load deploy e2e mutation
+.PHONY: bootstrap dev-up dev-down test lint unit bench crds kind-up image image-agent kind-load kind-load-agent deploy e2e mutation
 
 VENV := .venv/bin
 KIND_CLUSTER ?= agentqueue
@@ -56,8 +57,17 @@ kind-up:
 image:
 	docker build -t $(IMAGE) .
 
+# The example agents (quickstart, contact center): the operator image + the scripts.
+AGENT_IMAGE ?= agentqueue-agent:dev
+image-agent: image
+	docker build -t $(AGENT_IMAGE) --build-arg OPERATOR_IMAGE=$(IMAGE) \
+	  -f images/agent/Containerfile examples
+
 kind-load:
 	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+kind-load-agent:
+	kind load docker-image $(AGENT_IMAGE) --name $(KIND_CLUSTER)
 
 # CRDs first, server-side (the documented upgrade path: Helm never upgrades crds/), then a
 # throwaway Redis and the chart pointing at it.

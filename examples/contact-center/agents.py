@@ -249,18 +249,23 @@ def export_lines(agent: str, namespace: str | None = None) -> str:
 # --- command line ---------------------------------------------------------------------------
 
 async def _main(args: argparse.Namespace) -> None:
+    # Handlers mostly wait on Redis (forwarding, publishing): many in flight per process
+    # beat more processes on a small node. AQ_CONCURRENCY on the Deployment overrides it.
+    concurrency = int(os.environ.get("AQ_CONCURRENCY") or 16)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     if args.agent == "classify":
-        await classify(env_for("intake"), {q: env_for(q) for q in SPECIALISTS}, stop=stop)
+        await classify(env_for("intake"), {q: env_for(q) for q in SPECIALISTS}, stop=stop,
+                       concurrency=concurrency)
     elif args.agent == "specialist":
         await specialist(args.queue, env_for(args.queue), env_for("escalation"),
-                         env_for("feedback"), stop=stop)
+                         env_for("feedback"), stop=stop, concurrency=concurrency)
     else:
-        await evaluate_agent(env_for("escalation"), env_for("feedback"), stop=stop)
+        await evaluate_agent(env_for("escalation"), env_for("feedback"), stop=stop,
+                             concurrency=concurrency)
 
 
 def main(argv: list[str] | None = None) -> None:
