@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sys
 import time
 from collections import Counter
 from types import ModuleType
@@ -35,6 +36,7 @@ def _load(name: str) -> ModuleType:
                                                   EXAMPLE / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # loadgen's dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
