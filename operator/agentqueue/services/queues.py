@@ -283,15 +283,19 @@ async def _provisioned_entries(client: Any, namespace: str, queue: str) -> list[
 
 
 async def _remove_entry(rt: Runtime, client: Any, body: dict[str, Any], entry: str) -> None:
-    """An access entry left the spec: its user goes, and its Secret if it is ours."""
+    """An access entry left the spec: its Secret goes if it is ours, then its user.
+
+    In that order: the Redis user is how a later reconcile finds the entry (the operator
+    may not list Secrets), so a crash between the two steps leaves the user, and the next
+    reconcile removes both; the other order stranded the Secret."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    await users.delete_user(client, keys.acl_username(ns, name, entry))
     sname = keys.secret_name(name, entry)
     found = await rt.kube.read_secret_owned(ns, sname)
     if found is not None and found.owned_by(body):
         await rt.kube.delete_secret(ns, sname)
     rt.secrets_seen.pop((ns, sname), None)
+    await users.delete_user(client, keys.acl_username(ns, name, entry))
 
 
 def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
