@@ -24,14 +24,14 @@ lint:
 	./scripts/chart-crds.sh --check
 
 test: bootstrap lint
-	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600
+	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25
 	$(VENV)/python -m tests.mutation.run --budget $(MUTATION_BUDGET)
 
 # Mutation testing of the pure decision code (modules and tests listed in
 # tests/mutation/run.py). Verdicts are cached in ~/.cache/agentqueue/mutation, so a run
 # tests only what changed; `make test` stops testing after MUTATION_BUDGET seconds (the
 # rest is tested next time) and fails on a survivor not listed in tests/mutation/.
-MUTATION_BUDGET ?= 270
+MUTATION_BUDGET ?= 120
 mutation: bootstrap
 	$(VENV)/python -m tests.mutation.run
 
