@@ -34,6 +34,9 @@ REFERENCE_PREFIX = "agentqueue.reference."
 # spells them. Redis 7.0 rewrites command rules into categories and exceptions, so
 # the only reliable comparison is with the server's own spelling.
 _references: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
+# Scratch users of this process now, and nodes already swept of a killed process's ones.
+_in_use: set[str] = set()
+_swept: set[str] = set()
 
 
 def new_password() -> str:
@@ -59,16 +62,33 @@ async def _reference(node: Any, rules: Sequence[str], *, fresh: bool = False
     key = (node_name(node), tuple(rules))
     if not fresh and key in _references:
         return _references[key]
+    await _sweep_references(node)
     name = REFERENCE_PREFIX + secrets.token_hex(6)
+    _in_use.add(name)
     try:
         await node.execute_command("ACL", "SETUSER", name, *rules, "off", "resetpass")
         reply = await get_user(node, name)
     finally:
+        _in_use.discard(name)
         await node.execute_command("ACL", "DELUSER", name)
     if reply is None:  # pragma: no cover - deleted by someone else in between
         raise RuntimeError("reference ACL user vanished")
     _references[key] = reply
     return reply
+
+
+async def _sweep_references(node: Any) -> None:
+    """Once per node and process: delete scratch users a killed operator left between
+    SETUSER and DELUSER (ACL USERS lists names only: cheap even with many users)."""
+    key = node_name(node)
+    if key in _swept:
+        return
+    _swept.add(key)
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in await node.execute_command("ACL", "USERS")]
+    stale = [n for n in names if n.startswith(REFERENCE_PREFIX) and n not in _in_use]
+    if stale:
+        await node.execute_command("ACL", "DELUSER", *stale)
 
 
 async def _matches(node: Any, observed: dict[str, Any] | None, rules: Sequence[str],
