@@ -12,9 +12,11 @@ caches each mutant's verdict per function, so a later run only tests what change
 re-checks earlier survivors when the tests changed (unlisted ones first). Files are rewritten only when their
 content differs, which keeps mutmut's mtime-based cache valid across fresh clones.
 
-A survivor fails the run unless `tests/mutation/equivalent.txt` lists it with the reason
-it is equivalent, or `tests/mutation/known-survivors.txt` lists it as a known gap (a test
-still to write). Entries are keyed by module, function and the mutated line, not by
+A survivor fails the run unless `tests/mutation/equivalent/<module>.txt` lists it with the
+reason it is equivalent, or `tests/mutation/known/<module>.txt` lists it as a known gap (a
+test still to write); <module> is the dotted name below the package, e.g. `planning.acl`.
+``--only operator/agentqueue/planning/acl.py`` (repeatable) mutates and judges only those
+modules (use its own ``AQ_MUTATION_WORK`` when several such runs go at once). Entries are keyed by module, function and the mutated line, not by
 mutmut's numbers (which shift when a function changes). Mutants that only change prose
 (a string literal holding a space: a message for people, never a key or a field name,
 wrapped in ``XX`` or upper-/lower-cased) are counted apart and never fail the run.
@@ -39,8 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "agentqueue"
-EQUIVALENT = Path(__file__).resolve().parent / "equivalent.txt"
-KNOWN = Path(__file__).resolve().parent / "known-survivors.txt"
+LISTS = Path(__file__).resolve().parent
+EQUIVALENT = LISTS / "equivalent"  # <module>.txt: survivors no test should kill, with why
+KNOWN = LISTS / "known"  # <module>.txt: survivors a test could kill (missing tests)
 
 # The pure decision code. Paths from the repository root.
 MODULES = [
@@ -54,6 +57,9 @@ MODULES = [
     "operator/agentqueue/planning/scaling.py",
     "operator/agentqueue/planning/server_risks.py",
     "operator/agentqueue/planning/slo.py",
+    "operator/agentqueue/planning/address_policy.py",
+    "operator/agentqueue/planning/conflicts.py",
+    "operator/agentqueue/planning/deletion.py",
 ]
 
 # Fast pure unit tests that judge the mutants.
@@ -70,6 +76,8 @@ TESTS = [
     "tests/test_properties.py",
     "tests/test_promises.py",
     "tests/test_codec_limits.py",
+    "tests/test_queue_plan.py",
+    "tests/test_hostile_planning.py",
 ]
 
 # Tests inside those files that need a real server.
@@ -120,13 +128,13 @@ def _toml_list(items: list[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
-def prepare(work: Path) -> str:
+def prepare(work: Path, modules: list[str]) -> str:
     """Copy the package and tests into `work`; return a hash of the tests' content."""
     _mirror(PACKAGE, work / "src" / "agentqueue", skip=set())
     _mirror(ROOT / "tests", work / "tests", skip={"conftest.py", "mutation"})
     conftest = (Path(__file__).parent / "conftest_mutation.py").read_bytes()
     _write_if_changed(work / "tests" / "conftest.py", conftest)
-    only = [m.replace("operator/", "src/", 1) for m in MODULES]
+    only = [m.replace("operator/", "src/", 1) for m in modules]
     args = ["-p", "no:cacheprovider", "-q", *(f"--deselect={d}" for d in DESELECT)]
     config = (
         "# Written by tests/mutation/run.py: edit the lists there.\n"
@@ -222,9 +230,25 @@ def describe(work: Path, names: list[str]) -> dict[str, str]:
     return keys
 
 
-def listed(path: Path) -> collections.Counter[str]:
-    """Keys in a list file: one per line, ``key  # reason``; blank and comment lines
-    are skipped. A key may appear as often as identical survivors exist."""
+def dotted(module: str) -> str:
+    """operator/agentqueue/planning/acl.py -> agentqueue.planning.acl"""
+    return module.removeprefix("operator/").removesuffix(".py").replace("/", ".")
+
+
+def list_file(folder: Path, module: str) -> Path:
+    return folder / (dotted(module).removeprefix("agentqueue.") + ".txt")
+
+
+def listed(folder: Path, modules: list[str]) -> collections.Counter[str]:
+    """Keys listed for `modules` in `folder`: one per line, ``key  # reason``; blank and
+    comment lines are skipped. A key may appear as often as identical survivors exist."""
+    out: collections.Counter[str] = collections.Counter()
+    for module in modules:
+        out += _listed_file(list_file(folder, module))
+    return out
+
+
+def _listed_file(path: Path) -> collections.Counter[str]:
     out: collections.Counter[str] = collections.Counter()
     if not path.is_file():
         return out
@@ -259,13 +283,16 @@ def prose_only(key: str) -> bool:
         for x, y in changed)
 
 
-def recheck_survivors(work: Path, jobs: int, deadline: float | None) -> bool:
+def recheck_survivors(work: Path, modules: list[str], jobs: int,
+                      deadline: float | None) -> bool:
     """Run earlier survivors again; True when all were re-checked."""
-    survivors = sorted(n for n, (_, c) in verdicts(work).items() if c == 0)
+    wanted = {m.replace("operator/", "src/", 1) for m in modules}
+    survivors = sorted(n for n, (path, c) in verdicts(work).items()
+                       if c == 0 and str(path) in wanted)
     if not survivors:
         return True
     keys = describe(work, survivors)
-    listed_keys = set(listed(EQUIVALENT)) | set(listed(KNOWN))
+    listed_keys = set(listed(EQUIVALENT, modules)) | set(listed(KNOWN, modules))
     survivors = [n for n in survivors if keys[n] not in listed_keys and not prose_only(keys[n])]\
         + [n for n in survivors if keys[n] in listed_keys and not prose_only(keys[n])]
     say(f"tests changed: re-checking {len(survivors)} earlier survivors")
@@ -289,9 +316,11 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--fresh", action="store_true", help="forget cached verdicts")
     ap.add_argument("--print-survivors", action="store_true",
-                    help="print every survivor's key (to triage into equivalent.txt)")
+                    help="print every survivor's key (to triage into equivalent/)")
     ap.add_argument("--record-known", metavar="REASON",
-                    help="append every unlisted survivor to known-survivors.txt with REASON")
+                    help="append every unlisted survivor to known/<module>.txt with REASON")
+    ap.add_argument("--only", action="append", metavar="MODULE", choices=MODULES,
+                    help="mutate and judge only this module (repeatable)")
     ap.add_argument("--report", action="store_true",
                     help="judge the cached verdicts without running mutmut")
     opts = ap.parse_args()
@@ -303,10 +332,11 @@ def main() -> int:
         shutil.rmtree(work)
     for path in unlisted_pure_modules():
         say(f"note: {path} is not in MODULES of tests/mutation/run.py")
-    tests_hash = prepare(work)
-    stamp = work / "tests.sha256"
+    modules = opts.only or MODULES
+    tests_hash = prepare(work, modules)
+    stamp = work / ("tests.sha256" if modules == MODULES else "tests-only.sha256")
     if not opts.report:
-        say(f"mutmut over {len(MODULES)} modules with {len(TESTS)} test files, "
+        say(f"mutmut over {len(modules)} modules with {len(TESTS)} test files, "
             f"{opts.jobs} jobs")
         rc = mutmut(work, [], opts.jobs, deadline)
         if rc not in (0, None) and (deadline is None or time.monotonic() < deadline):
@@ -315,13 +345,13 @@ def main() -> int:
         if not stamp.is_file() or stamp.read_text() != tests_hash:
             # mutmut keeps verdicts per function, so a changed test could kill an earlier
             # survivor unnoticed: re-check them, unlisted ones first, as time allows.
-            if recheck_survivors(work, opts.jobs, deadline):
+            if recheck_survivors(work, modules, opts.jobs, deadline):
                 stamp.write_text(tests_hash)
             else:
                 say("time budget used up before every earlier survivor was re-checked "
                     "(the next run goes on)")
     results = verdicts(work)
-    wanted = {m.replace("operator/", "src/", 1) for m in MODULES}
+    wanted = {m.replace("operator/", "src/", 1) for m in modules}
     results = {n: v for n, v in results.items() if str(v[0]) in wanted}
     counts = collections.Counter(
         "killed" if code in KILLED else STATUS.get(code, "suspicious")
@@ -331,8 +361,8 @@ def main() -> int:
     keys = describe(work, bad) if bad else {}
     prose = [n for n in bad if prose_only(keys[n])]
     bad = [n for n in bad if n not in set(prose)]
-    allowed = listed(EQUIVALENT)
-    known = listed(KNOWN)
+    allowed = listed(EQUIVALENT, modules)
+    known = listed(KNOWN, modules)
     found = collections.Counter(keys[n] for n in bad)
     new = [n for n in bad if found[keys[n]] > allowed.get(keys[n], 0) + known.get(keys[n], 0)]
     stale = sorted(k for k in allowed + known if found[k] < allowed[k] + known[k])
@@ -347,16 +377,20 @@ def main() -> int:
         for n in bad:
             print(keys[n])
     if opts.record_known and new:
-        with KNOWN.open("a") as f:
-            for n in new:
+        touched = {str(results[n][0]) for n in new}
+        for n in new:
+            module = str(results[n][0]).replace("src/", "operator/", 1)
+            with list_file(KNOWN, module).open("a") as f:
                 f.write(f"{keys[n]}  # {opts.record_known}\n")
-        say(f"recorded {len(new)} survivors in {KNOWN.name}")
+        say(f"recorded {len(new)} survivors in {KNOWN.relative_to(ROOT)}/ "
+            f"({len(touched)} modules)")
         new = []
     for key in stale:
-        say(f"listed but no longer surviving (remove it from equivalent.txt): {key}")
+        say(f"listed but no longer surviving (remove it from tests/mutation/equivalent/ "
+            f"or known/): {key}")
     if new:
         shown: set[str] = set()
-        say(f"{len(new)} survivors not in tests/mutation/equivalent.txt "
+        say(f"{len(new)} survivors not in tests/mutation/equivalent/ "
             "(kill each with a test, or list it there with the reason it is equivalent):")
         for n in new:
             if keys[n] not in shown:
