@@ -212,6 +212,10 @@ def _operator_starts(ref: images.ImageRef, python: str) -> None:
     # What crash-looped on 3.11.2 (async_timeout), and all `agentqueue run` imports.
     assert _run(ref, "python", "-c", "import redis.asyncio, kopf, agentqueue.cli, "
                 "agentqueue.operator_main, agentqueue.handlers; print('ok')").strip() == "ok"
+    # Package data: the Functions library the operator loads into Redis.
+    assert _run(ref, "python", "-c", "import pathlib, agentqueue; print((pathlib.Path("
+                "agentqueue.__file__).parent / 'redisgw' / 'library.lua').is_file())"
+                ).strip() == "True"
     assert "--redis-url" in _run(ref, "agentqueue", "run", "--help")
     assert _run(ref, "python", "-c", "import importlib.util as u; print([m for m in "
                 "('pip', 'setuptools', 'wheel') if u.find_spec(m)])").strip() == "[]"
