@@ -12,7 +12,6 @@ from agentqueue.planning.lag import (
     GroupLagInfo,
     LagSource,
     assess_lag,
-    effective_lag,
     format_id,
     lag_from_count,
     needs_count,
@@ -118,15 +117,6 @@ def test_count_is_clamped_and_never_calibrates_from_a_low_report() -> None:
     assert lag_from_count(i, 9).calibration is None  # 5 < 9: "never too low" broke
 
 
-def test_effective_lag_one_shot() -> None:
-    assert effective_lag(None, None, 50, 100, "10-0", "51-0", "0-0", None) == 50
-    assert effective_lag(15, 6, 18, 21, "30-0", "24-0", "0-0", 13) == 13
-    assert effective_lag(15, 6, 18, 21, "30-0", "24-0", "0-0", None) == 15  # upper bound
-    assert effective_lag(7, 13, 20, 20, "13-0", "1-0", "0-0", None) == 7
-    assert effective_lag(40, 60, 50, 100, "100-0", "51-0", "0-0", None,
-                         last_entry_id="100-0") == 0
-
-
 def test_quick_lag_covers_the_common_cases() -> None:
     assert quick_lag(0, 5, 10) == 0
     assert quick_lag(None, None, 0) == 0
@@ -135,9 +125,21 @@ def test_quick_lag_covers_the_common_cases() -> None:
     assert quick_lag(None, 6, 10) is None
 
 
+@pytest.mark.parametrize(("reported", "read", "length", "expected"), [
+    (1, 9, 10, 1),  # the smallest non-zero report that adds up is exact
+    (1, 0, 1, 1),  # a one-entry stream is not empty
+    (None, None, 1, None),
+    (-1, 11, 10, None),  # adds up, but a negative lag is no lag: assess_lag decides
+])
+def test_quick_lag_at_its_bounds(reported: int | None, read: int | None, length: int,
+                                 expected: int | None) -> None:
+    assert quick_lag(reported, read, length) == expected
+
+
 def test_waiting_sums_and_ignores_negatives() -> None:
     assert waiting(3, 4, 5) == 12
     assert waiting(-1, 0, 2) == 2
+    assert waiting(0, 0, 0) == 0
 
 
 @given(st.integers(1, 500), st.integers(0, 500), st.integers(0, 500), st.integers(0, 50))
@@ -149,3 +151,100 @@ def test_property_count_wins_and_stays_in_range(length: int, reported: int, coun
     assert lag == min(count, length)
     a = assess_lag(i)
     assert a.lag is None or 0 <= a.lag <= length
+
+
+# --- boundaries of the rules ----------------------------------------------------------------
+
+def test_a_group_at_the_first_entry_has_read_it() -> None:
+    # last-delivered == the first entry: not "before the first", so only a count tells.
+    i = info(None, None, 18, "24-0", first="24-0", last_entry="40-0")
+    assert needs_count(i)
+    assert lag_from_count(i, 17).lag == 17
+
+
+def test_before_the_first_entry_everything_is_unread_whatever_redis_says() -> None:
+    # XGROUP SETID ... ENTRIESREAD takes any number, so a report can be too low here.
+    i = info(5, 16, 18, "10-0", added=21, first="24-0", last_entry="40-0")
+    assert (assess_lag(i).lag, assess_lag(i).source) == (18, LagSource.BEFORE_FIRST)
+    assert (lag_from_count(i, None).lag, lag_from_count(i, 3).lag) == (18, 18)
+
+
+def test_a_fully_read_group_needs_no_count_even_when_asked() -> None:
+    i = info(40, 60, 50, "100-0", added=100, first="51-0", last_entry="100-0")
+    for count in (None, 7):
+        a = lag_from_count(i, count)
+        assert (a.lag, a.source) == (0, LagSource.FULLY_READ)
+
+
+@pytest.mark.parametrize("reported", [None, -1, 21])
+def test_an_impossible_report_is_counted_even_when_nothing_was_removed(
+        reported: int | None) -> None:
+    a = assess_lag(info(reported, 0, 20, added=20, first="1-0", last_entry="20-0"))
+    assert (a.lag, a.source) == (None, LagSource.COUNTED)
+
+
+def test_a_report_of_every_entry_is_plausible() -> None:
+    a = assess_lag(info(20, 0, 20, "0-0"))  # a new group on a never-trimmed stream
+    assert (a.lag, a.source) == (20, LagSource.REPORTED)
+
+
+def test_a_report_of_zero_is_trusted_and_says_so() -> None:
+    a = assess_lag(info(0, 10, 50, "20-0", added=100, first="11-0"))
+    assert (a.lag, a.source) == (0, LagSource.REPORTED)
+    assert lag_from_count(info(0, 10, 50, "20-0", added=100, first="11-0"), None).lag == 0
+
+
+def test_an_unverifiable_report_needs_a_count_and_says_so() -> None:
+    a = assess_lag(info(15, 6, 18, "30-0", added=21, first="24-0", last_entry="40-0"))
+    assert (a.lag, a.source) == (None, LagSource.COUNTED)
+
+
+def test_entries_added_from_xinfo_stream_outranks_the_sum() -> None:
+    # Removed entries (added 21 > XLEN 18): a report that happens to add up to XLEN with
+    # entries-read is not proof that nothing was removed.
+    assert needs_count(info(12, 6, 18, "30-0", added=21, first="24-0", last_entry="40-0"))
+    # Nothing removed (added == XLEN): exact even when the two do not add up.
+    a = assess_lag(info(7, 10, 20, "13-0", added=20, first="1-0", last_entry="20-0"))
+    assert (a.lag, a.source) == (7, LagSource.REPORTED)
+
+
+def test_calibration_needs_every_stream_fact() -> None:
+    cal = Calibration((30, 0), 6, 21, 2)
+    for later in (info(23, None, 30, "32-0", added=31, first="24-0", last_entry="50-0"),
+                  info(23, 8, 30, "32-0", added=None, first="24-0", last_entry="50-0"),
+                  info(23, 8, 30, "32-0", added=31, first=None, last_entry="50-0")):
+        assert needs_count(later, cal)
+
+
+def test_uncounted_calibration_needs_the_report_and_both_counters() -> None:
+    for i in (info(None, 6, 18, "30-0", added=21, first="24-0"),
+              info(15, None, 18, "30-0", added=21, first="24-0"),
+              info(15, 6, 18, "30-0", first="24-0")):
+        assert lag_from_count(i, 13).calibration is None
+
+
+def test_an_exact_report_calibrates_with_no_error() -> None:
+    counted = lag_from_count(info(13, 8, 18, "30-0", added=21, first="24-0"), 13)
+    assert counted.calibration == Calibration((30, 0), 8, 21, 0)
+
+
+CAL = Calibration((30, 0), 6, 21, 2)
+
+
+@pytest.mark.parametrize(("later", "lag"), [
+    # nothing happened since the count: same position, counters and first entry
+    (info(15, 6, 18, "30-0", added=21, first="24-0", last_entry="40-0"), 13),
+    # trimmed up to the entry the group had read at calibration: no unread entry removed
+    (info(15, 6, 18, "30-0", added=21, first="30-0", last_entry="40-0"), 13),
+    (info(2, 8, 18, "32-0", added=21, first="24-0", last_entry="40-0"), 0),  # all read
+])
+def test_calibration_holds_up_to_its_bounds(later: GroupLagInfo, lag: int) -> None:
+    assert not needs_count(later, CAL)
+    a = assess_lag(later, CAL)
+    assert (a.lag, a.source) == (lag, LagSource.CALIBRATED)
+
+
+def test_a_calibrated_lag_may_be_every_entry() -> None:
+    exact = Calibration((30, 0), 6, 21, 0)
+    a = assess_lag(info(18, 8, 18, "32-0", added=31, first="24-0", last_entry="50-0"), exact)
+    assert (a.lag, a.source) == (18, LagSource.CALIBRATED)

@@ -12,6 +12,7 @@ from agentqueue.planning.server_risks import (
     EVICTION,
     ServerFacts,
     assess,
+    summary,
 )
 from agentqueue.redisgw import connection
 from agentqueue.redisgw.connection import RedisTarget
@@ -29,6 +30,22 @@ def test_assess_is_quiet_when_facts_are_unknown_or_safe() -> None:
                                aof_enabled=True, default_user_off=True))
     assert [r.reason for r in risks] == [EVICTION, AOF_DEFAULT_USER_OFF]
     assert "idempotency keys" in risks[0].message
+
+
+def test_each_risk_names_its_node_and_what_is_lost() -> None:
+    evicting, aof = assess(ServerFacts("redis-0", maxmemory=64 << 20,
+                                       maxmemory_policy="allkeys-lru", aof_enabled=True,
+                                       default_user_off=True))
+    assert (evicting.reason, evicting.node) == (EVICTION, "redis-0")
+    assert evicting.message == (
+        f"redis-0: maxmemory-policy allkeys-lru with maxmemory {64 << 20}: at the limit Redis "
+        "evicts streams, dead-letter queues and retry schedules; set maxmemory-policy "
+        "noeviction")
+    assert (aof.reason, aof.node) == (AOF_DEFAULT_USER_OFF, "redis-0")
+    assert aof.message.startswith("redis-0: AOF is on and the default user is off: ")
+    assert "redis/redis#14541" in aof.message and "random password" in aof.message
+    assert summary([evicting, aof]) == f"{evicting.message}; {aof.message}"
+    assert summary([]) == ""
 
 
 async def _facts(server: RedisServer) -> list[ServerFacts]:

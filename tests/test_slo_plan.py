@@ -3,6 +3,7 @@ gauges; the metrics snapshot it is exported from; merging conditions of two writ
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -69,7 +70,20 @@ def test_retry_rate_and_unobserved_queue_are_not_measured() -> None:
     assert load.not_measured["maxRetryRate"] == slo.NO_RETRY_WINDOW
     assert load.not_measured["maxWaitingAge"] == "no current observation of the queue"
     no_age = slo.queue_load("Stream", QueueSample(length=1, oldest_waiting_age_s=None), {})
-    assert "maxWaitingAge" in no_age.not_measured
+    assert no_age.not_measured["maxWaitingAge"] == (
+        "not read (no maxWaitingAge was set when observed)")
+    for unobserved in (load, slo.queue_load("List", None, {})):
+        assert unobserved.not_measured["maxDepth"] == "no current observation of the queue"
+        # not measured is None, never a made-up figure
+        assert unobserved.retries is None and unobserved.deliveries is None
+
+
+def test_no_group_figures_at_all_names_every_group() -> None:
+    for queue in (None, QueueSample(length=9, oldest_waiting_age_s=None)):
+        load = slo.queue_load("Stream", queue, {"b": None, "a": None})
+        assert load.depth is None
+        assert load.not_measured["maxDepth"] == "no current figures from ConsumerGroup(s) a, b"
+        assert load.notes == ()  # no waiting age to qualify
 
 
 # --- the retry rate: counters read by two observations -------------------------------------
@@ -125,6 +139,10 @@ def test_a_group_redis_has_no_entries_read_for() -> None:
     assert slo.retry_window(before, moved).why == slo.ENTRIES_READ_UNKNOWN
     first_read = RetryCounters({0: 2}, {(0, "a"): 14, (0, "new"): 700}, {(0, "new"): "5-0"})
     assert slo.retry_window(before, first_read).why == slo.ENTRIES_READ_UNKNOWN
+    # whatever order the groups come in: the idle one does not hide the others' reads
+    before = RetryCounters({0: 1}, {(0, "new"): None, (0, "a"): 10}, idle)
+    after = RetryCounters({0: 2}, {(0, "new"): None, (0, "a"): 14}, idle)
+    assert slo.retry_window(before, after) == RetryWindow(1, 4, "")
 
 
 def test_retry_rate_measured_from_the_window() -> None:
@@ -207,6 +225,33 @@ def test_assess_within_and_unknown() -> None:
     assert unknown.gauges == {}
     assert slo.assess(None, QueueLoad(depth=1)) is None
     assert slo.assess(SLOSpec(), QueueLoad(depth=1)) is None
+
+
+@pytest.mark.parametrize("deliveries", [None, 0])
+def test_retries_without_deliveries_are_no_rate(deliveries: int | None) -> None:
+    load = QueueLoad(deliveries=deliveries, retries=2)
+    assert slo.evaluate(SLOSpec(max_retry_rate=0.1), load) == []
+    out = slo.assess(SLOSpec(max_retry_rate=0.1), load)
+    assert out is not None and (out.status, out.gauges) == ("Unknown", {})
+    assert out.message == "not measured: maxRetryRate (no figure)"  # no reason was given
+
+
+def test_assess_message_keeps_every_part() -> None:
+    """Met objectives, the unmeasured ones with why, then the load's notes."""
+    load = slo.queue_load("Stream", QueueSample(length=9, oldest_waiting_age_s=None),
+                          {"a": group(lag=2), "b": None})
+    out = slo.assess(SLO, load)
+    assert out is not None
+    assert (out.status, out.reason, out.breaches, out.breached) == (
+        "False", reasons.SLO_MET, (), frozenset())
+    assert out.message == (
+        "objectives met: maxDepth; not measured: maxWaitingAge (not read (no maxWaitingAge "
+        f"was set when observed)); maxRetryRate ({slo.NO_RETRY_WINDOW}); no current figures "
+        "from ConsumerGroup(s) b")
+    unknown = slo.assess(SLOSpec(max_depth=1), QueueLoad(notes=("a caveat",)))
+    assert unknown is not None
+    assert (unknown.status, unknown.breaches, unknown.breached) == ("Unknown", (), frozenset())
+    assert unknown.message == "not measured: maxDepth (no figure); a caveat"
 
 
 def test_configured_order() -> None:

@@ -113,9 +113,10 @@ def _fixed(info: GroupLagInfo) -> LagAssessment | None:
     return None
 
 
-def _calibrated(info: GroupLagInfo, cal: Calibration) -> LagAssessment | None:
-    reported, read, added = info.reported_lag, info.entries_read, info.entries_added
-    if reported is None or read is None or added is None or info.first_entry_id is None:
+def _calibrated(info: GroupLagInfo, reported: int, cal: Calibration) -> LagAssessment | None:
+    """Rule 6 for a plausible `reported` (1..XLEN, checked by the caller)."""
+    read, added = info.entries_read, info.entries_added
+    if read is None or added is None or info.first_entry_id is None:
         return None
     last = parse_id(info.last_delivered_id)
     if (read < cal.entries_read or added < cal.entries_added or last < cal.last_delivered_id
@@ -156,7 +157,7 @@ def assess_lag(info: GroupLagInfo, calibration: Calibration | None = None) -> La
     if _nothing_removed(info):
         return LagAssessment(reported, LagSource.REPORTED)
     if calibration is not None:
-        held = _calibrated(info, calibration)
+        held = _calibrated(info, reported, calibration)
         if held is not None:
             return held
     return LagAssessment(None, LagSource.COUNTED)
@@ -181,10 +182,10 @@ def lag_from_count(info: GroupLagInfo, count_after: int | None) -> LagAssessment
     fixed = _fixed(info)
     if fixed is not None:
         return fixed
-    length = max(0, info.stream_length)
+    length = info.stream_length  # at least 1: `_fixed` answered for an empty stream
     if count_after is None:
         reported = info.reported_lag
-        bound = reported if reported is not None and 0 <= reported <= length else length
+        bound = length if reported is None or reported < 0 else min(reported, length)
         return LagAssessment(bound, LagSource.ESTIMATE)
     lag = max(0, min(count_after, length))
     return LagAssessment(lag, LagSource.COUNTED, _calibrate(info, lag))
@@ -198,26 +199,6 @@ def _calibrate(info: GroupLagInfo, true_lag: int) -> Calibration | None:
         return None  # "never too low" did not hold: do not trust it later
     return Calibration(parse_id(info.last_delivered_id), info.entries_read, info.entries_added,
                        error)
-
-
-def effective_lag(reported_lag: int | None, entries_read: int | None, stream_length: int,
-                  entries_added: int | None, last_delivered_id: str,
-                  first_entry_id: str | None, max_deleted_id: str | None,
-                  count_after_last_delivered: int | None, *,
-                  last_entry_id: str | None = None) -> int:
-    """One-shot form of `assess_lag` + `lag_from_count` (no calibration).
-
-    With a count it is exact; without one, the reported lag when it can be trusted,
-    else an upper bound (see `lag_from_count`)."""
-    info = GroupLagInfo(reported_lag, entries_read, last_delivered_id, stream_length,
-                        entries_added, first_entry_id, last_entry_id, max_deleted_id)
-    if count_after_last_delivered is not None:
-        result = lag_from_count(info, count_after_last_delivered)
-    else:
-        result = assess_lag(info)
-        if result.lag is None:
-            result = lag_from_count(info, None)
-    return result.lag if result.lag is not None else max(0, stream_length)
 
 
 def needs_count(info: GroupLagInfo, calibration: Calibration | None = None) -> bool:
