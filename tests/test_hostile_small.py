@@ -1,6 +1,7 @@
 """Issue 14's smaller items, each with the test that fails on the bug: forged
 counters, out-of-range JSON numbers, terminal escapes in the tools' output, a bad port
-in a Redis URL, malformed scale targets, and the bounds on costly fields."""
+in a Redis URL, malformed scale targets, and the bounds on costly fields. (The deletion
+decision is tested with the other pure planning in test_hostile_planning.py.)"""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from agentqueue.models import AgentQueueSpec
 from agentqueue.models.group import ConsumerGroupSpec
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.models.retention import RetentionPolicySpec
-from agentqueue.planning import deletion
 from agentqueue.planning.acl import acl_rules
 from agentqueue.redisgw import backlog, connection, functions, users
 from agentqueue.redisgw.connection import RedisTarget
@@ -207,27 +207,3 @@ def test_schema_top_level_keys_are_bounded() -> None:
     AgentQueueSpec.from_wire({"schema": {f"k{i}": 1 for i in range(256)}})
     with pytest.raises(ValidationError, match="more than 256 top-level keys"):
         AgentQueueSpec.from_wire({"schema": {f"k{i}": 1 for i in range(257)}})
-
-
-# --- deletion always finishes ------------------------------------------------------------
-
-def test_a_never_provisioned_queue_is_released_at_once() -> None:
-    assert deletion.after_failed_cleanup(False, 0.0, 120.0) == deletion.DeletionStep(True)
-
-
-def test_an_unreachable_redis_is_given_the_timeout() -> None:
-    assert deletion.after_failed_cleanup(True, 0.0, 120.0) == deletion.DeletionStep(False, 10.0)
-    assert deletion.after_failed_cleanup(True, 115.0, 120.0) == deletion.DeletionStep(False, 5.0)
-    assert deletion.after_failed_cleanup(True, 119.5, 120.0) == deletion.DeletionStep(False, 0.5)
-    assert deletion.after_failed_cleanup(True, 120.0, 120.0) == deletion.DeletionStep(True)
-    assert deletion.after_failed_cleanup(True, 500.0, 120.0) == deletion.DeletionStep(True)
-    # a clock behind the deletion timestamp counts as no time passed
-    assert deletion.after_failed_cleanup(True, -50.0, 120.0) == deletion.DeletionStep(False,
-                                                                                     10.0)
-
-
-def test_the_event_says_what_was_left_behind() -> None:
-    assert deletion.left_behind(["aq.ns.q.a", "aq.ns.q.b"], False, "aq:{ns/q/*") == (
-        "ACL users aq.ns.q.a, aq.ns.q.b; keys aq:{ns/q/* (retained)")
-    assert deletion.left_behind([], True, "aq:{ns/q/*") == (
-        "keys aq:{ns/q/* (deletionPolicy Delete: remove them by hand)")

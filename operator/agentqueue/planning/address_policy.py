@@ -70,24 +70,27 @@ def _entry(text: str) -> str:
     text = text.strip()
     if not text:
         raise ValueError("an empty Redis address policy entry")
-    if "/" in text:
-        try:
-            ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a network (CIDR such as 10.0.0.0/8)") from None
+    if "/" in text and _network(text) is None:
+        raise ValueError(f"{text!r} is not a network (CIDR such as 10.0.0.0/8)")
     return text.lower()
 
 
 def _network(entry: str) -> IPNetwork | None:
     try:
-        return ipaddress.ip_network(entry, strict=False)
+        net = ipaddress.ip_network(entry, strict=False)
     except ValueError:
         return None
+    mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+    if mapped is None:
+        return net
+    # ::ffff:10.0.0.0/104 is 10.0.0.0/8: addresses are compared unmapped (_ip), so a
+    # network left mapped would never match, not even the address it names
+    return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
 
 
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])  # fe80::1%eth0
+        ip = ipaddress.ip_address(text.partition("%")[0])  # fe80::1%eth0: the scope goes
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -101,7 +104,7 @@ def _matches(entry: str, host: str, ips: Sequence[ipaddress.IPv4Address
     net = _network(entry)
     if net is not None:
         for ip in ips:
-            if ip.version == net.version and ip in net:
+            if ip in net:  # False across IP versions: no IPv6 address is in 0.0.0.0/8
                 return f"{ip} is in {net}"
         return None
     if fnmatch.fnmatchcase(host, entry):
@@ -121,15 +124,17 @@ def refusal(policy: AddressPolicy, host: str, port: int,
         if why:
             return f"Redis address refused by the operator's address policy: {why}"
     for ep in policy.api_endpoints:
-        api = _ip(ep.address)
-        if port == ep.port and (host == ep.address.lower() or (api is not None and api in ips)):
+        # an endpoint named by host name has no address (_ip: None), never in `ips`
+        if port == ep.port and (host == ep.address.lower() or _ip(ep.address) in ips):
             return (f"Redis address refused by the operator's address policy: "
                     f"{host}:{port} is the cluster's API server")
     if policy.allow:
-        if any(_network(e) is None and fnmatch.fnmatchcase(host, e) for e in policy.allow):
+        # a network entry matches as a pattern only a host written as that address
+        # (10.0.0.1), which is inside it anyway
+        if any(fnmatch.fnmatchcase(host, e) for e in policy.allow):
             return None
         nets = [n for n in (_network(e) for e in policy.allow) if n is not None]
-        if ips and all(any(ip.version == n.version and ip in n for n in nets) for ip in ips):
+        if ips and all(any(ip in n for n in nets) for ip in ips):
             return None
         return (f"Redis address refused by the operator's address policy: {host} is not "
                 f"in its allow-list ({', '.join(policy.allow)})")

@@ -59,8 +59,8 @@ def claims_of(groups: Iterable[Mapping[str, Any]], *, queue: str,
 
 
 def _rival(me: Claim, claims: Iterable[Claim]) -> Claim | None:
-    first = first_claimant([*claims, me])
-    return first if first is not None and first != me else None
+    first = first_claimant([*claims, me])  # never None: `me` is one of them
+    return None if first == me else first
 
 
 def group_name_rival(me: Claim, claims: Iterable[Claim]) -> Claim | None:
