@@ -22,6 +22,8 @@ from agentqueue.planning.queue_plan import (
     WriteMeta,
 )
 
+from . import test_hostile_acl_allowlist as allowlist
+
 ROLES = list(Role)
 TYPES = list(QueueType)
 READ_COMMANDS = {"+xrange", "+xrevrange", "+xread", "+xreadgroup", "+xlen", "+lrange",
@@ -167,9 +169,197 @@ def test_rules_match_against_reference_reply() -> None:
     assert not acl.rules_match(drifted, reference)
 
 
-def test_parse_rules_rejects_unknown_tokens() -> None:
-    with pytest.raises(ValueError):
+
+# --- the allow-list, without a server ---------------------------------------------------
+# tests/test_hostile_acl_allowlist.py states every command each role may run and on which
+# kinds of key, and checks it against a real server's ACL DRYRUN. The same table judges
+# the rules here, in milliseconds: every command the rules grant (at the root or in a
+# selector) is in the table, spelled as the server's COMMAND list spells it, and every
+# (command, kind of key) the table allows is granted by a rule set whose key patterns
+# match that key. Read/write permissions per command are left to the server test.
+# Redis always allows these; +command grants the COMMAND subcommands the table lists.
+IMPLICIT = {"auth", "hello", "quit", "reset"}
+
+
+def _rule_sets(rules: list[str]) -> list[list[str]]:
+    """The root rules and each selector's, as token lists."""
+    root = [r for r in rules if not r.startswith("(")]
+    return [root, *(r[1:-1].split() for r in rules if r.startswith("("))]
+
+
+def _granted(rule_set: list[str]) -> set[str]:
+    return {r[1:] for r in rule_set if r.startswith("+")}
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("role", ROLES)
+def test_rules_grant_exactly_the_allow_listed_commands(role: Role, qtype: QueueType) -> None:
+    rules = acl.acl_rules(role, allowlist.NS, allowlist.Q, qtype, 2)
+    table = allowlist.ALLOWED[(qtype, role)]
+    want = {c for c, _ in table} - IMPLICIT
+    want = {c for c in want if not c.startswith("command|")} | {"command"}
+    granted = set().union(*(_granted(s) for s in _rule_sets(rules)))
+    functions = {c.split("|", 1)[1] for c in granted if c.startswith("fcall|")}
+    # Every role may read the library version (FCALL_RO, not in the server table).
+    assert "fcall_ro|aq_version" in granted
+    granted -= {"fcall_ro|aq_version", *(f"fcall|{f}" for f in functions)}
+    assert sorted(granted - want) == [], "granted but not in the allow-list"
+    assert sorted(want - granted) == [], "in the allow-list but not granted"
+    assert functions == allowlist.FUNCTIONS_ALLOWED.get((qtype, role), set())
+    # Each rule set starts from nothing: no command is granted by a category.
+    for rule_set in _rule_sets(rules):
+        assert [r for r in rule_set if r.startswith("-") or "@" in r] == ["-@all"]
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+@pytest.mark.parametrize("role", ROLES)
+def test_rules_cover_every_allow_listed_key(role: Role, qtype: QueueType) -> None:
+    rules = acl.acl_rules(role, allowlist.NS, allowlist.Q, qtype, 2)
+    patterns = [(_granted(s), [r.split("~", 1)[1] for r in s if r.startswith(("~", "%"))])
+                for s in _rule_sets(rules)]
+    missing = [(command, kind) for command, kind in sorted(allowlist.ALLOWED[(qtype, role)])
+               if kind in allowlist.KINDS and not any(
+                   command in cmds and any(fnmatchcase(allowlist.KINDS[kind], p) for p in pats)
+                   for cmds, pats in patterns)]
+    assert missing == []
+    # ... and never another queue's or namespace's keys, whatever the command.
+    for _, pats in patterns:
+        for other in ("other", "otherns"):
+            assert not any(fnmatchcase(allowlist.KINDS[other], p) for p in pats), pats
+
+
+def test_partitions_error_names_the_value() -> None:
+    with pytest.raises(ValueError, match="partitions must be at least 1, got 0"):
+        acl.acl_rules("consumer", "n", "q", "List", 0)
+
+
+# --- SETUSER arguments ------------------------------------------------------------------
+
+HASH = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param("", id="empty"), pytest.param("0" * 63, id="63-digits"),
+    pytest.param("0" * 65, id="65-digits"), pytest.param("g" * 64, id="64-non-hex"),
+    pytest.param(HASH[:-1] + "x", id="one-non-hex"), pytest.param("X" * 64, id="X"),
+])
+def test_setuser_args_refuse_what_is_not_a_sha256_without_showing_it(bad: str) -> None:
+    with pytest.raises(ValueError, match="password hashes must be 64 hex digits") as err:
+        acl.acl_setuser_args("u", ["reset"], [HASH, bad])
+    if bad:
+        assert bad not in str(err.value)
+
+
+def test_setuser_args_take_uppercase_hex_as_redis_wants_it() -> None:
+    """Redis refuses `#` with uppercase hex digits: they are lowercased."""
+    assert acl.acl_setuser_args("u", [], [HASH.upper()]) == ["u", f"#{HASH}"]
+
+
+@pytest.mark.parametrize("rule", [">s3cret-pw", "<s3cret-pw", "nopass", "NOPASS"])
+def test_setuser_args_refuse_plaintext_and_nopass_without_echoing(rule: str) -> None:
+    with pytest.raises(ValueError, match="plaintext passwords or nopass") as err:
+        acl.acl_setuser_args("u", ["reset", rule], [HASH])
+    assert "s3cret" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["", "a b", "a\tb", "a\nb"])
+def test_setuser_args_refuse_user_names_with_spaces_and_name_them(name: str) -> None:
+    with pytest.raises(ValueError, match="must be non-empty and contain no spaces") as err:
+        acl.acl_setuser_args(name, ["reset"], [])
+    assert repr(name) in str(err.value)
+
+
+# --- reading rules and GETUSER replies ------------------------------------------------
+# Each rule list with the ACL GETUSER reply redis-server 7.0.15 gave for it (RESP2, raw
+# bytes: the form a connection without response callbacks returns). parse_rules must
+# read the list as normalize_getuser reads the reply.
+GETUSER_REPLIES = [
+    pytest.param(
+        ["reset", "on", "off", "nopass", "allkeys", "allchannels", "allcommands"],
+        [b"flags", [b"off", b"nopass", b"sanitize-payload"], b"passwords", [],
+         b"commands", b"+@all", b"keys", b"~*", b"channels", b"&*", b"selectors", []],
+        id="last-on/off-wins-and-all-keywords"),
+    pytest.param(
+        ["reset", "ON", "ALLKEYS", "ALLCHANNELS", "NOCOMMANDS", "+XADD"],
+        [b"flags", [b"on", b"sanitize-payload"], b"passwords", [], b"commands",
+         b"-@all +xadd", b"keys", b"~*", b"channels", b"&*", b"selectors", []],
+        id="keywords-any-case"),
+    pytest.param(
+        ["reset", "on", "resetpass", "#" + HASH, "skip-sanitize-payload",
+         "sanitize-payload", "resetkeys", "resetchannels", "clearselectors", "nocommands",
+         "+get", "%RW~a", "%r~b", "%W~c~d", "~e)", "&ch", "(~s &sch -@all +publish +get)"],
+        [b"flags", [b"on", b"sanitize-payload"], b"passwords", [HASH.encode()],
+         b"commands", b"-@all +get", b"keys", b"~a %R~b %W~c~d ~e)", b"channels", b"&ch",
+         b"selectors", [[b"commands", b"-@all +get +publish", b"keys", b"~s",
+                         b"channels", b"&sch"]]],
+        id="passwords-patterns-channels-selectors"),
+]
+
+
+@pytest.mark.parametrize("rules,reply", GETUSER_REPLIES)
+def test_rule_list_reads_as_the_server_shows_it(rules: list[str], reply: list[object]) -> None:
+    assert acl.parse_rules(rules) == acl.normalize_getuser(reply)
+
+
+def test_getuser_reply_in_every_shape_normalizes_alike() -> None:
+    """RESP2 flat pairs, a RESP3 map, and redis-py's parsed dict (which splits the
+    categories out of the commands) are one user."""
+    flat = GETUSER_REPLIES[2].values[1]
+    want = acl.UserRules(
+        enabled=True, nopass=False, passwords=frozenset({HASH}),
+        commands=frozenset({"-@all", "+get"}), keys=frozenset({"~a", "%R~b", "%W~c~d", "~e)"}),
+        channels=frozenset({"&ch"}),
+        selectors=frozenset({(frozenset({"-@all", "+get", "+publish"}), frozenset({"~s"}),
+                              frozenset({"&sch"}))}))
+    assert acl.normalize_getuser(flat) == want
+    resp3 = acl.getuser_dict(flat)
+    assert resp3["keys"] == "~a %R~b %W~c~d ~e)" and resp3["passwords"] == [HASH]
+    resp3["selectors"] = [{"commands": "-@all +get +publish", "keys": "~s", "channels": "&sch"}]
+    assert acl.normalize_getuser(resp3) == want
+    redis_py = {**resp3, "commands": ["+get"], "categories": ["-@all"], "enabled": True,
+                "keys": ["~a", "%R~b", "%W~c~d", "~e)"], "channels": ["&ch"]}
+    assert acl.normalize_getuser(redis_py) == want
+    # Command names compare in the server's (lowercase) spelling.
+    assert acl.normalize_getuser({**resp3, "commands": "-@all +GET"}).commands == want.commands
+
+
+def test_truncated_or_unknown_getuser_replies_are_errors() -> None:
+    flat = GETUSER_REPLIES[0].values[1]
+    with pytest.raises(ValueError):  # an odd flat list: a field without its value
+        acl.getuser_dict(flat[:-1])
+    with pytest.raises(TypeError, match="unexpected ACL GETUSER reply: int"):
+        acl.getuser_dict(7)
+
+
+def test_parse_rules_names_an_unknown_token_but_never_a_plaintext_password() -> None:
+    with pytest.raises(ValueError, match="unsupported ACL rule 'bogus'"):
         acl.parse_rules(["reset", "bogus"])
+    for secret in (">s3cret-pw", "<s3cret-pw"):
+        with pytest.raises(ValueError, match="plaintext password") as err:
+            acl.parse_rules(["reset", secret])
+        assert "s3cret" not in str(err.value)
+
+
+def test_parse_rules_reads_only_whole_parenthesized_tokens_as_selectors() -> None:
+    """Only a token that both opens and closes with parentheses is a selector: a key
+    pattern may end in one, and an unclosed selector is refused (as Redis refuses it:
+    "Unmatched parenthesis in acl selector")."""
+    assert acl.parse_rules(["~e)", "(~s +get)"]).keys == {"~e)"}
+    with pytest.raises(ValueError, match=r"unsupported ACL rule '\(~s \+get'"):
+        acl.parse_rules(["(~s +get"])
+
+
+def test_rules_match_a_reference_reply_without_passwords() -> None:
+    reference = {**REPLY, b"flags": [b"off", b"sanitize-payload"], b"passwords": []}
+    assert acl.rules_match(REPLY, reference)
+
+
+def test_a_user_switched_to_nopass_is_drift() -> None:
+    nopass = {**REPLY, b"flags": [b"on", b"nopass", b"sanitize-payload"]}
+    reference = {**REPLY, b"flags": [b"off", b"sanitize-payload"], b"passwords": []}
+    assert not acl.rules_match(nopass, RULES)
+    assert not acl.rules_match(nopass, reference)
+    assert not acl.rules_match(nopass, reference, ["a" * 64])
 
 
 # --- the queue plan ------------------------------------------------------------------

@@ -28,6 +28,7 @@ Why the rules look the way they do (Redis 7):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,7 +73,7 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
     callers state what they provision."""
     role, queue_type = Role(role), QueueType(queue_type)
     if partitions < 1:
-        raise ValueError("partitions must be at least 1")
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
     q = _pattern(namespace, queue, "q")
     prio = _pattern(namespace, queue, "q:*")
     idem = _pattern(namespace, queue, "idem:*")
@@ -84,9 +85,11 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
     everything = keys.queue_key_pattern(namespace, queue)
     channel = keys.channel_name(namespace, queue)
 
-    key_rules: list[str] = []
+    # Every branch below sets the key rules and commands; channels and selectors are
+    # optional.
+    key_rules: list[str]
+    commands: list[str]
     channel_rules: list[str] = []
-    commands: list[str] = []
     selectors: list[str] = []
 
     if queue_type is QueueType.PUBSUB:
@@ -148,21 +151,25 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
              "-@all", *_BASE, *commands, *selectors])
 
 
+_SHA256_HEX = re.compile("[0-9a-f]{64}")
+
+
 def acl_setuser_args(username: str, rules: Sequence[str],
                      passwords_sha256: Iterable[str]) -> list[str]:
     """Arguments after ``ACL SETUSER``: the user, the rules, then `#<sha256>` per
     password. Hashes only: plaintext never goes over the wire, and a hash can be
     compared with ACL GETUSER to detect drift."""
     if not username or any(c.isspace() for c in username):
-        raise ValueError("ACL user names must be non-empty and contain no spaces")
+        raise ValueError(f"ACL user name {username!r} must be non-empty and contain no spaces")
     hashes = []
     for h in passwords_sha256:
-        h = h.lower()
-        if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+        # Redis takes lowercase hex only. The message never shows the hash.
+        if not _SHA256_HEX.fullmatch(h.lower()):
             raise ValueError("password hashes must be 64 hex digits (sha256)")
-        hashes.append(f"#{h}")
+        hashes.append(f"#{h.lower()}")
     for rule in rules:
-        if rule.startswith(">") or rule == "nopass":
+        # `>pw` adds and `<pw` removes a plaintext password; Redis reads NOPASS too.
+        if rule.startswith((">", "<")) or rule.lower() == "nopass":
             raise ValueError("rules must not carry plaintext passwords or nopass")
     return [username, *rules, *hashes]
 
@@ -181,9 +188,7 @@ class UserRules:
 
 
 def _key_token(token: str) -> str:
-    """Canonical key pattern: Redis shows `%RW~p` as `~p` and `allkeys` as `~*`."""
-    if token == "allkeys":
-        return "~*"
+    """Canonical key pattern: Redis shows `%RW~p` (and `%WR~p`) as `~p`."""
     if token.startswith("%"):
         perms, _, pattern = token[1:].partition("~")
         perms = perms.upper()
@@ -194,10 +199,9 @@ def _key_token(token: str) -> str:
 
 
 def _split(value: Any) -> list[str]:
+    """Tokens of a GETUSER field (already decoded: a string or a list of them)."""
     if value is None:
         return []
-    if isinstance(value, bytes):
-        value = value.decode()
     if isinstance(value, str):
         return value.split()
     return [t for v in value for t in _split(v)]
@@ -207,10 +211,10 @@ def _command_set(tokens: Iterable[str]) -> frozenset[str]:
     return frozenset(t.lower() for t in tokens)
 
 
-def parse_rules(rules: Sequence[str], passwords_sha256: Iterable[str] = ()) -> UserRules:
+def parse_rules(rules: Sequence[str]) -> UserRules:
     """What a list of SETUSER tokens (applied to a fresh user) should read back as."""
     enabled = nopass = False
-    passwords = {h.lower() for h in passwords_sha256}
+    passwords: set[str] = set()
     commands: list[str] = []
     key_rules: list[str] = []
     channels: list[str] = []
@@ -228,8 +232,11 @@ def parse_rules(rules: Sequence[str], passwords_sha256: Iterable[str] = ()) -> U
             nopass = True
         elif rule.startswith("#"):
             passwords.add(rule[1:].lower())
+        elif rule.startswith((">", "<")):
+            # Not echoed: the token is a plaintext password.
+            raise ValueError("plaintext password rules are not supported, use #<sha256>")
         elif rule.startswith(("~", "%")) or low == "allkeys":
-            key_rules.append(_key_token(rule))
+            key_rules.append("~*" if low == "allkeys" else _key_token(rule))
         elif rule.startswith("&") or low == "allchannels":
             channels.append("&*" if low == "allchannels" else rule)
         elif rule.startswith("(") and rule.endswith(")"):
