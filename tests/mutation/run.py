@@ -135,6 +135,15 @@ def prepare(work: Path, modules: list[str]) -> str:
     conftest = (Path(__file__).parent / "conftest_mutation.py").read_bytes()
     _write_if_changed(work / "tests" / "conftest.py", conftest)
     only = [m.replace("operator/", "src/", 1) for m in modules]
+    for module in only:
+        # mutmut copies every source into mutants/ but mutates only `only_mutate`: a module
+        # newly listed has a plain copy there, newer than its source, so mutmut would never
+        # mutate it. Drop that copy, and the coverage stats recorded without its mutants
+        # (tests would count as "no tests" for it); mutmut rebuilds both.
+        copy = work / "mutants" / module
+        if copy.is_file() and not copy.with_name(copy.name + ".meta").is_file():
+            copy.unlink()
+            (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     args = ["-p", "no:cacheprovider", "-q", *(f"--deselect={d}" for d in DESELECT)]
     config = (
         "# Written by tests/mutation/run.py: edit the lists there.\n"
