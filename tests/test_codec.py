@@ -194,3 +194,131 @@ def test_schema() -> None:
         PayloadSchema('{"type": 12}')
     with pytest.raises(ConfigError):
         PayloadSchema("{nope")
+
+
+# ---- the wire format and odd-but-valid values -------------------------------------------------
+
+def test_element_wire_format_is_compact_utf8_json() -> None:
+    # Compact and not \u-escaped: the element's size stays close to the payload's, which
+    # is what the consumer's element size limit (payload + headers + 4096) assumes.
+    assert encode_element(Envelope('{"n":"é"}'.encode()), "m-1") == (
+        '{"i":"m-1","d":"{\\"n\\":\\"é\\"}"}'.encode())
+    assert encode_element(Envelope(b"\xff", "k", {"h": "v"}, 2, "boom"), "m-1", 3) == (
+        b'{"i":"m-1","b":"/w==","k":"k","h":{"h":"v"},"a":2,"e":"boom","p":3}')
+
+
+def test_element_priority_defaults_to_zero() -> None:
+    assert decode_element(encode_element(Envelope(b"{}"), "m-1"))[1] == 0
+
+
+def test_field_values_may_be_text_or_numbers() -> None:
+    # Field maps from clients decoding replies (str) or returning numbers, as accepted.
+    env = decode_fields({"d": "{}", "a": 3, "k": "é"})
+    assert (env.body, env.attempt, env.idempotency_key) == (b"{}", 3, "é")
+    assert decode_fields({"d": 1.5, "k": "x"}).body == b"1.5"
+
+
+def test_lone_surrogates_in_text_fields_pass_as_bytes_not_exceptions() -> None:
+    # Hostile input never raises anything but DecodeError: a lone surrogate in a text
+    # payload keeps its (invalid) UTF-8 bytes, and parse_json then refuses those.
+    assert decode_fields({"d": "\ud800", "k": "x"}).body == b"\xed\xa0\x80"
+    with pytest.raises(DecodeError, match="^payload is not valid UTF-8$"):
+        parse_json(decode_fields({"d": "\ud800", "k": "x"}).body)
+
+
+def test_error_field_survives_text_that_is_not_utf8() -> None:
+    # A producer's error text with a lone surrogate (from str(exc) of a bad file name)
+    # is sent with "?" in its place, not refused.
+    assert encode_fields(Envelope(b"1", error="bad \ud800"))["e"] == b"bad ?"
+    # Read back: invalid bytes become U+FFFD, and the cut at 8 KiB splits no character.
+    assert decode_fields({b"d": b"1", b"e": b"bad \xff"}).error == "bad \ufffd"
+    error = decode_fields({b"d": b"1", b"e": ("x" + "é" * 5000).encode()}).error
+    assert error == "x" + "é" * 4095 + "\ufffd"
+
+
+@pytest.mark.parametrize("number", [
+    -9223372036854775809,  # one below the 64-bit range: 19 digits
+    18446744073709551616,  # one above the unsigned 64-bit range
+    123456789012345678901234567890,
+])
+def test_integers_beyond_64_bits_stay_exact(number: int) -> None:
+    # orjson would read them as floats, silently dropping digits.
+    parsed = parse_json(encode_payload({"id": number, "score": 0.5}))
+    assert parsed == {"id": number, "score": 0.5} and type(parsed["id"]) is int
+
+
+@pytest.mark.parametrize(("body", "value"), [
+    (b"[1.5, 123456789012345678901]", [1.5, 123456789012345678901]),
+    (b"[0.1234567890123456789]", [0.1234567890123456789]),
+    (b'"1234567890123456789012"', "1234567890123456789012"),
+    (b"1" * 19, 1111111111111111111),  # 19 digits, still inside 64 bits
+])
+def test_payloads_with_long_numbers_parse_like_the_standard_parser(body: bytes,
+                                                                   value: Any) -> None:
+    assert parse_json(body) == value == json.loads(body)
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b"NaN", "payload is not valid JSON: NaN is not JSON"),
+    (b"[-Infinity]", "payload is not valid JSON: -Infinity is not JSON"),
+    (b"1e400", "payload is not valid JSON: number 1e400 is out of range (it would be "
+               "infinite)"),
+    (b"[" + b"9" * 45 + b"e999]", "payload is not valid JSON: number " + "9" * 40
+     + " is out of range (it would be infinite)"),
+    (b"[1.5, 123456789012345678901, 1e999]", "payload is not valid JSON: number 1e999 is "
+                                             "out of range (it would be infinite)"),
+    (b"{nope", "payload is not valid JSON: Expecting property name enclosed in double "
+               "quotes: line 1 column 2 (char 1)"),
+])
+def test_json_refusals_say_why(body: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        parse_json(body)
+    assert info.value.reason == reason
+
+
+def test_json_refusal_reason_is_bounded() -> None:
+    # Python's own text for an over-long integer is longer than the 120 characters kept.
+    with pytest.raises(DecodeError) as info:
+        parse_json(b"1" * 10_000)
+    prefix = "payload is not valid JSON: "
+    assert info.value.reason.startswith(prefix + "Exceeds the limit (4300 digits) for integer")
+    assert len(info.value.reason) == len(prefix) + 120
+
+
+# ---- the schema's texts ----------------------------------------------------------------------
+
+def test_schema_keeps_its_text() -> None:
+    text = '{"type": "object"}'
+    assert PayloadSchema(text).text == text  # the client compares it to the queue's meta
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ('{"type": 12}', "12 is not valid under any of the given schemas"),
+    ("{nope", "Expecting property name enclosed in double quotes"),
+])
+def test_invalid_schema_says_why_within_a_bound(text: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PayloadSchema(text)
+    message = str(info.value)
+    prefix = "the queue's JSON Schema is invalid: "
+    assert message.startswith(prefix + reason) and len(message) <= len(prefix) + 200
+    if text == '{"type": 12}':  # jsonschema's text for it runs on: cut at exactly 200
+        assert len(message) == len(prefix) + 200
+
+
+def test_schema_violation_reason_is_bounded() -> None:
+    schema = PayloadSchema(json.dumps({"enum": [f"value-{i:03}" for i in range(100)]}))
+    with pytest.raises(SchemaValidationError) as info:
+        schema.validate("zz")
+    assert info.value.reason.startswith("'zz' is not one of ['value-000', ")
+    assert len(info.value.reason) == 300 and info.value.path == "$"
+
+
+def test_schema_validation_of_a_too_deep_payload_is_a_validation_error() -> None:
+    schema = PayloadSchema('{"items": {"$ref": "#"}}')
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(SchemaValidationError) as info:
+        schema.validate(deep)
+    assert info.value.reason == "payload nested too deeply to validate"

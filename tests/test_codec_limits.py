@@ -113,3 +113,62 @@ def test_stream_fields_edges() -> None:
         decode_fields({b"d": b"{}", 5: b"x"})
     with pytest.raises(DecodeError, match="^unknown field 'zz'$"):
         decode_fields({b"d": b"{}", b"zz": b"x"})
+
+
+# ---- error texts name the offending value ---------------------------------------------------
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({b"d": b"1", b"\xff\xfe": b"?"}, "field name is not UTF-8: b'\\xff\\xfe'"),
+    ({b"d": b"1", b"x.id": b"1-0"}, "reserved dead-letter field 'x.id' in a live entry"),
+    ({b"d": b"1", b"a": b"-1"}, "field 'a' is not a small non-negative integer: b'-1'"),
+    ({b"d": b"1", b"a": b"12345678"},
+     "field 'a' is not a small non-negative integer: b'12345678'"),
+])
+def test_stream_field_errors_name_the_offending_value(fields: dict[bytes, bytes],
+                                                      message: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_fields(fields)
+    assert info.value.reason == message
+
+
+@pytest.mark.parametrize(("obj", "message"), [
+    ({"d": "1", "x.error": "forged"}, "reserved dead-letter field 'x.error' in a live entry"),
+    ({"d": "1", "what": 1}, "unknown field 'what'"),
+    ({"d": "1", "k": ""}, "field 'k' is not a valid idempotency key"),
+    ({"d": "1", "k": 5}, "field 'k' is not a valid idempotency key"),
+    ({"d": "1", "k": "k" * (MAX_KEY_BYTES + 1)}, "field 'k' is not a valid idempotency key"),
+    ({"d": "1", "h": {f"h{i}": "v" for i in range(MAX_HEADERS + 1)}},
+     "field 'h' is not a JSON object of strings"),
+])
+def test_element_errors_say_what_is_wrong(obj: dict[str, object], message: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_element(element(**obj))
+    assert info.value.reason == message
+
+
+@pytest.mark.parametrize("msg_id", ["", 5, None, ["1-0"]])
+def test_element_message_id_must_be_a_non_empty_string(msg_id: object) -> None:
+    with pytest.raises(DecodeError, match="^element has no valid message id 'i'$"):
+        decode_element(json.dumps({"i": msg_id, "d": "{}"}))
+
+
+def test_element_key_and_header_limits_are_inclusive() -> None:
+    key = "é" * (MAX_KEY_BYTES // 2)  # MAX_KEY_BYTES in UTF-8, half as many characters
+    assert decode_element(element(d="{}", k=key))[2].idempotency_key == key
+    many = {f"h{i}": "v" for i in range(MAX_HEADERS)}
+    assert decode_element(element(d="{}", h=many))[2].headers == many
+
+
+def test_stream_header_count_limit_is_inclusive() -> None:
+    many = {f"h{i}": "v" for i in range(MAX_HEADERS)}
+    raw = json.dumps(many).encode()
+    assert decode_fields({b"d": b"{}", b"h": raw}).headers == many
+    with pytest.raises(DecodeError, match="^field 'h' is not a JSON object of strings$"):
+        decode_fields({b"d": b"{}", b"h": json.dumps({**many, "x": "v"}).encode()})
+
+
+def test_payload_limit_is_inclusive_with_other_fields_too() -> None:
+    # With a second field the entry takes the general walk, not the payload-only fast path.
+    assert decode_fields({b"d": b"x" * 10, b"a": b"1"}, max_payload_bytes=10).body == b"x" * 10
+    with pytest.raises(DecodeError, match="^payload larger than 10 bytes \\(11\\)$"):
+        decode_fields({b"d": b"x" * 11, b"a": b"1"}, max_payload_bytes=10)

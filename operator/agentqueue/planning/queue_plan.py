@@ -178,10 +178,10 @@ def desired_meta(spec: AgentQueueSpec, generation: int | None = None) -> dict[st
     return meta
 
 
-def _check_type(key: str, actual: str, allowed: Sequence[str]) -> None:
-    if actual not in ("none", *allowed):
-        raise KeyConflict(f"key {key} holds a {actual}, expected "
-                          f"{' or '.join(allowed)}; delete or rename it to proceed")
+def _check_type(key: str, actual: str, expected: str) -> None:
+    if actual not in ("none", expected):
+        raise KeyConflict(f"key {key} holds a {actual}, expected {expected}; "
+                          "delete or rename it to proceed")
 
 
 def plan_queue(spec: AgentQueueSpec, namespace: str, name: str, observed: ObservedQueue,
@@ -197,9 +197,9 @@ def plan_queue(spec: AgentQueueSpec, namespace: str, name: str, observed: Observ
     for part in keys.partition_keys(namespace, name, spec.partitions):
         obs = seen.get(part.partition) or ObservedPartition(part.partition, part.queue_key)
         if qtype is not QueueType.PUBSUB:
-            _check_type(part.queue_key, obs.queue_key_type, [_QUEUE_KEY_TYPE[qtype]])
-            _check_type(part.dead_letter, obs.dead_letter_type, ["stream"])
-            _check_type(part.retry, obs.retry_type, ["zset"])
+            _check_type(part.queue_key, obs.queue_key_type, _QUEUE_KEY_TYPE[qtype])
+            _check_type(part.dead_letter, obs.dead_letter_type, "stream")
+            _check_type(part.retry, obs.retry_type, "zset")
         if qtype is QueueType.STREAM and obs.queue_key_type == "none":
             actions.append(CreateStream(part.queue_key))
         changed = {k: v for k, v in wanted_meta.items() if obs.meta.get(k) != v}

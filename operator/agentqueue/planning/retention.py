@@ -136,7 +136,6 @@ class TrimPlan:
     minid: str | None = None
     maxlen: int | None = None
     approximate: bool = True
-    limit: int | None = None
     guard_unacked: int | None = None
     """Protected MAXLEN: keep at least this many + entries appended since observing."""
     protected: int = 0
@@ -155,11 +154,16 @@ class TrimPlan:
     def trims(self) -> bool:
         return self.minid is not None or self.maxlen is not None
 
+    @property
+    def limit(self) -> int | None:
+        """XTRIM's LIMIT: approximate trims only (Redis refuses it with "=")."""
+        return APPROXIMATE_LIMIT if self.approximate else None
+
     def xtrim_args(self) -> list[list[str]]:
         """The XTRIM commands (without the key), in order: MINID first, then MAXLEN.
         A guarded MAXLEN is applied by the gateway's script instead."""
         mode = "~" if self.approximate else "="
-        extra = ["LIMIT", str(self.limit)] if self.approximate and self.limit else []
+        extra = ["LIMIT", str(self.limit)] if self.limit is not None else []
         out = []
         if self.minid is not None:
             out.append(["MINID", mode, self.minid, *extra])
@@ -181,9 +185,8 @@ def plan_trim(settings: RetentionSettings, obs: PartitionObservation,
               now_ms: int) -> TrimPlan:
     """Where to trim one partition of a queue (see the module docstring)."""
     approx = not settings.exact
-    limit = APPROXIMATE_LIMIT if approx else None
     if not settings.trims_queue or obs.length <= 0:
-        return TrimPlan(approximate=approx, limit=limit)
+        return TrimPlan()  # nothing to trim
     floor, holders = floor_of(obs.groups)
     cut = age_cut(now_ms, settings.max_age_ms) if settings.max_age_ms is not None else None
     before_floor = _before_floor(obs, floor)
@@ -192,9 +195,9 @@ def plan_trim(settings: RetentionSettings, obs: PartitionObservation,
         return TrimPlan(
             minid=format_id(cut) if cut else None,
             maxlen=n if n is not None and obs.length > n else None,
-            approximate=approx, limit=limit, floor=format_id(floor) if floor else None,
+            approximate=approx, floor=format_id(floor) if floor else None,
             acked_before_floor=before_floor)
-    return _protected(settings, obs, floor, holders, cut, approx, limit, before_floor)
+    return _protected(settings, obs, floor, holders, cut, approx, before_floor)
 
 
 def _before_floor(obs: PartitionObservation, floor: StreamId | None) -> int | None:
@@ -208,8 +211,10 @@ def _before_floor(obs: PartitionObservation, floor: StreamId | None) -> int | No
 
 
 def _protected(settings: RetentionSettings, obs: PartitionObservation, floor: StreamId,
-               holders: list[str], cut: StreamId | None, approx: bool, limit: int | None,
+               holders: list[str], cut: StreamId | None, approx: bool,
                before_floor: int | None) -> TrimPlan:
+    """A trim that never passes the floor (`dropped_undelivered` is 0, so the plan does
+    not carry `acked_before_floor`)."""
     minid: str | None = None
     protected, exact, skipped = 0, True, None
     if cut is not None:
@@ -230,21 +235,19 @@ def _protected(settings: RetentionSettings, obs: PartitionObservation, floor: St
         else:
             maxlen, guard = n, unacked
             protected = max(protected, unacked - n)
-    return TrimPlan(minid=minid, maxlen=maxlen, approximate=approx, limit=limit,
-                    guard_unacked=guard, protected=protected, protected_exact=exact,
-                    floor=format_id(floor), blocked_by=tuple(holders) if protected else (),
-                    acked_before_floor=before_floor, skipped=skipped, protecting=True)
+    return TrimPlan(minid=minid, maxlen=maxlen, approximate=approx, guard_unacked=guard,
+                    protected=protected, protected_exact=exact, floor=format_id(floor),
+                    blocked_by=tuple(holders) if protected else (), skipped=skipped,
+                    protecting=True)
 
 
 def plan_dead_letter(settings: RetentionSettings, now_ms: int) -> TrimPlan:
     """The dead-letter stream: no groups read it, so nothing to protect. Its ids are the
     times the messages were dead-lettered, so maxAge counts from then."""
-    approx = not settings.exact
     cut = (age_cut(now_ms, settings.dead_letter_max_age_ms)
            if settings.dead_letter_max_age_ms is not None else None)
     return TrimPlan(minid=format_id(cut) if cut else None,
-                    maxlen=settings.dead_letter_max_length, approximate=approx,
-                    limit=APPROXIMATE_LIMIT if approx else None)
+                    maxlen=settings.dead_letter_max_length, approximate=not settings.exact)
 
 
 # ---- which policy governs a queue ---------------------------------------------------------
@@ -254,7 +257,8 @@ class PolicyRef:
     name: str
     creation_timestamp: str
     """RFC 3339, as in metadata.creationTimestamp (sorts as text)."""
-    selector: LabelSelector | None
+    selector: LabelSelector | Mapping[str, Any] | None
+    """A mapping is validated when matched (`selector_matches`)."""
 
 
 def _requirement(labels: Mapping[str, str], req: LabelSelectorRequirement) -> bool:
@@ -275,8 +279,7 @@ def selector_matches(selector: LabelSelector | Mapping[str, Any] | None,
     selector matches nothing (the policy then applies only to queues naming it)."""
     if selector is None:
         return False
-    sel = selector if isinstance(selector, LabelSelector) else LabelSelector.model_validate(
-        selector)
+    sel = LabelSelector.model_validate(selector)  # a LabelSelector passes as it is
     if any(labels.get(k) != v for k, v in sel.match_labels.items()):
         return False
     return all(_requirement(labels, r) for r in sel.match_expressions)
@@ -285,10 +288,7 @@ def selector_matches(selector: LabelSelector | Mapping[str, Any] | None,
 def _as_ref(policy: PolicyRef | tuple[str, str, Any]) -> PolicyRef:
     if isinstance(policy, PolicyRef):
         return policy
-    name, created, selector = policy
-    if selector is not None and not isinstance(selector, LabelSelector):
-        selector = LabelSelector.model_validate(selector)
-    return PolicyRef(name, created, selector)
+    return PolicyRef(*policy)
 
 
 def effective_policy(queue_labels: Mapping[str, str] | None, queue_explicit_ref: str | None,
