@@ -389,6 +389,7 @@ def main() -> int:
         touched = {str(results[n][0]) for n in new}
         for n in new:
             module = str(results[n][0]).replace("src/", "operator/", 1)
+            KNOWN.mkdir(exist_ok=True)
             with list_file(KNOWN, module).open("a") as f:
                 f.write(f"{keys[n]}  # {opts.record_known}\n")
         say(f"recorded {len(new)} survivors in {KNOWN.relative_to(ROOT)}/ "
