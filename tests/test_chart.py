@@ -154,6 +154,7 @@ def test_helm_lint_strict(binaries: Any, values: Path | None) -> None:
     (["json:watch.namespaces=[\"Team_A\"]"], "namespaces"),
     (["json:rbac.extraScaleTargets=[{\"apiGroup\":\"argoproj.io\"}]"], "resources"),
     (["replicaCount=2", "peering.enabled=false"], "needs peering.enabled=true"),
+    (["peering.lifetime=2"], "lifetime"),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_values_are_rejected(binaries: Any, sets: list[str], error: str) -> None:
     args = ["template", "aq", str(CHART)]
@@ -299,6 +300,7 @@ def test_render_default(binaries: Any) -> None:
     assert c["image"] == f"ghcr.io/agentqueue/agentqueue-operator:{agentqueue.__version__}"
     peering = one(docs, "ClusterKopfPeering")["metadata"]["name"]
     assert f"--peering={peering}" in c["args"]
+    assert "--peering-lifetime=15s" in c["args"]  # the operator's default, kopf's is 60 s
     assert not any(a.startswith("--namespace") for a in c["args"])
     env = {e["name"]: e for e in c["env"]}
     assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

@@ -64,6 +64,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         min_poll_interval=parse_duration(args.min_poll_interval),
         max_schema_bytes=args.max_schema_bytes,
         deletion_timeout=parse_duration(args.deletion_timeout),
+        peering_lifetime=_peering_lifetime(args.peering_lifetime),
         address_policy=policy,
     )
     if args.kubeconfig:
@@ -71,6 +72,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     asyncio.run(run_operator(config, peering=args.peering, liveness=args.liveness,
                              log_level=args.log_level, log_format=args.log_format))
     return 0
+
+
+PEERING_LIFETIME_BOUNDS = (5, 600)
+
+
+def _peering_lifetime(text: str) -> int:
+    seconds = parse_duration(text)
+    low, high = PEERING_LIFETIME_BOUNDS
+    if not low <= seconds <= high:
+        raise SystemExit(f"agentqueue run: --peering-lifetime {text} is out of range: "
+                         f"between {low}s and {high // 60}m")
+    return int(seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="watch this namespace (repeat); default: all namespaces")
     p.add_argument("--peering", default=None,
                    help="kopf peering name for HA (one active replica); default: standalone")
+    p.add_argument("--peering-lifetime", default="15s",
+                   help="how long a replica's peering record stays valid, i.e. how long a "
+                   "crashed active replica holds the standby back (5s..10m)")
     p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                    help="liveness endpoint URL ('' to disable)")
     p.add_argument("--metrics-port", type=int, default=9090, help="Prometheus port (0: off)")

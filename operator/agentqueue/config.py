@@ -44,6 +44,9 @@ class OperatorConfig:
     """Floor of every ConsumerGroup's pollInterval (the CRD's own floor is 200ms)."""
     max_schema_bytes: int = 32 * 1024
     """Largest spec.schema, as compact JSON (it is copied to every partition)."""
+    peering_lifetime: int = 15
+    """Seconds a replica's kopf peering record stays valid: how long a crashed active
+    replica (no clean stop) holds the standby back. kopf's own default is 60."""
     deletion_timeout: float = 120.0
     """How long a deleted queue waits for an unreachable Redis before it is released."""
     address_policy: AddressPolicy = field(default_factory=AddressPolicy)

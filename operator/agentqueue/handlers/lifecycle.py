@@ -41,6 +41,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
 
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig(
         default_redis=default_redis_from_env())
+    # kopf refreshes the record 5-10 s before it expires (at least every second); a standby
+    # resumes once the active replica's record has expired.
+    settings.peering.lifetime = config.peering_lifetime
     # Done already by `agentqueue run` (a no-op then); this covers `kopf run`.
     tracing.setup()
     try:
