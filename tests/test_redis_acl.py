@@ -3,6 +3,7 @@ redis-py, may do what its role needs and nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -412,3 +413,41 @@ async def test_sdk_nacks_under_an_older_operators_rules(redis_client: RedisClien
         assert again is not None and again.attempt == 1
         await again.ack()
     assert await redis_client.exists(PartitionKeys(NS, q, 0).stats) == 0
+
+
+async def test_a_burst_of_user_checks_waits_for_connections_and_leaves_no_scratch_user(
+        redis_client: RedisClient) -> None:
+    """300 users checked at once, as after an operator restart with hundreds of objects:
+    beyond the pool's 100 connections a command waits for a free one (redis-py's own
+    pool failed it at once with "Too many connections", reported as an unreachable
+    Redis); the scratch users that show how the server spells the rules never outlive
+    their MULTI/EXEC (the 200-queue kill drill found them orphaned)."""
+    assert isinstance(redis_client, aredis.Redis)
+    assert redis_client.connection_pool.max_connections == connection.MAX_CONNECTIONS == 100
+    users._references.clear()  # every call reads the server's spelling afresh
+
+    async def one(i: int) -> bool:
+        rules = acl_rules(Role.CONSUMER, NS, f"burst{i}", QueueType.STREAM, 1)
+        return await users.ensure_user(redis_client, acl_username(NS, f"burst{i}", "c"),
+                                       rules, [users.sha256_hex(f"pw{i}")])
+
+    assert all(await asyncio.gather(*(one(i) for i in range(300))))  # created
+    users._references.clear()
+    assert not any(await asyncio.gather(*(one(i) for i in range(300))))  # no drift
+    names = await redis_client.acl_users()
+    assert not [n for n in names if n.startswith(users.REFERENCE_PREFIX)]
+    assert sum(1 for n in names if n.startswith(f"aq.{NS}.burst")) == 300
+
+
+async def test_scratch_users_an_older_operator_left_are_swept(redis_client: RedisClient
+                                                              ) -> None:
+    leftover = users.REFERENCE_PREFIX + "0123456789ab"
+    await redis_client.execute_command("ACL", "SETUSER", leftover, "off", "resetpass")
+    users._references.clear()
+    users._swept.clear()
+    rules = acl_rules(Role.PRODUCER, NS, Q, QueueType.STREAM, 1)
+    await users.ensure_user(redis_client, acl_username(NS, Q, "p"), rules,
+                            [users.sha256_hex("pw")])
+    await users.ensure_user(redis_client, acl_username(NS, Q, "p"), rules,
+                            [users.sha256_hex("pw")])  # reads a reference: sweeps first
+    assert leftover not in await redis_client.acl_users()

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis.asyncio as aredis
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
@@ -47,6 +47,11 @@ RedisClient = aredis.Redis | aredis.RedisCluster
 
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 10.0
+# Connections per standalone server and operator. redis-py's own pool fails a command at
+# once ("Too many connections") past its limit of 100: a burst of reconciles (hundreds of
+# objects resumed after a restart) then looked like an unreachable Redis. This pool makes
+# a command wait for a free connection instead, up to the socket timeout.
+MAX_CONNECTIONS = 100
 # A few quick retries ride out a dropped connection or a short LOADING phase; longer
 # outages surface as RedisUnavailable and the reconciler retries with its own delay.
 RETRIES = 3
@@ -234,7 +239,12 @@ async def connect(target: RedisTarget, *, decode_responses: bool = True,
     Raises RedisUnavailable / RedisAuthError (see errors.py)."""
     with translate_errors(f"connect to {target.display}"):
         kwargs = target.client_kwargs(decode_responses=decode_responses, timeout=timeout)
-        client = aredis.Redis(db=target.db, **kwargs)
+        # redis-py works out the connection class and its arguments (TLS and all);
+        # the same go into a blocking pool the client owns (closed with it).
+        plain = aredis.Redis(db=target.db, **kwargs).connection_pool
+        client = aredis.Redis.from_pool(BlockingConnectionPool(
+            max_connections=MAX_CONNECTIONS, timeout=kwargs["socket_timeout"],
+            connection_class=plain.connection_class, **plain.connection_kwargs))
         try:
             clustered = await _cluster_enabled(client)
         except BaseException:

@@ -34,8 +34,8 @@ REFERENCE_PREFIX = "agentqueue.reference."
 # spells them. Redis 7.0 rewrites command rules into categories and exceptions, so
 # the only reliable comparison is with the server's own spelling.
 _references: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
-# Scratch users of this process now, and nodes already swept of a killed process's ones.
-_in_use: set[str] = set()
+# Nodes already swept of scratch users left by older operator versions (which created
+# and deleted them in separate commands).
 _swept: set[str] = set()
 
 
@@ -57,36 +57,38 @@ async def get_user(node: Any, username: str) -> dict[str, Any] | None:
 async def _reference(node: Any, rules: Sequence[str], *, fresh: bool = False
                      ) -> dict[str, Any]:
     """The server's spelling of `rules`, read from a scratch user that is disabled and
-    has no password (nobody can log in as it) and is deleted at once. A random name
-    per call keeps concurrent reconciles apart."""
+    has no password (nobody can log in as it). Created, read and deleted in one
+    MULTI/EXEC: it never exists outside that transaction, so neither a killed operator
+    nor a failed connection can leave it behind. A random name per call keeps
+    concurrent reconciles apart."""
     key = (node_name(node), tuple(rules))
     if not fresh and key in _references:
         return _references[key]
     await _sweep_references(node)
     name = REFERENCE_PREFIX + secrets.token_hex(6)
-    _in_use.add(name)
-    try:
-        await node.execute_command("ACL", "SETUSER", name, *rules, "off", "resetpass")
-        reply = await get_user(node, name)
-    finally:
-        _in_use.discard(name)
-        await node.execute_command("ACL", "DELUSER", name)
-    if reply is None:  # pragma: no cover - deleted by someone else in between
+    async with node.pipeline(transaction=True) as pipe:
+        pipe.execute_command("ACL", "SETUSER", name, *rules, "off", "resetpass")
+        pipe.execute_command("ACL", "GETUSER", name)
+        pipe.execute_command("ACL", "DELUSER", name)
+        _, raw, _ = await pipe.execute()
+    if raw is None:  # pragma: no cover - the transaction makes this impossible
         raise RuntimeError("reference ACL user vanished")
+    reply = getuser_dict(raw)
     _references[key] = reply
     return reply
 
 
 async def _sweep_references(node: Any) -> None:
-    """Once per node and process: delete scratch users a killed operator left between
-    SETUSER and DELUSER (ACL USERS lists names only: cheap even with many users)."""
+    """Once per node and process: delete scratch users that an older operator version,
+    killed between its SETUSER and DELUSER, left behind (ACL USERS lists names only:
+    cheap even with many users). Ours never outlive their transaction."""
     key = node_name(node)
     if key in _swept:
         return
     _swept.add(key)
     names = [n.decode() if isinstance(n, bytes) else str(n)
              for n in await node.execute_command("ACL", "USERS")]
-    stale = [n for n in names if n.startswith(REFERENCE_PREFIX) and n not in _in_use]
+    stale = [n for n in names if n.startswith(REFERENCE_PREFIX)]
     if stale:
         await node.execute_command("ACL", "DELUSER", *stale)
 
