@@ -24,6 +24,8 @@ fi
 # The node's runtime. We run containerd with our own config, socket and state dirs; on a
 # systemd machine Debian also starts its own containerd (/run/containerd), which we never use.
 node_pkgs=(containerd runc containernetworking-plugins iptables nftables conntrack)
+# The image builders (no registry, no Docker engine): rootful buildah and debootstrap.
+[ "$(id -u)" -eq 0 ] && node_pkgs+=(buildah debootstrap)
 node_missing=()
 for pkg in "${node_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
@@ -56,9 +58,32 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   log "installing the project and test tools into .venv"
+  start=$(date +%s)
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
   rm -f .venv/.installed-*; touch "$stamp"
+  log ".venv ready in $(( $(date +%s) - start ))s"
+fi
+
+# --- images: base, operator, redis, agent (agentqueue.devcluster.images) ---------------------
+# Made locally and cached under ~/.cache/agentqueue/images by a hash of their inputs. A first
+# build mostly waits on the network (debootstrap, pip inside the build), so it runs in the
+# background while the Go builds below use the CPUs; its output is printed when it ends.
+images_log=$(mktemp)
+images_pid=""
+trap 'rm -f "$images_log"' EXIT
+if [ "$(id -u)" -eq 0 ] && command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
+  log "images: base (debootstrap), operator, redis, agent, in the background (first build: ~5 min)"
+  images_start=$(date +%s)
+  .venv/bin/python -c "
+from agentqueue.devcluster.images import ensure_images
+for name, ref in ensure_images(progress=print).items(): print(name, ref.name, ref.tarball)" \
+    >"$images_log" 2>&1 &
+  images_pid=$!
+  # A failed step below exits: do not leave the builds running behind it.
+  trap '[ -n "$images_pid" ] && kill "$images_pid" 2>/dev/null; rm -f "$images_log"' EXIT
+else
+  log "images: skipped (building them needs root, buildah and debootstrap)"
 fi
 
 log "control-plane binaries (first build takes several minutes)"
@@ -90,25 +115,13 @@ print(ensure_node_binaries(progress=print)); print(ensure_pause_image(progress=p
   log "node binaries ready in $(( $(date +%s) - start ))s"
 fi
 
-# --- images: base, operator, redis, agent (agentqueue.devcluster.images) ---------------------
-# buildah and debootstrap from Debian's packages (no registry, no Docker engine); the images
-# are made locally and cached under ~/.cache/agentqueue/images by a hash of their inputs.
-if [ "$(id -u)" -eq 0 ]; then
-  if ! command -v buildah >/dev/null || ! command -v debootstrap >/dev/null; then
-    log "installing buildah and debootstrap (Debian packages)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null \
-      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-             apt-get install -y -qq buildah debootstrap >/dev/null; }
-  fi
-  log "images: base (debootstrap), operator, redis, agent (first build: ~5 min)"
-  start=$(date +%s)
-  if ! .venv/bin/python -c "
-from agentqueue.devcluster.images import ensure_images
-for name, ref in ensure_images(progress=print).items(): print(name, ref.name, ref.tarball)"; then
+if [ -n "$images_pid" ]; then
+  if ! wait "$images_pid"; then
+    sed 's/^/[images] /' "$images_log" >&2
     log "building the images failed (see above): the node's pods (tests marked e2e) need them"
     exit 1
   fi
-  log "images ready in $(( $(date +%s) - start ))s"
-else
-  log "images: skipped (building them needs root: debootstrap and rootful buildah)"
+  sed 's/^/[images] /' "$images_log" >&2
+  log "images ready in $(( $(date +%s) - images_start ))s (built beside the Go builds)"
+  images_pid=""
 fi
