@@ -294,10 +294,13 @@ def prose_only(key: str) -> bool:
 
 def recheck_survivors(work: Path, modules: list[str], jobs: int,
                       deadline: float | None) -> bool:
-    """Run earlier survivors again; True when all were re-checked."""
+    """Run earlier survivors again (and mutants that had no covering test or timed out:
+    the new tests may cover them); True when all were re-checked."""
     wanted = {m.replace("operator/", "src/", 1) for m in modules}
+    again = {code for code, status in STATUS.items()
+             if status in ("survived", "no tests", "timeout")}
     survivors = sorted(n for n, (path, c) in verdicts(work).items()
-                       if c == 0 and str(path) in wanted)
+                       if c in again and str(path) in wanted)
     if not survivors:
         return True
     keys = describe(work, survivors)
@@ -353,7 +356,9 @@ def main() -> int:
             return 1
         if not stamp.is_file() or stamp.read_text() != tests_hash:
             # mutmut keeps verdicts per function, so a changed test could kill an earlier
-            # survivor unnoticed: re-check them, unlisted ones first, as time allows.
+            # survivor unnoticed: re-check them, unlisted ones first, as time allows, with
+            # fresh coverage stats (which tests run for which function).
+            (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             if recheck_survivors(work, modules, opts.jobs, deadline):
                 stamp.write_text(tests_hash)
             else:
