@@ -24,7 +24,8 @@ lint:
 	./scripts/chart-crds.sh --check
 
 test: bootstrap lint
-	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25
+	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25 \
+	  -n $(TEST_WORKERS) --dist loadgroup
 	$(VENV)/python -m tests.mutation.run --budget $(MUTATION_BUDGET)
 
 # Mutation testing of the pure decision code (modules and tests listed in
@@ -32,6 +33,9 @@ test: bootstrap lint
 # tests only what changed; `make test` stops testing after MUTATION_BUDGET seconds (the
 # rest is tested next time) and fails on a survivor not listed in tests/mutation/.
 MUTATION_BUDGET ?= 120
+# pytest-xdist workers: most tests wait on servers, so two share the 2-core CI machine well
+# (tests/conftest.py keeps a module on one worker and the machine-changing modules serial).
+TEST_WORKERS ?= 2
 mutation: bootstrap
 	$(VENV)/python -m tests.mutation.run
 

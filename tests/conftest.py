@@ -36,6 +36,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "k8s: needs the local Kubernetes control plane")
 
 
+# `make test` runs two pytest-xdist workers (`--dist loadgroup`): most tests wait on
+# servers, not on the CPU. A module's tests stay on one worker (its module fixtures, e.g.
+# an operator or a control plane of its own, start once), and the modules that change the
+# machine itself (the node with its bridge, iptables and mounts; network namespaces; image
+# builds; dev stacks) form one group, so they never run beside each other.
+MACHINE_MODULES = frozenset({
+    "test_node", "test_e2e_pods", "test_images", "test_dev_stack", "test_drills_network",
+})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+        group = "machine" if module in MACHINE_MODULES else module
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def binaries() -> Binaries:
     """Pinned etcd/kube-apiserver/kube-controller-manager/kubectl/helm (cached)."""
