@@ -25,7 +25,7 @@ lint:
 
 test: bootstrap lint
 	$(VENV)/python -m pytest -q -p no:cacheprovider --timeout=600 --durations=25 \
-	  -n $(TEST_WORKERS) --dist loadgroup
+	  -n $(TEST_WORKERS) --dist loadfile
 	$(VENV)/python -m tests.mutation.run --budget $(MUTATION_BUDGET)
 
 # Mutation testing of the pure decision code (modules and tests listed in
@@ -34,7 +34,7 @@ test: bootstrap lint
 # rest is tested next time) and fails on a survivor not listed in tests/mutation/.
 MUTATION_BUDGET ?= 120
 # pytest-xdist workers: most tests wait on servers, so two share the 2-core CI machine well
-# (tests/conftest.py keeps a module on one worker and the machine-changing modules serial).
+# (tests/conftest.py's scheduler keeps a module on one worker, the machine-changing modules serial).
 TEST_WORKERS ?= 2
 mutation: bootstrap
 	$(VENV)/python -m tests.mutation.run

@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client, config
@@ -36,22 +37,26 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "k8s: needs the local Kubernetes control plane")
 
 
-# `make test` runs two pytest-xdist workers (`--dist loadgroup`): most tests wait on
-# servers, not on the CPU. A module's tests stay on one worker (its module fixtures, e.g.
-# an operator or a control plane of its own, start once), and the modules that change the
-# machine itself (the node with its bridge, iptables and mounts; network namespaces; image
-# builds; dev stacks) form one group, so they never run beside each other.
+# `make test` runs two pytest-xdist workers: most tests wait on servers, not on the CPU.
+# A module's tests stay on one worker (its module fixtures, e.g. an operator or a control
+# plane of its own, start once), and the modules that change the machine itself (the node
+# with its bridge, iptables and mounts; network namespaces; image builds; dev stacks) form
+# one unit, so they never run beside each other. (xdist's own `loadgroup` marks do not
+# work with pytest 9.2, which no longer reads the node id xdist rewrites.)
 MACHINE_MODULES = frozenset({
     "test_node", "test_e2e_pods", "test_images", "test_dev_stack", "test_drills_network",
 })
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
-        group = "machine" if module in MACHINE_MODULES else module
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "machine" if Path(module).stem in MACHINE_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -240,7 +240,10 @@ async def test_redis_and_kube_calls_become_spans_without_secrets(
         assert attrs.get("db.system") == "redis" or attrs.get("db.system.name") == "redis"
     assert any((s.attributes or {}).get("db.redis.pipeline_length") == 2 for s in redis_spans)
 
-    kube_spans = {s.name: s for s in by_scope[URLLIB3_SCOPE]}
+    # apply_secret GETs first (404: absent) and then POSTs; read_secret's GET comes last.
+    # Spans finish in worker threads, so take them by end time, not by list order.
+    kube_spans = {s.name: s for s in sorted(by_scope[URLLIB3_SCOPE],
+                                            key=lambda s: s.end_time or 0)}
     created = kube_spans["POST /api/v1/namespaces/{namespace}/secrets"]
     read = kube_spans["GET /api/v1/namespaces/{namespace}/secrets/{name}"]
     for s in (created, read):
