@@ -60,3 +60,61 @@ def test_via_address_replaces_only_host_and_port() -> None:
         "redis://10.0.0.5:6379/0"
     assert via_address("rediss://u:p@name:6380/2?x=1", "127.0.0.1:16380") == \
         "rediss://u:p@127.0.0.1:16380/2?x=1"
+
+
+async def test_empty_results_say_so(redis_server: Any, redis_client: Any) -> None:
+    from agentqueue import keys
+
+    part = keys.PartitionKeys("ns1", "emptyq", 0)
+    await redis_client.hset(part.meta, mapping={"type": "Stream", "partitions": "1"})
+    await redis_client.xgroup_create(part.queue_key, "g", id="0", mkstream=True)
+    url = redis_server.admin_url
+    peeked = cli("peek", "emptyq", "-n", "ns1", "--redis-url", url)
+    assert (peeked.returncode, peeked.stdout) == (0, "")
+    assert peeked.stderr.strip() == "no messages in ns1/emptyq"
+    listed = cli("dlq", "ls", "emptyq", "-n", "ns1", "--redis-url", url)
+    assert (listed.returncode, listed.stdout) == (0, "")
+    assert listed.stderr.strip() == "the dead-letter queue of ns1/emptyq is empty"
+
+
+def test_an_unreachable_redis_is_one_line_without_the_password() -> None:
+    out = cli("peek", "q", "-n", "ns1", "--redis-url", "redis://u:s3cretpw@127.0.0.1:1/0")
+    assert out.returncode == 1
+    assert out.stderr.startswith("agentqueue peek: cannot reach Redis (")
+    assert "--redis-address" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "s3cretpw" not in out.stderr
+
+
+async def test_a_role_without_the_right_is_told_to_use_another(redis_server: Any,
+                                                                 redis_client: Any) -> None:
+    await redis_client.execute_command("ACL", "SETUSER", "cli-nobody", "on", ">pw-cli-1",
+                                       "~*", "+ping")
+    url = redis_server.admin_url.replace(redis_server.admin_url.split("//", 1)[1].split(
+        "@", 1)[0], "cli-nobody:pw-cli-1")
+    out = cli("dlq", "ls", "q", "-n", "ns1", "--redis-url", url, "--role", "consumer")
+    assert out.returncode == 1, out.stderr
+    line = out.stderr.strip()
+    assert line.startswith("agentqueue dlq ls: the consumer credentials of queue 'q' may not "
+                           "do this (")
+    assert "--role" in line and "Traceback" not in line and "pw-cli-1" not in line
+
+
+def test_describe_failure_words_each_kind_once() -> None:
+    import argparse
+
+    from kubernetes.client.exceptions import ApiException
+    from redis import exceptions as rexc
+
+    from agentqueue.tools_cli import describe_failure
+
+    args = argparse.Namespace(queue="billing", role="observer", namespace="team-a")
+    assert describe_failure(ApiException(status=404, reason="Not Found"), args) == \
+        "AgentQueue 'billing' not found in namespace 'team-a'"
+    assert "refused: Forbidden" in (describe_failure(
+        ApiException(status=403, reason="Forbidden"), args) or "")
+    assert describe_failure(rexc.AuthenticationError("WRONGPASS invalid"), args) == (
+        "Redis refused the observer credentials of queue 'billing' (WRONGPASS invalid); "
+        "they may have been rotated: try again, or pass --redis-url")
+    text = describe_failure(rexc.ConnectionError("Error connecting to redis://u:pw@h:1"), args)
+    assert text is not None and "u:pw" not in text and "***@h:1" in text
+    assert describe_failure(ValueError("a bug"), args) is None  # bugs keep their traceback

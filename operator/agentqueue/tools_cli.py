@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from . import GROUP, VERSION
@@ -77,6 +80,11 @@ def render_table(rows: list[list[str]]) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    with one_line_errors(args):
+        return _status(args)
+
+
+def _status(args: argparse.Namespace) -> int:
     custom, _ = _api(args)
     if args.all_namespaces:
         queues = custom.list_cluster_custom_object(GROUP, VERSION, "agentqueues")["items"]
@@ -90,6 +98,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         queues = [q for q in queues if q["metadata"]["name"] == args.queue]
     if args.output == "json":
         print(json.dumps({"queues": queues, "groups": groups}, indent=2, default=str))
+    elif not queues:
+        where = "any namespace" if args.all_namespaces else \
+            f"namespace {_current_namespace(args)!r}"
+        what = f"AgentQueue {args.queue!r}" if args.queue else "AgentQueues"
+        print(f"no {what} in {where}", file=sys.stderr)
     else:
         print(render_table(status_rows(queues, groups)))
     return 0
@@ -132,10 +145,63 @@ def via_address(url: str, address: str) -> str:
 def _run_tool(args: argparse.Namespace, fn_name: str) -> int:
     from .tools import cli_entry
 
-    env = _redis_env(args)
-    ns = _current_namespace(args)
-    result = asyncio.run(getattr(cli_entry, fn_name)(args, env, ns))
+    with one_line_errors(args):
+        env = _redis_env(args)
+        ns = _current_namespace(args)
+        result = asyncio.run(getattr(cli_entry, fn_name)(args, env, ns))
     return int(result or 0)
+
+
+def _command(args: argparse.Namespace) -> str:
+    sub = getattr(args, "dlq_command", None)
+    return " ".join(filter(None, ["agentqueue", getattr(args, "command", None), sub]))
+
+
+def describe_failure(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a failure a user can act on; None for a bug (left as a traceback).
+    Pure, for tests. Never repeats a credential: Redis and Kubernetes messages are
+    scrubbed of URL userinfo, and Secrets' contents never reach an exception here."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+    from redis import exceptions as rexc
+
+    from .redisgw.errors import scrub
+
+    queue = getattr(args, "queue", None) or ""
+    role = getattr(args, "role", None)
+    first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if isinstance(exc, rexc.NoPermissionError):
+        return (f"the {role} credentials of queue {queue!r} may not do this ({first}); "
+                f"try another role with --role (observer, producer, consumer) or --redis-url")
+    if isinstance(exc, rexc.AuthenticationError):
+        return (f"Redis refused the {role} credentials of queue {queue!r} ({first}); "
+                f"they may have been rotated: try again, or pass --redis-url")
+    if isinstance(exc, (rexc.ConnectionError, rexc.TimeoutError)):
+        return (f"cannot reach Redis ({first}); from outside the cluster pass "
+                f"--redis-address HOST:PORT (e.g. a kubectl port-forward) or --redis-url")
+    if isinstance(exc, rexc.ResponseError):
+        return f"Redis answered with an error: {first}"
+    if isinstance(exc, ApiException):
+        if exc.status == 404:
+            return f"AgentQueue {queue!r} not found in namespace {args.namespace or 'default'!r}"
+        if exc.status in (401, 403):
+            return f"the Kubernetes API refused: {exc.reason} (check your kubeconfig's rights)"
+        return f"the Kubernetes API answered {exc.status} {exc.reason}"
+    if isinstance(exc, ConfigException):
+        return f"no usable Kubernetes configuration ({first}): set KUBECONFIG or pass --redis-url"
+    return None
+
+
+@contextlib.contextmanager
+def one_line_errors(args: argparse.Namespace) -> Iterator[None]:
+    """Turn failures a user can act on into one line on stderr and exit code 1."""
+    try:
+        yield
+    except Exception as exc:
+        message = describe_failure(exc, args)
+        if message is None:
+            raise
+        raise SystemExit(f"{_command(args)}: {message}") from None
 
 
 def add_parsers(sub: Any) -> None:

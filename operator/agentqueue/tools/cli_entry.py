@@ -28,12 +28,15 @@ def _client(env: dict[str, str]) -> aredis.Redis:
 async def peek(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
     client = _client(env)
     try:
-        for m in await peek_messages(client, ns, args.queue, count=args.count):
-            flag = f"  [{printable(m.problem)}]" if m.problem else ""
-            print(f"{m.partition}/{printable(m.id)}  attempt={m.attempt}  "
-                  f"{printable(m.preview())}{flag}")
+        messages = await peek_messages(client, ns, args.queue, count=args.count)
     finally:
         await client.aclose()
+    for m in messages:
+        flag = f"  [{printable(m.problem)}]" if m.problem else ""
+        print(f"{m.partition}/{printable(m.id)}  attempt={m.attempt}  "
+              f"{printable(m.preview())}{flag}")
+    if not messages:
+        print(f"no messages in {ns}/{args.queue}", file=sys.stderr)
     return 0
 
 
@@ -59,11 +62,14 @@ async def send(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
 async def dlq_ls(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
     client = _client(env)
     try:
-        for d in await dlq.dlq_list(client, ns, args.queue, count=args.count):
-            print(f"{printable(d.ref)}  deliveries={d.deliveries}  group={printable(d.group)}"
-                  f"  error={printable(d.error)}  {printable(d.preview(60))}")
+        letters = await dlq.dlq_list(client, ns, args.queue, count=args.count)
     finally:
         await client.aclose()
+    for d in letters:
+        print(f"{printable(d.ref)}  deliveries={d.deliveries}  group={printable(d.group)}"
+              f"  error={printable(d.error)}  {printable(d.preview(60))}")
+    if not letters:
+        print(f"the dead-letter queue of {ns}/{args.queue} is empty", file=sys.stderr)
     return 0
 
 
