@@ -399,6 +399,7 @@ def test_alerts_and_dashboard_use_real_metric_names(binaries: Any) -> None:
     targets = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = set().union(*(metric_names_in(e) for e in targets))
     assert len(used) >= 10 and used <= exposed, f"unknown metrics: {used - exposed}"
+    assert "agentqueue_queue_retries_total" in used  # retries per minute have a panel
     assert dashboard["uid"] == "agentqueue-overview"
 
 
