@@ -48,24 +48,33 @@ MACHINE_MODULES = frozenset({
 })
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+def scope_of(nodeid: str) -> str:
+    """The xdist work unit of a test: its module, or "machine" for the modules above."""
+    module = nodeid.split("::", 1)[0]
+    return "machine" if Path(module).stem in MACHINE_MODULES else module
+
+
+def module_scheduling() -> type:
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return "machine" if Path(module).stem in MACHINE_MODULES else module
+            return scope_of(nodeid)
 
-        def schedule(self) -> None:
+        def _assign_work_unit(self, node: Any) -> None:
             # The machine unit is the longest (~6 min, the node's e2e suite): first, so the
             # other worker works through the rest meanwhile instead of waiting for it last.
-            for node, ids in self.registered_collections.items():
-                self.registered_collections[node] = sorted(
-                    ids, key=lambda nodeid: self._split_scope(nodeid) != "machine")
-            self.config.option.loadscopereorder = False
-            super().schedule()
+            # (Only the queue is reordered: the indices sent to a worker are positions in
+            # that worker's own collection, which must stay as the worker collected it.)
+            if "machine" in self.workqueue:
+                self.workqueue.move_to_end("machine", last=False)
+            super()._assign_work_unit(node)
 
-    return ModuleScheduling(config, log)
+    return ModuleScheduling
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return module_scheduling()(config, log)
 
 
 @pytest.fixture(scope="session")
