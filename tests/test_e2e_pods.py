@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -312,6 +313,21 @@ def test_readme_cli_lines_work_on_the_node(stack: Stack) -> None:
     got = subprocess.run(["kubectl", "get", "aq,cg,rp"], env=env, capture_output=True,
                          text=True, timeout=60)
     assert got.returncode == 0 and "billing-agents" in got.stdout, got.stderr
+    # The README's "Operators: the CLI" block, line by line, as written.
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Operators: the CLI", 1)[1].split("```sh\n", 1)[1]
+    commands = [part.strip() for line in block.split("```", 1)[0].splitlines()
+                for part in line.split("#", 1)[0].split(" ; ") if part.strip()]
+    assert len(commands) == 7, commands
+    for command in commands:
+        words = shlex.split(command)
+        assert words[0] == "agentqueue", command
+        done = _cli(*words[1:], env=env, timeout=60)
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        assert "Traceback" not in done.stderr, f"{command}: {done.stderr}"
+        if words[1] == "status":
+            billing = [line for line in done.stdout.splitlines() if " billing " in line]
+            assert billing and all(line.endswith("live") for line in billing), done.stdout
 
 
 def test_force_deleted_consumer_pod_loses_nothing(stack: Stack, namespace: str) -> None:

@@ -35,7 +35,7 @@ CHANNELS = {"chan": K.channel_name(NS, Q), "otherchan": K.channel_name(NS, "jobs
 
 # Keyless commands every role has: connection housekeeping and topology discovery.
 # AUTH, HELLO, QUIT and RESET are always allowed by Redis itself.
-HOUSEKEEPING = {"auth", "hello", "quit", "reset", "ping", "readonly", "readwrite",
+HOUSEKEEPING = {"auth", "hello", "quit", "reset", "ping", "time", "readonly", "readwrite",
                 "client|getname", "client|id", "client|setname", "cluster|myid",
                 "cluster|nodes", "cluster|shards", "cluster|slots", "command|count",
                 "command|docs", "command|getkeys", "command|getkeysandflags",
@@ -87,7 +87,8 @@ ALLOWED: dict[tuple[QueueType, Role], set[tuple[str, str]]] = {
             "dlq prio proc q retry",
     }),
     (QueueType.LIST, Role.OBSERVER): _table(set(), {
-        " ".join(["hget", "hgetall", "llen", "lrange", "zcard", *STREAM_READ]): ALL_MINE,
+        " ".join(["hget", "hgetall", "llen", "lrange", "zcard", "zrange", *STREAM_READ]):
+            ALL_MINE,
     }),
     (QueueType.PUBSUB, Role.PRODUCER): _table(set(), {
         "get set": "idem", "hget hgetall hmget": "meta", "publish spublish": "chan",

@@ -202,3 +202,53 @@ def test_no_secret_in_logs_events_status(operator: Any, kubectl: Any, namespace:
         assert pw not in log
         assert pw not in events
         assert pw not in json.dumps(obj)
+
+
+def test_cli_status_is_live_and_falls_back_to_status_with_its_age(
+        operator: Any, kubectl: Any, kubeconfig: Any, namespace: str) -> None:
+    """`agentqueue status` right after 13 sends shows 13 waiting (read from Redis with
+    the observer's credentials), not the length last written to status; with Redis out
+    of reach it shows the status figures, says how old they are and why, in one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    apply(kubectl, namespace, queue("fresh", partitions=2, access=ACCESS))
+    apply(kubectl, namespace, {
+        "apiVersion": "agentqueue.io/v1alpha1", "kind": "ConsumerGroup",
+        "metadata": {"name": "fresh-workers"}, "spec": {"queueRef": {"name": "fresh"}}})
+    wait_ready(kubectl, "agentqueues", "fresh", namespace)
+    wait_ready(kubectl, "consumergroups", "fresh-workers", namespace)
+    producer = client_for(secret_values(kubectl, namespace, "fresh.intake"))
+    from agentqueue import keys
+    for i in range(13):
+        producer.xadd(keys.PartitionKeys(namespace, "fresh", i % 2).queue_key, {"d": "{}"})
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+           "PYTHONPATH": os.pathsep.join([str(root / "operator"),
+                                          os.environ.get("PYTHONPATH", "")])}
+    env.pop("AGENTQUEUE_REDIS_ADDRESS", None)
+
+    def status(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agentqueue.cli", "status", "fresh", "-n",
+                               namespace, *extra], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    out = status()
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    header, qrow, grow = (line.split() for line in out.stdout.splitlines())
+    assert header[:8] == ["NAMESPACE", "QUEUE", "GROUP", "TYPE", "PARTS", "LENGTH", "WAITING",
+                          "OLDEST-WAITING"]
+    assert qrow[2:5] == ["Stream", "2", "13"] and qrow[-1] == "live", out.stdout
+    assert grow[2:4] == ["fresh-workers", "13"] and grow[-1] == "live", out.stdout
+    t0 = time.monotonic()
+    stale = status("--redis-address", "127.0.0.1:1")
+    assert time.monotonic() - t0 < 20  # the documented connect timeout (5 s) + margin
+    assert stale.returncode == 0, stale.stderr
+    rows = stale.stdout.splitlines()[1:]
+    assert all(row.split()[-1] == "old" and " live" not in row for row in rows), stale.stdout
+    lines = stale.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{namespace}/fresh: figures from its "
+                                                   "status (Redis: "), stale.stderr
+    assert "Traceback" not in stale.stderr

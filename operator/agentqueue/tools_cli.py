@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from . import GROUP, VERSION
@@ -45,8 +46,62 @@ def _ready(obj: dict[str, Any]) -> str:
     return "Unknown"
 
 
-def status_rows(queues: list[dict[str, Any]], groups: list[dict[str, Any]]) -> list[list[str]]:
-    """One row per queue, one per group under it. Pure, for tests."""
+def _redis_group(group: dict[str, Any]) -> str:
+    """The Redis consumer group a ConsumerGroup reads as (its spec, else its name)."""
+    spec = group.get("spec") or {}
+    return str(spec.get("groupName") or group["metadata"]["name"])
+
+
+def _visibility_ms(group: dict[str, Any]) -> int:
+    from .models.common import parse_duration
+
+    try:
+        return int(parse_duration((group.get("spec") or {}).get("visibilityTimeout") or "30s")
+                   * 1000)
+    except ValueError:
+        return 30_000
+
+
+def status_written_at(obj: dict[str, Any]) -> datetime | None:
+    """When the operator last wrote the object's status (its managedFields entry for the
+    status subresource); None if unknown."""
+    times = [m.get("time") for m in (obj.get("metadata") or {}).get("managedFields") or []
+             if m.get("subresource") == "status" and m.get("time")]
+    if not times:
+        return None
+    try:
+        return max(datetime.fromisoformat(str(t).replace("Z", "+00:00")) for t in times)
+    except ValueError:
+        return None
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _source(obj: dict[str, Any], live: Any, now: datetime) -> str:
+    if live is not None and not isinstance(live, str):
+        return "live"
+    written = status_written_at(obj)
+    return "status" + (f" {_age((now - written).total_seconds())} old" if written else "")
+
+
+def status_rows(queues: list[dict[str, Any]], groups: list[dict[str, Any]],
+                live: dict[tuple[str, str], Any] | None = None,
+                now: datetime | None = None) -> list[list[str]]:
+    """One row per queue, one per group under it. ``live``: (namespace, queue) →
+    `tools.live.QueueFigures`, or a string saying why Redis was not read (the objects'
+    status is shown then, with its age). Pure, for tests."""
+    from .tools.live import QueueFigures
+
+    live = live or {}
+    now = now or datetime.now(UTC)
     rows = []
     by_queue: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for g in groups:
@@ -56,21 +111,55 @@ def status_rows(queues: list[dict[str, Any]], groups: list[dict[str, Any]]) -> l
         ns, name = q["metadata"]["namespace"], q["metadata"]["name"]
         st = q.get("status") or {}
         spec = q.get("spec") or {}
+        found = live.get((ns, name))
+        figures = found if isinstance(found, QueueFigures) else None
+        fresh = figures is not None
+        if figures is not None:
+            length, dlq = str(figures.length), str(figures.dead_letters)
+            retries, oldest = str(figures.scheduled_retries), _age(figures.oldest_waiting_s)
+            waiting = str(figures.length) if figures.type == "List" else ""
+            pending = str(figures.in_flight) if figures.type == "List" else ""
+            consumers = _consumers(figures.present, figures.gone) \
+                if figures.type == "List" else ""
+        else:
+            length, dlq = str(st.get("length", "-")), str(st.get("deadLetterLength", "-"))
+            retries, oldest = str(st.get("scheduledRetries", "-")), "-"
+            waiting = pending = consumers = ""
         rows.append([ns, name, "", spec.get("type", "Stream"), str(spec.get("partitions", 1)),
-                     str(st.get("length", "-")), "", "", "", str(st.get("deadLetterLength", "-")),
-                     "", _ready(q)])
+                     length, waiting, oldest, pending, "", retries, dlq, consumers, "",
+                     _ready(q), _source(q, found, now)])
         for g in sorted(by_queue.get((ns, name), []), key=lambda o: o["metadata"]["name"]):
             gs = g.get("status") or {}
             replicas = "-" if gs.get("currentReplicas") is None else (
                 f"{gs.get('currentReplicas')}/{gs.get('desiredReplicas')}")
-            rows.append([ns, name, g["metadata"]["name"], "", "", "", str(gs.get("lag", "-")),
-                         str(gs.get("pending", "-")),
-                         f"{gs.get('oldestPendingAgeSeconds', 0):.1f}s", "", replicas, _ready(g)])
+            gfig = figures.groups.get(_redis_group(g)) if figures is not None else None
+            if figures is not None and figures.type == "List":
+                cells = ["", "", "", "", ""]  # the queue's row has the List figures
+            elif gfig is not None and gfig.found:
+                cells = [f"{gfig.lag}" + ("" if gfig.lag_exact else "+"),
+                         _age(gfig.oldest_waiting_s), str(gfig.pending),
+                         _age(gfig.oldest_pending_s), _consumers(gfig.present, gfig.gone)]
+            elif fresh:
+                cells = ["-", "-", "-", "-", "-"]  # no such group in Redis (yet)
+            else:
+                age = gs.get("oldestPendingAgeSeconds")
+                cells = [str(gs.get("lag", "-")), "-", str(gs.get("pending", "-")),
+                         _age(float(age)) if age is not None else "-",
+                         str(gs.get("consumers", "-"))]
+            rows.append([ns, name, g["metadata"]["name"], "", "", "", *cells[:2], cells[2],
+                         cells[3], "", "", cells[4], replicas, _ready(g),
+                         "live" if fresh else _source(g, None, now)])
     return rows
 
 
-HEADER = ["NAMESPACE", "QUEUE", "GROUP", "TYPE", "PARTS", "LENGTH", "LAG", "PENDING",
-          "OLDEST", "DLQ", "REPLICAS", "READY"]
+def _consumers(present: set[str], gone: set[str]) -> str:
+    left = len(gone - present)
+    return f"{len(present)}" + (f" (+{left} gone)" if left else "")
+
+
+HEADER = ["NAMESPACE", "QUEUE", "GROUP", "TYPE", "PARTS", "LENGTH", "WAITING",
+          "OLDEST-WAITING", "PENDING", "OLDEST-PENDING", "RETRIES", "DLQ", "CONSUMERS",
+          "REPLICAS", "READY", "FIGURES"]
 
 
 def render_table(rows: list[list[str]]) -> str:
@@ -84,8 +173,81 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return _status(args)
 
 
+# Roles whose credentials may read the live figures, best first (the observer is made
+# for it; a consumer's rights include the same reads on Stream queues).
+_LIVE_ROLES = ("observer", "consumer")
+
+
+def live_credentials(queue: dict[str, Any], read_secret: Any,
+                     address: str | None) -> dict[str, str] | str:
+    """The environment of a Secret that may read the queue's live figures, or a short
+    reason why there is none. ``read_secret(name)`` returns the Secret's decoded data."""
+    from kubernetes.client.exceptions import ApiException
+
+    users = (queue.get("status") or {}).get("users") or []
+    wanted = sorted((u for u in users if u.get("role") in _LIVE_ROLES),
+                    key=lambda u: _LIVE_ROLES.index(u["role"]))
+    if not wanted:
+        return "no observer or consumer access entry (add an observer to spec.access)"
+    try:
+        env = read_secret(wanted[0]["secretName"])
+    except ApiException as exc:
+        if exc.status in (401, 403):
+            return f"may not read Secret {wanted[0]['secretName']!r}"
+        return f"Secret {wanted[0]['secretName']!r}: {exc.status} {exc.reason}"
+    if not env.get("REDIS_URL"):
+        return f"Secret {wanted[0]['secretName']!r} has no REDIS_URL"
+    if address:
+        env["REDIS_URL"] = via_address(env["REDIS_URL"], address)
+    return env
+
+
+async def read_live(queues: list[dict[str, Any]], groups: list[dict[str, Any]],
+                    creds: dict[tuple[str, str], dict[str, str] | str],
+                    timeout: float = 5.0) -> dict[tuple[str, str], Any]:
+    """Each queue's live figures (`tools.live.QueueFigures`), or why they could not be
+    read: a short, credential-free reason. Queues are read concurrently."""
+    from redis import exceptions as rexc
+
+    from .redisgw.errors import scrub
+    from .tools import live
+    from .tools.cli_entry import client_for
+
+    gate = asyncio.Semaphore(16)
+
+    async def one(q: dict[str, Any]) -> tuple[tuple[str, str], Any]:
+        ns, name = q["metadata"]["namespace"], q["metadata"]["name"]
+        env = creds.get((ns, name), "no credentials")
+        if isinstance(env, str):
+            return (ns, name), env
+        spec = q.get("spec") or {}
+        mine = {_redis_group(g): _visibility_ms(g) for g in groups
+                if g["metadata"]["namespace"] == ns
+                and (g.get("spec") or {}).get("queueRef", {}).get("name") == name}
+        async with gate:
+            client = client_for(env, timeout=timeout)
+            try:
+                figures = await asyncio.wait_for(live.read_queue(
+                    client, ns, name, str(spec.get("type", "Stream")),
+                    int(spec.get("partitions", 1)), mine,
+                    int(spec.get("priorityLevels", 1))), timeout * 3)
+            except (rexc.RedisError, OSError, TimeoutError) as exc:
+                text = str(exc).strip().splitlines()[0] if str(exc).strip() \
+                    else type(exc).__name__
+                return (ns, name), f"Redis: {scrub(text)}"
+            finally:
+                await client.aclose()
+        return (ns, name), figures
+
+    pairs = await asyncio.gather(*(one(q) for q in queues
+                                   if (q.get("spec") or {}).get("type", "Stream") != "PubSub"))
+    return dict(pairs)
+
+
 def _status(args: argparse.Namespace) -> int:
-    custom, _ = _api(args)
+    import base64
+
+    custom, core = _api(args)
     if args.all_namespaces:
         queues = custom.list_cluster_custom_object(GROUP, VERSION, "agentqueues")["items"]
         groups = custom.list_cluster_custom_object(GROUP, VERSION, "consumergroups")["items"]
@@ -96,15 +258,38 @@ def _status(args: argparse.Namespace) -> int:
                                                       "consumergroups")["items"]
     if args.queue:
         queues = [q for q in queues if q["metadata"]["name"] == args.queue]
-    if args.output == "json":
-        print(json.dumps({"queues": queues, "groups": groups}, indent=2, default=str))
-    elif not queues:
+    if not queues and args.output != "json":
         where = "any namespace" if args.all_namespaces else \
             f"namespace {_current_namespace(args)!r}"
         what = f"AgentQueue {args.queue!r}" if args.queue else "AgentQueues"
         print(f"no {what} in {where}", file=sys.stderr)
-    else:
-        print(render_table(status_rows(queues, groups)))
+        return 0
+    live: dict[tuple[str, str], Any] = {}
+    if not args.from_status:
+        address = getattr(args, "redis_address", None) or \
+            os.environ.get("AGENTQUEUE_REDIS_ADDRESS")
+        creds: dict[tuple[str, str], dict[str, str] | str] = {}
+        for q in queues:
+            ns = q["metadata"]["namespace"]
+
+            def read_secret(name: str, ns: str = ns) -> dict[str, str]:
+                secret = core.read_namespaced_secret(name, ns)
+                return {k: base64.b64decode(v).decode()
+                        for k, v in (secret.data or {}).items()}
+
+            creds[(ns, q["metadata"]["name"])] = live_credentials(q, read_secret, address)
+        live = asyncio.run(read_live(queues, groups, creds))
+    if args.output == "json":
+        out = {"queues": queues, "groups": groups,
+               "live": [{"namespace": k[0], "queue": k[1],
+                         **({"unavailable": v} if isinstance(v, str) else v.to_dict())}
+                        for k, v in sorted(live.items())]}
+        print(json.dumps(out, indent=2, default=str))
+        return 0
+    print(render_table(status_rows(queues, groups, live)))
+    stale = sorted((k, v) for k, v in live.items() if isinstance(v, str))
+    for (ns, name), why in stale:
+        print(f"{ns}/{name}: figures from its status ({why})", file=sys.stderr)
     return 0
 
 
@@ -213,9 +398,13 @@ def add_parsers(sub: Any) -> None:
                        help="reach Redis here instead of the Secret's host (e.g. a "
                             "port-forward); env AGENTQUEUE_REDIS_ADDRESS")
 
-    p = sub.add_parser("status", help="queues and groups: length, lag, pending, DLQ, replicas")
+    p = sub.add_parser("status", help="queues and groups, live from Redis: waiting work and "
+                                      "its age, pending, retries, DLQ, consumers, replicas")
     common(p)
     p.add_argument("queue", nargs="?")
+    p.add_argument("--from-status", action="store_true",
+                   help="show the figures the operator last wrote to the objects' status "
+                        "instead of reading Redis")
     p.add_argument("-A", "--all-namespaces", action="store_true")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=_cmd_status)

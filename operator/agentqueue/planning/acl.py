@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 # Connection housekeeping every role needs: health checks, client names, cluster
-# topology discovery. None of them touches data.
-_BASE = ["+ping", "+client|setname", "+client|getname", "+client|id", "+cluster|slots",
+# topology discovery, the server's clock (ages are measured against it, as stream ids
+# are). None of them touches data.
+_BASE = ["+ping", "+time", "+client|setname", "+client|getname", "+client|id", "+cluster|slots",
          "+cluster|shards", "+cluster|nodes", "+cluster|myid", "+command", "+readonly",
          "+readwrite", "+fcall_ro|aq_version"]
 _META_READ = ["+hget", "+hgetall", "+hmget"]
@@ -110,7 +111,8 @@ def acl_rules(role: Role | str, namespace: str, queue: str, queue_type: QueueTyp
         key_rules = [f"%R~{everything}"]
         commands = ["+zcard", "+hgetall", "+hget"] + _STREAM_READ
         if queue_type is QueueType.LIST:
-            commands += ["+llen", "+lrange"]
+            # ZRANGE: the consumers' heartbeat set (who is present), for live status.
+            commands += ["+llen", "+lrange", "+zrange"]
     elif queue_type is QueueType.STREAM:
         if role is Role.PRODUCER:
             # FCALL needs RW on both keys it is passed (stream and idempotency key).

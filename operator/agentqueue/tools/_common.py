@@ -42,7 +42,11 @@ async def queue_layout(client: Any, namespace: str, queue: str,
     one-partition Stream.
     """
     meta = keys.PartitionKeys(namespace, queue, 0).meta
-    qtype, count = await client.hmget(meta, "type", "partitions")
+    # Two HGETs, not HMGET: the observer role reads the metadata hash with HGET/HGETALL.
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hget(meta, "type")
+        pipe.hget(meta, "partitions")
+        qtype, count = await pipe.execute()
     qtype_s = as_text(qtype) if qtype is not None else "Stream"
     n = partitions
     if n is None:

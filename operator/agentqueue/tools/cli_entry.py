@@ -14,8 +14,12 @@ from ._common import printable
 from .peek import peek as peek_messages
 
 
-def _client(env: dict[str, str]) -> aredis.Redis:
+def client_for(env: dict[str, str], timeout: float | None = None) -> aredis.Redis:
+    """A client from a credentials Secret's environment; ``timeout`` bounds connecting
+    and each reply."""
     kwargs: dict[str, Any] = {"decode_responses": False}
+    if timeout is not None:
+        kwargs.update(socket_connect_timeout=timeout, socket_timeout=timeout)
     if env.get("REDIS_USERNAME"):
         kwargs["username"] = env["REDIS_USERNAME"]
     if env.get("REDIS_PASSWORD"):
@@ -26,7 +30,7 @@ def _client(env: dict[str, str]) -> aredis.Redis:
 
 
 async def peek(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
-    client = _client(env)
+    client = client_for(env)
     try:
         messages = await peek_messages(client, ns, args.queue, count=args.count)
     finally:
@@ -60,7 +64,7 @@ async def send(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
 
 
 async def dlq_ls(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
-    client = _client(env)
+    client = client_for(env)
     try:
         letters = await dlq.dlq_list(client, ns, args.queue, count=args.count)
     finally:
@@ -74,7 +78,7 @@ async def dlq_ls(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
 
 
 async def dlq_show(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
-    client = _client(env)
+    client = client_for(env)
     try:
         for ref in args.ids:
             d = await dlq.dlq_show(client, ns, args.queue, ref)
@@ -88,7 +92,7 @@ async def dlq_replay(args: argparse.Namespace, env: dict[str, str], ns: str) -> 
     if not args.ids and not args.all:
         print("name dead letters by <partition>/<id>, or pass --all", file=sys.stderr)
         return 2
-    client = _client(env)
+    client = client_for(env)
     try:
         result = await dlq.dlq_replay(client, ns, args.queue, "all" if args.all else args.ids)
     finally:
@@ -108,7 +112,7 @@ async def dlq_purge(args: argparse.Namespace, env: dict[str, str], ns: str) -> i
         answer = input(f"purge the dead-letter queue of {ns}/{args.queue}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             return 1
-    client = _client(env)
+    client = client_for(env)
     try:
         removed = await dlq.dlq_purge(client, ns, args.queue, "all")
     finally:
