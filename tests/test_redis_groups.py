@@ -132,6 +132,35 @@ async def test_attempts_from_retries_count_as_deliveries(lib: RedisClient) -> No
     assert fields["x.id"] == mid and fields["x.deliveries"] == "3" and fields["x.error"] == "boom"
 
 
+async def test_entries_over_the_limit_are_dead_lettered_however_recently_claimed(
+        lib: RedisClient) -> None:
+    """A consumer that claims at once (min-idle 0) and never checks the count: the
+    sweep dead-letters every entry delivered more than maxDeliveries times, idle or not;
+    one exactly at the limit is the consumer's last attempt and stays."""
+    await groups.ensure_group(lib, [P0], G, "Beginning")
+    at_limit, over, first = await add(lib, P0.queue_key, 3)
+    malformed = await lib.xadd(P0.queue_key, {"d": "late", "a": "x"})  # attempts read as 0
+    await read(lib, P0.queue_key, "c1", 4)
+    for _ in range(2):  # over: 3 deliveries in all
+        await lib.xclaim(P0.queue_key, G, "c2", 0, [over])
+    await lib.xclaim(P0.queue_key, G, "c2", 0, [at_limit])  # 2: the last attempt
+    await lib.xclaim(P0.queue_key, G, "c2", 0, [malformed])  # 2 + 0
+    res = await groups.reclaim(lib, [P0], G, 60_000, 2)  # nothing idle that long
+    assert res.dead_lettered == 1 and res.reclaimed == 0
+    [(_, fields)] = await lib.xrange(P0.dead_letter)
+    assert fields["x.id"] == over and fields["x.deliveries"] == "3"
+    assert fields["x.error"] == "aq: exceeded maxDeliveries (3 > 2)"
+    pending = {e["message_id"] for e in await lib.xpending_range(P0.queue_key, G, "-", "+", 10)}
+    assert pending == {at_limit, first, malformed}
+    # An entry that carries earlier attempts (a retry): 1 + 2 deliveries > 2.
+    again = (await add(lib, P0.queue_key, 1, a="1"))[0]
+    await read(lib, P0.queue_key, "c1", 1)
+    assert (await groups.reclaim(lib, [P0], G, 60_000, 2)).dead_lettered == 0  # 1 + 1
+    await lib.xclaim(P0.queue_key, G, "c2", 0, [again])
+    assert (await groups.reclaim(lib, [P0], G, 60_000, 2)).dead_lettered == 1  # 2 + 1
+    assert groups.over_limit(2, 0, 2) is False and groups.over_limit(2, 1, 2) is True
+
+
 async def test_poison_does_not_block_the_rest(lib: RedisClient) -> None:
     await groups.ensure_group(lib, [P0], G, "Beginning")
     ids = await add(lib, P0.queue_key, 250)

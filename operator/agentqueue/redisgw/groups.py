@@ -23,6 +23,12 @@ another consumer redelivers it. So:
     expired entries handed back for redelivery). Claiming them itself would reset
     their idle time and hide them from consumers for another timeout.
 
+  Then, idle or not, it dead-letters pending entries delivered *more* than
+  ``maxDeliveries`` times: Redis hands an entry out on every claim whatever its count,
+  so a consumer that claims promptly and never checks the count (a client of another
+  language, docs/protocol.md) would otherwise get it forever, and the expired pass never
+  sees it idle.
+
 Dead consumers (idle beyond ``deadConsumerTimeout`` with nothing pending) are deleted
 by a script that re-checks "nothing pending" atomically: XGROUP DELCONSUMER drops a
 consumer's pending entries, which would lose messages.
@@ -125,7 +131,8 @@ class _Expired:
 
 
 async def _expired_page(client: Any, cursors: dict[PartitionKeys, str], group: str,
-                        idle_ms: int) -> dict[PartitionKeys, list[_Expired]]:
+                        idle_ms: int | None) -> dict[PartitionKeys, list[_Expired]]:
+    """A page of pending entries idle at least `idle_ms` (None: every pending entry)."""
     pipe = client.pipeline(transaction=False)
     parts = list(cursors)
     for pk in parts:
@@ -207,7 +214,43 @@ async def reclaim(client: Any, partitions: Sequence[PartitionKeys], group: str,
             await _settle(client, group, poison, gone, result)
             cursors = {pk: f"({page[-1].id}" for pk, page in pages.items()
                        if len(page) == SWEEP_PAGE}
+        await _over_limit(client, partitions, group, max_deliveries, result)
     return result
+
+
+def over_limit(times_delivered: int, attempts: int, max_deliveries: int) -> bool:
+    """Delivered more often than allowed: the consumer that holds it should have
+    dead-lettered it on reading (the SDK does; a client of another language may not)."""
+    return times_delivered + attempts > max_deliveries
+
+
+async def _over_limit(client: Any, partitions: Sequence[PartitionKeys], group: str,
+                      max_deliveries: int, result: ReclaimResult) -> None:
+    """Dead-letter pending entries delivered more than `max_deliveries` times, however
+    recently: a consumer that reclaims an entry as soon as it may (or sooner) and never
+    checks the count would otherwise get it again and again, and the expired-entry pass
+    never sees it idle. Only redelivered entries (XPENDING count 2+) are read for their
+    attempt field; at most SWEEP_PAGE × SWEEP_PAGES pending entries per partition, oldest
+    first."""
+    cursors = {pk: "-" for pk in partitions}
+    for _ in range(SWEEP_PAGES):
+        if not cursors:
+            break
+        pages = await _expired_page(client, cursors, group, None)
+        again = [e for page in pages.values() for e in page if e.deliveries >= 2]
+        fields = await _entries(client, again) if again else []
+        poison: list[tuple[_Expired, int, str]] = []
+        gone: list[_Expired] = []
+        for e, f in zip(again, fields, strict=True):
+            if f is None:
+                gone.append(e)
+            elif over_limit(e.deliveries, _attempts(f), max_deliveries):
+                total = e.deliveries + _attempts(f)
+                poison.append((e, total, f"aq: exceeded maxDeliveries ({total} > "
+                                         f"{max_deliveries})"))
+        await _settle(client, group, poison, gone, result)
+        cursors = {pk: f"({page[-1].id}" for pk, page in pages.items()
+                   if len(page) == SWEEP_PAGE}
 
 
 # KEYS[1] stream; ARGV group, idle ms. Deletes consumers idle longer than that with
