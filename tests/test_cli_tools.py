@@ -118,6 +118,12 @@ def test_describe_failure_words_each_kind_once() -> None:
     text = describe_failure(rexc.ConnectionError("Error connecting to redis://u:pw@h:1"), args)
     assert text is not None and "u:pw" not in text and "***@h:1" in text
     assert describe_failure(ValueError("a bug"), args) is None  # bugs keep their traceback
+    purge = argparse.Namespace(queue="billing", role="consumer", namespace="team-a",
+                               command="dlq", dlq_command="purge")
+    text = describe_failure(rexc.NoPermissionError("no permissions to run 'xtrim'"), purge)
+    assert text is not None and text.startswith("purge removes dead letters, which only the "
+                                                "Redis admin may do")
+    assert "--redis-url" in text
 
 
 # --- `agentqueue status`: live figures (issue 16, item 8) -----------------------------------

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -320,7 +321,7 @@ def test_readme_cli_lines_work_on_the_node(stack: Stack) -> None:
                 for part in line.split("#", 1)[0].split(" ; ") if part.strip()]
     assert len(commands) == 7, commands
     for command in commands:
-        words = shlex.split(command)
+        words = shlex.split(re.sub(r"\$(\w+)", lambda m: env[m.group(1)], command))
         assert words[0] == "agentqueue", command
         done = _cli(*words[1:], env=env, timeout=60)
         assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"

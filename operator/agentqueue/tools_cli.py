@@ -355,6 +355,12 @@ def describe_failure(exc: BaseException, args: argparse.Namespace) -> str | None
     queue = getattr(args, "queue", None) or ""
     role = getattr(args, "role", None)
     first = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    if isinstance(exc, rexc.NoPermissionError) and \
+            getattr(args, "dlq_command", None) in ("replay", "purge"):
+        return (f"{args.dlq_command} removes dead letters, which only the Redis admin may do "
+                f"(no access role has XDEL/XTRIM on the dead-letter stream): pass "
+                f"--redis-url with the admin URL (locally: --redis-url \"$REDIS_URL\" after "
+                f"`agentqueue dev env`)")
     if isinstance(exc, rexc.NoPermissionError):
         return (f"the {role} credentials of queue {queue!r} may not do this ({first}); "
                 f"try another role with --role (observer, producer, consumer) or --redis-url")
