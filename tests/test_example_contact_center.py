@@ -28,6 +28,8 @@ QUEUES = ("intake", "billing", "tech", "retention", "escalation", "feedback")
 # ConsumerGroup resource -> its Stream queue.
 GROUPS = {"classifier": "intake", "billing-agents": "billing", "tech-agents": "tech",
           "retention-agents": "retention"}
+# ConsumerGroup resource -> its List queue (no Redis group: the SDK's group name).
+LIST_GROUPS = {"human-desk": "escalation"}
 N = 30
 
 
@@ -89,7 +91,7 @@ def test_contact_center_flow(operator: Any, kubectl: Any, namespace: str,
     kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / "manifests.yaml"))
     for q in QUEUES:
         wait_ready(kubectl, "agentqueues", q, namespace)
-    for g in GROUPS:
+    for g in [*GROUPS, *LIST_GROUPS]:
         wait_ready(kubectl, "consumergroups", g, namespace)
     print(f"contact-center ready after {time.monotonic() - t0:.2f}s")
 
@@ -134,9 +136,11 @@ def test_contact_center_flow(operator: Any, kubectl: Any, namespace: str,
             assert info[group_name]["lag"] in (0, None), (q, info)
             assert r.xlen(p.dead_letter) == 0
             assert r.zcard(p.retry) == 0
-    # The escalation List (no ConsumerGroup: those are Stream-only; the SDK group
-    # `human-desk` is only a name there): every level drained, nothing in flight.
+    # The escalation List (its ConsumerGroup `human-desk` is the SDK's group name there,
+    # no Redis group): every level drained, nothing in flight; the group's settings are
+    # what the evaluator read.
     (esc,) = keys.partition_keys(namespace, "escalation", 1)
+    assert r.hget(esc.meta, "visibilityMs:human-desk") == "30000"
     for level in range(3):
         assert r.llen(esc.priority_key(level)) == 0
     assert r.zcard(esc.retry) == 0

@@ -1,13 +1,18 @@
 """ConsumerGroup end to end: groups in Redis, reclaim/DLQ, and scaling a Deployment object
-(no pods run: the envtest model) through /scale."""
+(no pods run: the envtest model) through /scale; on Stream and on List queues."""
 
 from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentqueue import keys
+from agentqueue.client.codec import Envelope, encode_element
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 from .test_operator_queue import admin, apply, queue
@@ -169,3 +174,138 @@ def test_group_for_missing_queue_is_reported(operator: Any, kubectl: Any,
     apply(kubectl, namespace, group("orphan", queueRef={"name": "nope"}))
     obj = wait_reason(kubectl, "consumergroups", "orphan", namespace, "QueueNotFound")
     assert "nope" in (condition(obj) or {})["message"]
+
+
+# ---- List queues ----------------------------------------------------------------------------
+
+def group_series(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} of the operator's agentqueue_group_* series."""
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - local test URL
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("agentqueue_group_") for s in family.samples}
+
+
+def list_element(n: int, priority: int = 0) -> str:
+    """A List element as the SDK writes it (its id carries the enqueue time)."""
+    env = Envelope(body=json.dumps({"n": n}).encode())
+    return encode_element(env, f"{int(time.time() * 1000)}-{n}", priority).decode()
+
+
+def test_list_queue_group_scales_by_levels_and_in_flight(operator: Any, kubectl: Any,
+                                                         namespace: str,
+                                                         operator_redis: Any) -> None:
+    apply(kubectl, namespace, queue("esc", type="List", priorityLevels=3, partitions=2))
+    wait_ready(kubectl, "agentqueues", "esc", namespace)
+    apply(kubectl, namespace, deployment("desk", replicas=0))
+    # visibilityTimeout outlasts the test's heartbeat (status is written every 5 s).
+    spec = {"queueRef": {"name": "esc"}, "visibilityTimeout": "40s", "maxDeliveries": 3,
+            "scaleTargetRef": {"name": "desk"},
+            "scaling": {"minReplicas": 0, "maxReplicas": 5, "lagPerReplica": 10,
+                        "pollInterval": "200ms", "cooldown": "2s",
+                        "scaleDown": {"stabilizationWindow": "1s", "maxStepPercent": 50}}}
+    apply(kubectl, namespace, group("human-desk", **spec))
+    obj = wait_ready(kubectl, "consumergroups", "human-desk", namespace)
+    assert "no Redis group" in (condition(obj) or {})["message"]
+    r = admin(operator_redis)
+    p0, p1 = keys.partition_keys(namespace, "esc", 2)
+    # The group's settings for the SDK's consumers; nothing else in Redis (no stream).
+    for p in (p0, p1):
+        assert r.hget(p.meta, "visibilityMs:human-desk") == "40000"
+        assert r.hget(p.meta, "maxDeliveries:human-desk") == "3"
+        assert not r.exists(p.queue_key)
+
+    # 30 messages over both partitions and all three priority levels → 3 replicas.
+    r.lpush(p0.priority_key(0), *[list_element(i) for i in range(12)])
+    r.lpush(p1.priority_key(1), *[list_element(i, 1) for i in range(12, 22)])
+    r.lpush(p0.priority_key(2), *[list_element(i, 2) for i in range(22, 30)])
+    wait_for(lambda: replicas(kubectl, namespace, "desk") == 3,
+             timeout=SCALE_UP_S + 3 * POLL_S + MARGIN_S, interval=0.05, what="scale up to 3")
+    obj = wait_for(lambda: (o := get_obj(kubectl, "consumergroups", "human-desk", namespace))
+                   and o["status"].get("lag") == 30 and o, timeout=10, what="lag 30")
+    assert obj["status"]["waiting"] == 30 and obj["status"]["pending"] == 0
+    assert obj["status"]["oldestPendingAgeSeconds"] >= 0
+    assert obj["status"]["groupName"] == "human-desk"
+
+    # A consumer takes every message into its processing list (what the SDK's LMOVE
+    # does) and holds them: still waiting work, so no scale-down past the cooldown.
+    r.zadd(p0.processing("#consumers"), {"c1": int(time.time() * 1000)})
+    r.zadd(p1.processing("#consumers"), {"c1": int(time.time() * 1000)})
+    time.sleep(1.0)  # the heartbeat set is read: c1's lists are polled from now on
+    pipe = r.pipeline(transaction=True)
+    for p, level in ((p0, 0), (p1, 1), (p0, 2)):
+        for _ in range(r.llen(p.priority_key(level))):
+            pipe.lmove(p.priority_key(level), p.processing("c1"), "RIGHT", "LEFT")
+    pipe.execute()
+    obj = wait_for(lambda: (o := get_obj(kubectl, "consumergroups", "human-desk", namespace))
+                   and o["status"].get("pending") == 30 and o, timeout=10,
+                   what="30 in flight")
+    assert obj["status"]["lag"] == 0 and obj["status"]["waiting"] == 30
+    assert obj["status"]["consumers"] == 1, obj["status"]
+    # The same figures as Prometheus series.
+    labels = (("group", "human-desk"), ("namespace", namespace), ("queue", "esc"))
+    series = wait_for(lambda: (m := group_series(operator.metrics_url))
+                      .get(("agentqueue_group_pending", labels)) == 30 and m,
+                      timeout=10, what="agentqueue_group_pending 30")
+    assert series[("agentqueue_group_lag", labels)] == 0
+    assert series[("agentqueue_group_consumers", labels)] == 1
+    time.sleep(2.0 + 1.0 + MARGIN_S)  # cooldown + scale-down window + margin
+    assert replicas(kubectl, namespace, "desk") == 3
+    held = r.llen(p0.processing("c1")) + r.llen(p1.processing("c1"))
+    assert held == 30  # the operator only reads them
+
+    # Acknowledged (LREM: here all at once) → back to zero after the cooldown.
+    r.delete(p0.processing("c1"), p1.processing("c1"))
+    wait_for(lambda: replicas(kubectl, namespace, "desk") == 0,
+             timeout=2.0 + 1.0 + 4 * POLL_S + MARGIN_S + 2.0, interval=0.1,
+             what="scale to zero")
+    obj = wait_for(lambda: (o := get_obj(kubectl, "consumergroups", "human-desk", namespace))
+                   and o["status"].get("waiting") == 0 and o, timeout=10, what="drained")
+    assert obj["status"]["desiredReplicas"] == 0
+
+    # minReplicas is the floor when nothing waits.
+    apply(kubectl, namespace, group("human-desk", **{**spec, "scaling": {
+        **spec["scaling"], "minReplicas": 1}}))
+    wait_for(lambda: replicas(kubectl, namespace, "desk") == 1, timeout=SCALE_UP_S + MARGIN_S,
+             interval=0.05, what="minReplicas 1")
+
+    # Deleting the group removes its settings; the queue's data stays.
+    r.lpush(p0.priority_key(0), list_element(99))
+    kubectl("delete", "consumergroups", "human-desk", "-n", namespace, "--wait=true",
+            "--timeout=30s")
+    assert r.hget(p0.meta, "visibilityMs:human-desk") is None
+    assert r.llen(p0.priority_key(0)) == 1
+
+
+def test_list_group_refuses_stream_only_fields(operator: Any, kubectl: Any, namespace: str,
+                                               operator_redis: Any) -> None:
+    apply(kubectl, namespace, queue("esc2", type="List"))
+    wait_ready(kubectl, "agentqueues", "esc2", namespace)
+    apply(kubectl, namespace, group("g", queueRef={"name": "esc2"}, startFrom="Beginning"))
+    obj = wait_reason(kubectl, "consumergroups", "g", namespace, "StreamOnlyField")
+    cond = condition(obj) or {}
+    assert cond["status"] == "False"
+    assert "AgentQueue 'esc2' is a List queue" in cond["message"]
+    assert "spec.startFrom (Beginning) applies to Stream queues only" in cond["message"]
+    wait_for(lambda: "StreamOnlyField" in kubectl("get", "events", "-n", namespace, "-o",
+                                                  "json").stdout,
+             timeout=20, what="Event StreamOnlyField")
+    # Fixed: Ready. Then another Stream-only field: refused again, with its own message.
+    apply(kubectl, namespace, group("g", queueRef={"name": "esc2"}))
+    wait_ready(kubectl, "consumergroups", "g", namespace)
+    apply(kubectl, namespace, group("g", queueRef={"name": "esc2"}, deadConsumerTimeout="5m"))
+    obj = wait_reason(kubectl, "consumergroups", "g", namespace, "StreamOnlyField")
+    assert "spec.deadConsumerTimeout (5m)" in (condition(obj) or {})["message"]
+    # Deleted while refused: the settings the valid spec wrote go with it.
+    meta = keys.partition_keys(namespace, "esc2", 1)[0].meta
+    r = admin(operator_redis)
+    assert r.hget(meta, "visibilityMs:g") == "30000"
+    kubectl("delete", "consumergroups", "g", "-n", namespace, "--wait=true", "--timeout=30s")
+    assert r.hget(meta, "visibilityMs:g") is None
+    # A PubSub queue has no group of any kind.
+    apply(kubectl, namespace, queue("news", type="PubSub"))
+    wait_ready(kubectl, "agentqueues", "news", namespace)
+    apply(kubectl, namespace, group("n", queueRef={"name": "news"}))
+    obj = wait_reason(kubectl, "consumergroups", "n", namespace, "QueueTypeUnsupported")
+    assert "Stream or List" in (condition(obj) or {})["message"]

@@ -23,6 +23,7 @@ INVALID_SPEC = "InvalidSpec"
 QUEUE_NOT_FOUND = "QueueNotFound"
 QUEUE_NOT_READY = "QueueNotReady"
 QUEUE_TYPE_UNSUPPORTED = "QueueTypeUnsupported"
+STREAM_ONLY_FIELD = "StreamOnlyField"  # a ConsumerGroup field a List queue has no use for
 SCALE_TARGET_NOT_FOUND = "ScaleTargetNotFound"
 HPA_CONFLICT = "HorizontalPodAutoscalerConflict"
 DRIFT_REPAIRED = "DriftRepaired"

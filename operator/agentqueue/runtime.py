@@ -26,7 +26,7 @@ from .planning.server_risks import Risk, assess
 from .pollhub import PollHub
 from .redisgw.connection import RedisPool, RedisTarget, server_ids
 from .redisgw.errors import RedisError
-from .redisgw.poller import poll_groups
+from .redisgw.list_work import poll_all
 from .redisgw.server_info import server_facts
 
 log = logging.getLogger("agentqueue.runtime")
@@ -187,7 +187,7 @@ class Runtime:
             redis=pool,
             watcher=RestartWatcher(pool, config.run_id_check_interval),
             metrics=metrics,
-            hub=PollHub(_timed(poll_groups, metrics)),
+            hub=PollHub(_timed(poll_all, metrics)),
         )
 
     async def start(self) -> None:

@@ -60,6 +60,7 @@ MODULES = [
     "operator/agentqueue/planning/address_policy.py",
     "operator/agentqueue/planning/conflicts.py",
     "operator/agentqueue/planning/deletion.py",
+    "operator/agentqueue/planning/list_groups.py",
 ]
 
 # Fast pure unit tests that judge the mutants.
@@ -78,6 +79,7 @@ TESTS = [
     "tests/test_codec_limits.py",
     "tests/test_queue_plan.py",
     "tests/test_hostile_planning.py",
+    "tests/test_list_groups.py",
 ]
 
 # Tests inside those files that need a real server.

@@ -51,7 +51,9 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
             conditions = set_condition(conditions, reasons.PAUSED, False, reasons.NOT_PAUSED, "",
                                        gen)
         plain.setdefault("status", {})["conditions"] = conditions
-        msg = f"group {ctx.group!r} on {len(ctx.partitions)} partition(s)"
+        msg = (f"group {ctx.group!r} on {len(ctx.partitions)} partition(s)" if not ctx.is_list
+               else f"settings of group {ctx.group!r} on List queue {ctx.spec.queue_ref.name!r}"
+               f" ({len(ctx.partitions)} partition(s); no Redis group)")
         await write_status(rt, PLURAL, plain, ready_status(plain, True, reasons.ACTIVE, msg,
                                                            extra))
         logger.info("consumer group reconciled", extra={"group": ctx.group})

@@ -83,16 +83,21 @@ class ConsumerGroupSpec(KubeModel):
     queue_ref: LocalObjectReference = Field(description="The AgentQueue to consume.")
     group_name: str | None = Field(
         default=None, pattern=GROUP_NAME_PATTERN, max_length=200,
-        description="Redis consumer group name; default metadata.name. Immutable.")
+        description="Redis consumer group name (List queues: the name the SDK's consumers "
+        "use, AQ_GROUP; no Redis group); default metadata.name. Immutable.")
     start_from: str = Field(
         default="NewMessages", pattern=START_FROM_PATTERN,
-        description="NewMessages ($), Beginning (0) or an entry id; used at creation only.")
+        description="NewMessages ($), Beginning (0) or an entry id; used at creation only. "
+        "Stream queues only (a List queue refuses any other value than the default).")
     visibility_timeout: Duration = Field(
-        default="30s", description="A delivered message not acked this long is reclaimed.")
+        default="30s", description="A delivered message not acked this long is reclaimed "
+        "(List: the messages of a consumer silent this long are moved back to the queue).")
     max_deliveries: int | None = Field(default=None, ge=1, le=1000,
-                                       description="Override of the queue's maxDeliveries.")
+                                       description="Override of the queue's maxDeliveries "
+                                       "(List: enforced by the consumers as they read).")
     dead_consumer_timeout: Duration = Field(
-        default="1h", description="Idle consumers with nothing pending are removed after this.")
+        default="1h", description="Idle consumers with nothing pending are removed after "
+        "this. Stream queues only (a List queue refuses any other value than the default).")
     scale_target_ref: ScaleTargetRef | None = Field(
         default=None, description="Workload to scale by waiting work.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Scaling behaviour.")
@@ -114,12 +119,17 @@ CONSUMERGROUP_SPEC_RULES = [
 
 class ConsumerGroupStatus(CommonStatus):
     group_name: str | None = Field(default=None, description="Redis consumer group name.")
-    lag: int = Field(default=0, description="Entries not yet delivered to the group.")
-    pending: int = Field(default=0, description="Delivered, not yet acknowledged.")
+    lag: int = Field(default=0, description="Entries not yet delivered to the group (List: "
+                     "messages in the priority lists).")
+    pending: int = Field(default=0, description="Delivered, not yet acknowledged (List: in "
+                         "the consumers' processing lists).")
     due_retries: int = Field(default=0, description="Retries due now.")
     waiting: int = Field(default=0, description="lag + pending + due retries.")
-    oldest_pending_age_seconds: float = Field(default=0.0, description="Age of the oldest pending.")
-    consumers: int = Field(default=0, description="Live consumers.")
+    oldest_pending_age_seconds: float = Field(
+        default=0.0, description="Age of the oldest pending (List: since it was enqueued, "
+        "of the oldest message waiting or in flight).")
+    consumers: int = Field(default=0, description="Live consumers (List: a heartbeat within "
+                           "visibilityTimeout).")
     current_replicas: int | None = Field(default=None, description="Replicas of the target.")
     desired_replicas: int | None = Field(default=None, description="Replicas wanted.")
     last_scale_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"},

@@ -216,6 +216,11 @@ class GroupTarget:
     queue: str
     group: str
     partitions: int
+    queue_type: str = "Stream"
+    """Stream (polled here) or List (redisgw/list_work.py)."""
+    priority_levels: int = 1
+    visibility_ms: int = 30_000
+    """List: a consumer whose heartbeat is older than this is not counted as live."""
 
     def partition_keys(self) -> list[PartitionKeys]:
         return partition_keys(self.namespace, self.queue, self.partitions)

@@ -1,5 +1,8 @@
 """ConsumerGroup reconciler: the group on every partition, its settings in the queue's
-metadata hash, and the scale target checked. The scaling loop lives in handlers.groups."""
+metadata hash, and the scale target checked. The scaling loop lives in handlers.groups.
+
+On a List queue there is no Redis consumer group: only the settings are written (the
+SDK's consumers read them by group name), see planning/list_groups.py."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from .. import keys, reasons
 from ..conditions import now_iso
 from ..kube import KubeNotFound
 from ..models import AgentQueueSpec, ConsumerGroupSpec, parse_duration
-from ..planning import conflicts
+from ..planning import conflicts, list_groups
 from ..redisgw import groups as redis_groups
 from ..redisgw.connection import RedisTarget
 from ..redisgw.meta import write_group_meta
@@ -33,6 +36,11 @@ class GroupContext:
     queue_spec: AgentQueueSpec
     target: RedisTarget
     partitions: list[keys.PartitionKeys]
+
+    @property
+    def is_list(self) -> bool:
+        """A List queue: no Redis consumer group, only the settings in the metadata hash."""
+        return self.queue_spec.type == "List"
 
     @property
     def max_deliveries(self) -> int:
@@ -63,7 +71,10 @@ async def group_name_claims(rt: Runtime, body: dict[str, Any],
             if c.name != meta["name"]]
 
 
-async def resolve(rt: Runtime, body: dict[str, Any]) -> GroupContext:
+async def resolve(rt: Runtime, body: dict[str, Any], *,
+                  check_fields: bool = True) -> GroupContext:
+    """The group's context. `check_fields` False: a List group with a Stream-only field
+    resolves anyway (its deletion still removes settings an earlier spec wrote)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec = parse_spec(body.get("spec") or {})
@@ -81,10 +92,7 @@ async def resolve(rt: Runtime, body: dict[str, Any]) -> GroupContext:
                           f"AgentQueue {spec.queue_ref.name!r} does not exist in {ns}",
                           retry_after=10.0)
     queue_spec = parse_queue_spec(queue.get("spec") or {}, rt.config.max_schema_bytes)
-    if queue_spec.type != "Stream":
-        raise SpecProblem(reasons.QUEUE_TYPE_UNSUPPORTED,
-                          f"AgentQueue {spec.queue_ref.name!r} is a {queue_spec.type} queue; "
-                          "consumer groups need type Stream", retry_after=None)
+    check_queue_type(spec, spec.queue_ref.name, queue_spec.type, check_fields)
     ready = next((c for c in (queue.get("status") or {}).get("conditions") or []
                   if c.get("type") == reasons.READY), None)
     if not ready or ready.get("status") != "True":
@@ -94,6 +102,22 @@ async def resolve(rt: Runtime, body: dict[str, Any]) -> GroupContext:
     target = await rt.target_for(ns, secret_ref)
     return GroupContext(ns, name, spec.group_name or name, spec, queue_spec, target,
                         keys.partition_keys(ns, spec.queue_ref.name, queue_spec.partitions))
+
+
+def check_queue_type(spec: ConsumerGroupSpec, queue: str, queue_type: str,
+                     check_fields: bool = True) -> None:
+    """A group needs a Stream or List queue; on a List, no Stream-only field may be set
+    (planning/list_groups.py). The type lives on the queue, so the CRD cannot check it."""
+    if queue_type == "PubSub":
+        raise SpecProblem(reasons.QUEUE_TYPE_UNSUPPORTED,
+                          f"AgentQueue {queue!r} is a PubSub queue; consumer groups need "
+                          "type Stream or List", retry_after=None)
+    if queue_type == "List" and check_fields:
+        problems = list_groups.stream_only_fields(spec)
+        if problems:
+            raise SpecProblem(reasons.STREAM_ONLY_FIELD,
+                              f"AgentQueue {queue!r} is a List queue: " + "; ".join(problems),
+                              retry_after=None)
 
 
 def group_meta_fields(ctx: GroupContext, previous_pause: str | None) -> tuple[dict[str, str],
@@ -117,7 +141,9 @@ def group_meta_fields(ctx: GroupContext, previous_pause: str | None) -> tuple[di
 async def reconcile_group(rt: Runtime, body: dict[str, Any]) -> GroupContext:
     ctx = await resolve(rt, body)
     client = await rt.redis.get(ctx.target)
-    await redis_groups.ensure_group(client, ctx.partitions, ctx.group, ctx.spec.start_from)
+    if not ctx.is_list:
+        await redis_groups.ensure_group(client, ctx.partitions, ctx.group,
+                                        ctx.spec.start_from)
     status = body.get("status") or {}
     previous = None
     if ctx.spec.paused and status.get("pausedAt"):
@@ -138,7 +164,7 @@ async def reconcile_group(rt: Runtime, body: dict[str, Any]) -> GroupContext:
 async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
     """Destroy the group on every partition; the queue's data stays."""
     try:
-        ctx = await resolve(rt, body)
+        ctx = await resolve(rt, body, check_fields=False)
     except (SpecProblem, Waiting):
         return  # the queue is gone or never worked: nothing of ours left in Redis
     if await group_name_claims(rt, body, ctx.spec):
@@ -147,7 +173,8 @@ async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
         rt.metrics.forget_group(ctx.namespace, ctx.name)
         return
     client = await rt.redis.get(ctx.target)
-    await redis_groups.delete_group(client, ctx.partitions, ctx.group)
+    if not ctx.is_list:
+        await redis_groups.delete_group(client, ctx.partitions, ctx.group)
     await write_group_meta(
         client, ctx.partitions, {},
         [f"visibilityMs:{ctx.group}", f"maxDeliveries:{ctx.group}", f"paused:{ctx.group}"])

@@ -1,5 +1,8 @@
 """The per-ConsumerGroup loop: poll (shared hub) → decide (pure) → scale → status.
 
+Stream and List groups share it; a List group has no Redis group to sweep or recreate
+(its waiting work: redisgw/list_work.py).
+
 Timestamps that must survive an operator restart (last scale, last time work was
 waiting, for the cooldown) live in status, as KEDA does."""
 
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,13 +111,19 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
     queue_ref = str(((body.get("spec") or {}).get("queueRef") or {}).get("name"))
     key = (meta.get("generation"), rt.queue_versions.get((ns, queue_ref), 0))
     if state.ctx is None or state.ctx_key != key or time.monotonic() - state.ctx_at > CTX_TTL_S:
+        if state.ctx_key != key:
+            # The spec changed since the last tick chose to stay quiet (the handler's
+            # poke only reaches a loop already waiting in the hub): decide again now.
+            state.quiet = None
         state.ctx = await svc.resolve(rt, body)
         state.ctx_key, state.ctx_at = key, time.monotonic()
     ctx = state.ctx
     spec = ctx.spec
     # The operator's floor (an administrator's setting) wins over a faster spec.
     interval = max(parse_duration(spec.scaling.poll_interval), rt.config.min_poll_interval)
-    request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions)
+    request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions,
+                          ctx.queue_spec.type, ctx.queue_spec.priority_levels,
+                          int(parse_duration(spec.visibility_timeout) * 1000))
     result = await rt.hub.next(ctx.target.key, lambda: rt.redis.get(ctx.target), (ns, name),
                                request, interval, state.quiet)
     state.quiet = None
@@ -133,9 +143,11 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
                   message=f"recreated group {ctx.group!r} on partitions "
                   f"{sorted(figures.missing_partitions)}")
 
-    # Poison messages to the DLQ, dead consumers removed: not every tick.
+    # Poison messages to the DLQ, dead consumers removed: not every tick. (A List queue's
+    # consumers recover each other's messages and dead-letter them: no sweep.)
     swept = 0
-    if redis_ok and now - state.last_maintenance >= _sweep_interval(spec, figures):
+    if (redis_ok and not ctx.is_list
+            and now - state.last_maintenance >= _sweep_interval(spec, figures)):
         state.last_maintenance = now
         client = await rt.redis.get(ctx.target)
         res = await redis_groups.reclaim(
@@ -300,7 +312,8 @@ def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
     if ref is not None and (desired != state.current or (state.current or 0) != floor):
         return None  # a scale-down may become due with time (cooldown)
     mono = time.monotonic()
-    sweep_at = state.last_maintenance + _sweep_interval(spec, figures)
+    sweep_at = (math.inf if ctx.is_list
+                else state.last_maintenance + _sweep_interval(spec, figures))
     until = mono + min(QUIET_MAX_S, max(0.0, sweep_at - now),
                        SCALE_REFRESH_S if ref is not None else QUIET_MAX_S)
 
