@@ -29,6 +29,15 @@ def test_from_env_reads_every_key() -> None:
     assert cfg.ca_cert is not None and cfg.ca_cert.startswith("-----BEGIN")
     assert [p.queue_key for p in cfg.partition_keys()] == list(cfg.queue_keys)
     assert ClientConfig.from_env(ENV, queue="other").queue == "other"
+    assert not cfg.cluster  # no REDIS_CLUSTER: a standalone server
+
+
+@pytest.mark.parametrize("value, cluster", [("1", True), ("true", True), ("YES", True),
+                                            ("0", False), ("", False), ("no", False)])
+def test_redis_cluster_flag(value: str, cluster: bool) -> None:
+    cfg = ClientConfig.from_env({**ENV, "REDIS_CLUSTER": value})
+    assert cfg.cluster is cluster
+    assert f"cluster={cluster}" in repr(cfg)
 
 
 def test_repr_never_shows_secrets() -> None:
@@ -46,6 +55,7 @@ def test_repr_never_shows_secrets() -> None:
     ({"AQ_QUEUE_TYPE": "Kafka"}, "queue type"),
     ({"AQ_PARTITIONS": "two"}, "AQ_PARTITIONS"),
     ({"AQ_PARTITIONS": "0"}, "partitions"),
+    ({"REDIS_URL": "unix:///run/redis.sock", "REDIS_CLUSTER": "1"}, "Cluster"),
 ])
 def test_bad_env(change: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -44,6 +44,7 @@ def test_redis_restart_without_persistence_is_repaired(operator: Any, kubectl: A
     apply(kubectl, namespace, group("vg", queueRef={"name": "vq"}))
     wait_ready(kubectl, "consumergroups", "vg", namespace)
     creds = secret_values(kubectl, namespace, "vq.worker")
+    assert "REDIS_CLUSTER" not in creds  # a standalone server
 
     volatile_redis.restart()
     t0 = time.monotonic()
@@ -94,6 +95,7 @@ def test_redis_cluster(operator: Any, kubectl: Any, namespace: str, redis_cluste
                                     redis={"secretRef": {"name": "cluster"}}))
     wait_ready(kubectl, "agentqueues", "cq", namespace, timeout=60)
     creds = secret_values(kubectl, namespace, "cq.intake")
+    assert creds["REDIS_CLUSTER"] == "1"  # the SDK connects with a cluster client
     nodes = [redis.Redis(host="127.0.0.1", port=n.port, username=redis_cluster.admin_username,
                          password=redis_cluster.admin_password, decode_responses=True)
              for n in redis_cluster.nodes]

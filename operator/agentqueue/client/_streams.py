@@ -1,7 +1,16 @@
-"""Stream queues: consumer-group reads, acks, reclaim, heartbeat, retry, dead-letter."""
+"""Stream queues: consumer-group reads, acks, reclaim, heartbeat, retry, dead-letter.
+
+Every command names the keys of one partition only (one hash tag, one slot), so each
+works on a Redis Cluster too, and the pipelines that span partitions are split per node
+by redis-py's cluster pipeline (sent to the nodes concurrently). The one exception is
+the read: a standalone server reads every partition in one ``XREADGROUP ... STREAMS``,
+which a Cluster refuses (CROSSSLOT), so :class:`ClusterStreamBackend` reads partition by
+partition.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -229,5 +238,113 @@ class StreamBackend:
                 break
         return total
 
+    async def drain(self, timeout: float | None = None) -> list[Delivery]:
+        """Entries read but not handed out yet (only the Cluster backend has any)."""
+        return []
+
     async def close(self) -> None:
         return None
+
+
+MAX_BLOCKING_READS = 64
+"""At most this many partitions wait in a blocking read at once on a Cluster (one
+connection each); the others are read without blocking on every call."""
+
+
+class ClusterStreamBackend(StreamBackend):
+    """A Stream consumer on a Redis Cluster: a cross-slot ``XREADGROUP`` is refused, so
+    each partition is read with its own.
+
+    A read first sends the acks and a non-blocking ``XREADGROUP`` of every partition that
+    has no blocking read in flight, in one cluster pipeline (one round trip per node, the
+    nodes concurrently). When that finds nothing, it starts a blocking ``XREADGROUP`` on
+    each of those partitions (each its own task and connection) and returns as soon as
+    one brings entries. The others are not cancelled (a cancelled read could lose a reply
+    whose entries Redis already marked as delivered to us): they stay in flight and what
+    they bring is returned by a later read, or released by :meth:`drain` at close.
+    Entries collected by a read that then fails or is cancelled are kept for the next
+    read (or :meth:`drain`), never dropped.
+    """
+
+    def __init__(self, client: Any, group: str, consumer: str,
+                 parts: Sequence[keys.PartitionKeys], max_payload_bytes: int) -> None:
+        super().__init__(client, group, consumer, parts, max_payload_bytes)
+        self._blocking: dict[int, asyncio.Task[Any]] = {}
+        self._carry: list[Delivery] = []
+        self._start = 0
+        self._block_s = 1.0
+
+    def _collect(self) -> BaseException | None:
+        """Move what the finished blocking reads brought to the carry; return the first
+        error among them (their partitions are read again by the next call)."""
+        error: BaseException | None = None
+        for i, task in [(i, t) for i, t in self._blocking.items() if t.done()]:
+            del self._blocking[i]
+            if task.cancelled():
+                continue
+            exc = task.exception()
+            if exc is not None:
+                error = error or exc
+            elif i < len(self.parts):  # else the queue lost partitions meanwhile (never)
+                self._add(i, task.result())
+        return error
+
+    def _add(self, partition: int, reply: Any) -> None:
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._carry.append(self._decode(partition, entry_id, fields, 1))
+
+    def _take(self) -> list[Delivery]:
+        out, self._carry = self._carry, []
+        return out
+
+    async def read(self, count: int, block_ms: int,
+                   acks: Sequence[tuple[int, str]]) -> list[Delivery]:
+        error = self._collect()
+        idle = [i for i in range(len(self.parts)) if i not in self._blocking]
+        if acks or idle:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for partition, ids in _by_partition(acks).items():
+                    pipe.xack(self.parts[partition].queue_key, self.group, *ids)
+                for i in idle:
+                    pipe.xreadgroup(self.group, self.consumer,
+                                    {self.parts[i].queue_key: ">"}, count=count)
+                results = await pipe.execute()
+            for i, reply in zip(idle, results[len(results) - len(idle):], strict=True):
+                self._add(i, reply)
+        if self._carry:
+            if error is not None:
+                log.info("a blocking read failed (%s); returning the other partitions' "
+                         "entries", type(error).__name__)
+            return self._take()
+        if error is not None:
+            raise error
+        # Nothing anywhere: wait on every partition at once, up to block_ms.
+        self._block_s = max(1, block_ms) / 1000
+        start = self._start % max(1, len(idle))
+        self._start += 1
+        room = max(0, MAX_BLOCKING_READS - len(self._blocking))
+        for i in (idle[start:] + idle[:start])[:room]:
+            self._blocking[i] = asyncio.ensure_future(self.client.xreadgroup(
+                self.group, self.consumer, {self.parts[i].queue_key: ">"}, count=count,
+                block=max(1, block_ms)))
+        if self._blocking:
+            await asyncio.wait(set(self._blocking.values()), timeout=self._block_s + 0.05,
+                               return_when=asyncio.FIRST_COMPLETED)
+        error = self._collect()
+        if error is not None and not self._carry:
+            raise error
+        return self._take()
+
+    async def drain(self, timeout: float | None = None) -> list[Delivery]:
+        """Wait for the blocking reads still in flight (at most their block time, or
+        ``timeout``) and return every entry read but not handed out yet, for the
+        consumer to release; reads still waiting after that are cancelled."""
+        if self._blocking:
+            await asyncio.wait(set(self._blocking.values()),
+                               timeout=self._block_s + 0.5 if timeout is None else timeout)
+        self._collect()
+        for task in self._blocking.values():
+            task.cancel()
+        self._blocking.clear()
+        return self._take()

@@ -7,6 +7,11 @@ agent's pod with ``envFrom``, or from explicit arguments::
     config = ClientConfig(url="redis://localhost:6379/0", namespace="team-a",
                           queue="jobs", username="aq.team-a.jobs.worker", password="...")
 
+``cluster=True`` (``REDIS_CLUSTER=1`` in the Secret, written by the operator when the
+queue's Redis is a Redis Cluster) connects with ``redis.asyncio.RedisCluster``: the URL
+names any node, the others are discovered. Nothing is detected at connect time, so a
+standalone client costs no extra round trip.
+
 The password and the CA certificate never appear in ``repr()`` or ``str()``.
 """
 
@@ -27,6 +32,10 @@ from .errors import ConfigError
 
 QUEUE_TYPES = ("Stream", "List", "PubSub")
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s]*@", re.IGNORECASE)
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes")
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -53,6 +62,7 @@ class ClientConfig:
     queue_keys: tuple[str, ...] = ()
     dead_letter_keys: tuple[str, ...] = ()
     key_pattern: str | None = None
+    cluster: bool = False
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -65,12 +75,15 @@ class ClientConfig:
             raise ConfigError(f"queue type must be one of {', '.join(QUEUE_TYPES)}")
         if self.partitions < 1:
             raise ConfigError("partitions must be at least 1")
+        if self.cluster and urlsplit(self.url).scheme == "unix":
+            raise ConfigError("a Redis Cluster is reached over TCP: redis:// or rediss://")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
         """Read ``REDIS_URL``, ``REDIS_USERNAME``, ``REDIS_PASSWORD``, ``AQ_NAMESPACE``,
         ``AQ_QUEUE``, ``AQ_QUEUE_TYPE``, ``AQ_PARTITIONS``, ``AQ_QUEUE_KEYS``,
-        ``AQ_DEAD_LETTER_KEYS``, ``AQ_KEY_PATTERN``, ``AQ_ROLE`` and ``REDIS_CA_CERT``.
+        ``AQ_DEAD_LETTER_KEYS``, ``AQ_KEY_PATTERN``, ``AQ_ROLE``, ``REDIS_CA_CERT`` and
+        ``REDIS_CLUSTER`` (``1``: a Redis Cluster).
 
         Keyword arguments override what the environment says.
 
@@ -96,6 +109,7 @@ class ClientConfig:
             "queue_keys": _split(env.get("AQ_QUEUE_KEYS")),
             "dead_letter_keys": _split(env.get("AQ_DEAD_LETTER_KEYS")),
             "key_pattern": env.get("AQ_KEY_PATTERN") or None,
+            "cluster": _flag(env.get("REDIS_CLUSTER")),
         }
         values.update(overrides)
         return cls(**values)
@@ -108,10 +122,12 @@ class ClientConfig:
         """The key sets of the first ``partitions`` partitions (default: the configured count)."""
         return keys.partition_keys(self.namespace, self.queue, partitions or self.partitions)
 
-    def connect(self, **kwargs: Any) -> aioredis.Redis:
+    def connect(self, **kwargs: Any) -> aioredis.Redis | aioredis.RedisCluster:
         """A new asyncio Redis client (binary responses). The caller closes it.
 
-        Extra keyword arguments go to ``redis.asyncio.Redis.from_url``.
+        A ``redis.asyncio.RedisCluster`` when ``cluster`` is set (it follows MOVED and ASK
+        replies and re-reads the slot map after a failover), else a ``redis.asyncio.Redis``.
+        Extra keyword arguments go to ``from_url`` of that class.
         """
         options: dict[str, Any] = {"decode_responses": False,
                                    "health_check_interval": 30,
@@ -124,6 +140,11 @@ class ClientConfig:
             options["ssl_ca_data"] = self.ca_cert
             options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
         options.update(kwargs)
+        if self.cluster:
+            # Blocking reads wait up to the consumer's block_ms: no socket timeout, as
+            # for a standalone client (redis-py's cluster default is 5 s).
+            options.setdefault("socket_timeout", None)
+            return aioredis.RedisCluster.from_url(self.url, **options)
         return aioredis.Redis.from_url(self.url, **options)
 
     def __repr__(self) -> str:

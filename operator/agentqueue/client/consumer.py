@@ -24,7 +24,9 @@ Handler style (acks on return, nacks on an exception, stops on SIGTERM)::
 What the consumer does for you (Stream queues):
 
 * Reads all partitions with one blocking XREADGROUP (COUNT ``batch_size``); acks of
-  finished messages ride in the same pipeline as the next read.
+  finished messages ride in the same pipeline as the next read. On a Redis Cluster
+  (``REDIS_CLUSTER=1``) each partition has its own XREADGROUP (see
+  :class:`~agentqueue.client._streams.ClusterStreamBackend`).
 * Reclaim: every ``visibility/2`` (bounded), before reading new work, it XAUTOCLAIMs
   entries idle longer than the group's visibility timeout — a dead consumer's messages
   go to a live one.
@@ -58,12 +60,13 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError, WatchError
 
 from ._delivery import Delivery
 from ._lists import ListBackend
 from ._pubsub import PubSubBackend
-from ._streams import StreamBackend
+from ._streams import ClusterStreamBackend, StreamBackend
 from .backoff import RetryPolicy
 from .codec import MAX_PAYLOAD_BYTES, parse_json
 from .config import ClientConfig
@@ -220,8 +223,10 @@ class Consumer:
         self._parts = self.config.partition_keys(meta.partitions)
         if meta.type == "Stream":
             assert self.group is not None
-            self._backend = StreamBackend(self._client, self.group, self.name, self._parts,
-                                          self.max_payload_bytes)
+            stream = (ClusterStreamBackend if isinstance(self._client, aioredis.RedisCluster)
+                      else StreamBackend)
+            self._backend = stream(self._client, self.group, self.name, self._parts,
+                                   self.max_payload_bytes)
         elif meta.type == "List":
             assert self.group is not None
             self._backend = ListBackend(self._client, self.group, self.name, self._parts,
@@ -256,6 +261,9 @@ class Consumer:
         with contextlib.suppress(*redis_errors()):
             await self.flush_acks()
         unstarted = [m._handle for m in self._buffer]
+        if isinstance(self._backend, StreamBackend):
+            with contextlib.suppress(*redis_errors()):  # a Cluster's reads in flight
+                unstarted += [d.handle for d in await self._backend.drain()]
         if unstarted and isinstance(self._backend, StreamBackend):
             self._buffer.clear()
             with contextlib.suppress(*redis_errors()):
@@ -548,7 +556,9 @@ class Consumer:
             while True:
                 try:
                     await pipe.watch(marker)
-                    if await pipe.exists(marker):
+                    # GET, not EXISTS: redis-py's cluster pipeline drops an EXISTS sent
+                    # between WATCH and MULTI unsent (and returns itself, which is falsy)
+                    if await pipe.get(marker) is not None:
                         return False  # leaving the block unwatches
                     pipe.multi()
                     pipe.set(marker, msg.id, px=ttl)

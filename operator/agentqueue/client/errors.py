@@ -85,7 +85,8 @@ def is_library_missing(exc: BaseException) -> bool:
 def is_transient(exc: BaseException, *, authenticated_before: bool = False) -> bool:
     """True for Redis failures worth retrying after a pause.
 
-    ``LOADING``, ``BUSY``, ``TRYAGAIN`` and connection-level failures are transient.
+    ``LOADING``, ``BUSY``, ``TRYAGAIN``, ``CLUSTERDOWN``, a slot no node serves (a
+    Cluster failing over) and connection-level failures are transient.
     Permission errors are permanent (an ACL must change). Authentication errors
     (``WRONGPASS``/``NOAUTH``) are permanent for credentials never accepted, but
     transient once they were (``authenticated_before``): ACL users live in memory, so
@@ -98,8 +99,9 @@ def is_transient(exc: BaseException, *, authenticated_before: bool = False) -> b
     if isinstance(exc, rex.AuthorizationError | rex.NoPermissionError):
         return False
     if isinstance(exc, rex.BusyLoadingError | rex.ConnectionError | rex.TimeoutError
-                  | builtins.TimeoutError | ConnectionError | LibraryMissingError):
-        return True
+                  | builtins.TimeoutError | ConnectionError | LibraryMissingError
+                  | rex.SlotNotCoveredError | rex.RedisClusterUnreachableError):
+        return True  # the last two: a Redis Cluster in the middle of a failover
     if isinstance(exc, rex.ResponseError):
         text = response_text(exc)
         if is_library_missing(exc):
@@ -123,8 +125,9 @@ def safe_message(exc: BaseException, limit: int = 2000) -> str:
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
-    """The exception types a Redis call can raise (for ``except`` clauses)."""
-    return (rex.RedisError, builtins.TimeoutError, OSError)
+    """The exception types a Redis call can raise (for ``except`` clauses); a Redis
+    Cluster client also raises ``RedisClusterException``, which is no ``RedisError``."""
+    return (rex.RedisError, rex.RedisClusterException, builtins.TimeoutError, OSError)
 
 
 def describe(value: Any, limit: int = 60) -> str:

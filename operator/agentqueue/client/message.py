@@ -88,6 +88,10 @@ class Message:
 
               await msg.once("count", lambda pipe: pipe.hincrby("totals", "orders", 1))
 
+          On a Redis Cluster a transaction stays in one slot: the effect may only
+          touch keys with the marker's hash tag (the partition's, ``aq:{ns/q/p}``);
+          redis-py refuses a key of another slot (``CrossSlotTransactionError``).
+
         * Without ``effect``: claims the marker (``SET NX``) and returns True for the
           first caller only. Do the side effect after a True. A crash between the claim
           and the effect skips the effect (at most once); make the external call itself

@@ -6,7 +6,8 @@ production. Without AOF `default` is `off`; with AOF it is *locked* instead (on,
 the hash of a random password nobody keeps): Redis replays Function transactions from
 the AOF as `default` and drops them when it is off (redis/redis#14541, see
 planning/server_risks.py). Options: AOF persistence, TLS only (`--port 0`, so plain TCP is refused),
-cluster mode. `RedisCluster` builds a 3-primary cluster from three of these.
+cluster mode. `RedisCluster` builds a 3-primary cluster from three of these (with
+`replicas=1`, six: each primary with a replica, for failover tests).
 
 Without persistence (the default) a restart loses data, functions and every ACL user
 created at run time; the ACL file only holds the admin. That is the failure the
@@ -329,14 +330,34 @@ class RedisServer:
 
 
 class RedisCluster:
-    """`nodes` primaries (no replicas) in cluster mode, slots split evenly."""
+    """`nodes` primaries in cluster mode, slots split evenly, each with `replicas`
+    replicas (default none). `nodes` lists the primaries first, then the replicas
+    (replica `j` of primary `i` is `nodes[nodes_count * (j + 1) + i]`); after a failover
+    a replica may be a primary: ask the cluster (`primaries()`).
+
+    Replicas authenticate to their primary as the admin (`masteruser`/`masterauth`, in a
+    mode-0600 file of the workdir, not on the command line); every node has them, since
+    any node may become a replica of another. `cluster-node-timeout` is 1000 ms, so a
+    dead primary is failed over in about 2 s.
+    """
 
     def __init__(self, workdir: Path | str, nodes: int = 3, *,
-                 admin_password: str | None = None) -> None:
+                 admin_password: str | None = None, replicas: int = 0) -> None:
         self.workdir = Path(workdir)
         password = admin_password or secrets.token_urlsafe(24)
+        self.primaries_count = nodes
+        self.replicas = replicas
+        extra: list[str] = []
+        if replicas:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            auth = self.workdir / "replication.conf"
+            auth.touch(mode=0o600)
+            auth.write_text(f"masteruser {ADMIN_USER}\nmasterauth {password}\n")
+            # A replica's first full sync starts at once instead of after 5 s.
+            extra = ["--include", str(auth), "--repl-diskless-sync-delay", "0"]
         self.nodes = [RedisServer(self.workdir / f"node{i}", cluster=True,
-                                  admin_password=password) for i in range(nodes)]
+                                  admin_password=password, extra_args=extra)
+                      for i in range(nodes * (1 + replicas))]
 
     def __repr__(self) -> str:
         return f"RedisCluster({[n.port for n in self.nodes]})"
@@ -381,13 +402,39 @@ class RedisCluster:
         return self
 
     def _create(self, clients: list[redis.Redis]) -> None:
-        per = CLUSTER_SLOTS // len(clients)
-        for i, c in enumerate(clients):
+        primaries = clients[:self.primaries_count]
+        per = CLUSTER_SLOTS // len(primaries)
+        for i, c in enumerate(primaries):
             first = i * per
-            last = CLUSTER_SLOTS - 1 if i == len(clients) - 1 else first + per - 1
+            last = CLUSTER_SLOTS - 1 if i == len(primaries) - 1 else first + per - 1
             c.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
         for node in self.nodes[1:]:
             clients[0].execute_command("CLUSTER", "MEET", node.host, node.port)
+        if not self.replicas:
+            return
+        ids = [str(c.execute_command("CLUSTER", "MYID")) for c in primaries]
+        deadline = time.monotonic() + START_TIMEOUT
+        for n, c in enumerate(clients[self.primaries_count:]):
+            primary = ids[n % self.primaries_count]
+            while True:  # a replica must know its primary (gossip) before it can follow
+                try:
+                    c.execute_command("CLUSTER", "REPLICATE", primary)
+                    break
+                except redis.ResponseError as exc:
+                    if time.monotonic() > deadline:
+                        raise RedisServerError(f"CLUSTER REPLICATE failed: {exc}") from None
+                    time.sleep(0.05)
+
+    def primaries(self) -> list[RedisServer]:
+        """The running nodes that are primaries now (a failover changes which)."""
+        out = []
+        for node in self.nodes:
+            if not node.running:
+                continue
+            with node.client(socket_timeout=2.0) as c:
+                if c.info("replication").get("role") == "master":
+                    out.append(node)
+        return out
 
     def _wait_ok(self, clients: list[redis.Redis], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -395,7 +442,9 @@ class RedisCluster:
         while True:
             infos = [_cluster_info(c) for c in clients]
             if all(i.get("cluster_state") == "ok" and int(i.get("cluster_known_nodes", 0)) == want
-                   and int(i.get("cluster_slots_ok", 0)) == CLUSTER_SLOTS for i in infos):
+                   and int(i.get("cluster_slots_ok", 0)) == CLUSTER_SLOTS for i in infos) \
+                    and all(c.info("replication").get("master_link_status", "up") == "up"
+                            for c in clients[self.primaries_count:]):
                 return
             if time.monotonic() > deadline:
                 raise RedisServerError(f"cluster not ok after {timeout}s: {infos}")

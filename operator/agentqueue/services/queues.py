@@ -18,7 +18,7 @@ from ..models import AgentQueueSpec, Role, parse_duration
 from ..planning import acl, queue_plan, slo
 from ..planning.server_risks import Risk
 from ..redisgw import backlog, provision, users
-from ..redisgw.connection import RedisTarget
+from ..redisgw.connection import RedisTarget, is_cluster
 from ..runtime import Runtime
 from .errors import SpecProblem
 
@@ -109,7 +109,8 @@ def rotation_due(spec: AgentQueueSpec, annotations: dict[str, str], creds: dict[
 
 
 def secret_data(target: RedisTarget, namespace: str, name: str, spec: AgentQueueSpec,
-                role: Role, username: str, password: str) -> dict[str, str]:
+                role: Role, username: str, password: str, *,
+                cluster: bool = False) -> dict[str, str]:
     parts = keys.partition_keys(namespace, name, spec.partitions)
     data = {
         "REDIS_URL": target.url_without_credentials(),
@@ -128,6 +129,8 @@ def secret_data(target: RedisTarget, namespace: str, name: str, spec: AgentQueue
         data["AQ_CHANNEL"] = keys.channel_name(namespace, name)
     if target.ca_pem:
         data["REDIS_CA_CERT"] = target.ca_pem
+    if cluster:  # clients must connect with a cluster client (cross-slot reads differ)
+        data["REDIS_CLUSTER"] = "1"
     return data
 
 
@@ -211,7 +214,8 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
             repaired.append(f"ACL user {username}")
         # The Secret is written after Redis accepted the password, never before.
         await rt.kube.apply_secret(
-            ns, sname, secret_data(target, ns, name, spec, role, username, password),
+            ns, sname, secret_data(target, ns, name, spec, role, username, password,
+                                   cluster=is_cluster(client)),
             owner=body, labels=standard_labels(name, "credentials"), current=existing)
         rt.secrets_seen[(ns, sname)] = (now, hashes[0])
         user_status.append({"name": entry.name, "role": str(role), "username": username,

@@ -14,9 +14,9 @@ from ._common import printable
 from .peek import peek as peek_messages
 
 
-def client_for(env: dict[str, str], timeout: float | None = None) -> aredis.Redis:
-    """A client from a credentials Secret's environment; ``timeout`` bounds connecting
-    and each reply."""
+def client_for(env: dict[str, str], timeout: float | None = None) -> Any:
+    """A client from a credentials Secret's environment (a cluster client when it says
+    ``REDIS_CLUSTER``); ``timeout`` bounds connecting and each reply."""
     kwargs: dict[str, Any] = {"decode_responses": False}
     if timeout is not None:
         kwargs.update(socket_connect_timeout=timeout, socket_timeout=timeout)
@@ -26,6 +26,9 @@ def client_for(env: dict[str, str], timeout: float | None = None) -> aredis.Redi
         kwargs["password"] = env["REDIS_PASSWORD"]
     if env.get("REDIS_CA_CERT"):
         kwargs["ssl_ca_data"] = env["REDIS_CA_CERT"]
+    if env.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes"):
+        # Pipelines of the tools mix partitions: the cluster client splits them per node.
+        return aredis.RedisCluster.from_url(env["REDIS_URL"], **kwargs)
     return aredis.Redis.from_url(env["REDIS_URL"], **kwargs)
 
 
