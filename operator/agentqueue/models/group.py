@@ -128,8 +128,10 @@ class ConsumerGroupStatus(CommonStatus):
     oldest_pending_age_seconds: float = Field(
         default=0.0, description="Age of the oldest pending (List: since it was enqueued, "
         "of the oldest message waiting or in flight).")
-    consumers: int = Field(default=0, description="Live consumers (List: a heartbeat within "
-                           "visibilityTimeout).")
+    consumers: int = Field(default=0, description="Stream: consumers the group knows (one "
+                           "that left counts until removed after deadConsumerTimeout; "
+                           "`agentqueue status` shows which are present). List: consumers "
+                           "with a heartbeat within visibilityTimeout.")
     current_replicas: int | None = Field(default=None, description="Replicas of the target.")
     desired_replicas: int | None = Field(default=None, description="Replicas wanted.")
     last_scale_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
