@@ -61,6 +61,7 @@ MODULES = [
     "operator/agentqueue/planning/conflicts.py",
     "operator/agentqueue/planning/deletion.py",
     "operator/agentqueue/planning/list_groups.py",
+    "operator/agentqueue/client/errors.py",
 ]
 
 # Fast pure unit tests that judge the mutants.
@@ -80,6 +81,7 @@ TESTS = [
     "tests/test_queue_plan.py",
     "tests/test_hostile_planning.py",
     "tests/test_list_groups.py",
+    "tests/test_error_kinds.py",
 ]
 
 # Tests inside those files that need a real server.

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .. import keys
+from . import calls
 from ._delivery import Delivery, text
 from ._lists import StatsSwitch, is_noperm
 from .codec import decode_fields
@@ -149,18 +150,16 @@ class StreamBackend:
         SLO); without it after a NOPERM (ACL users of an operator older than this SDK:
         FCALL is denied before it runs, so nothing happened)."""
         part = self.parts[partition]
-        args = (self.group, entry_id, str(due_ms), error)
         if self.stats.on:
             try:
-                done = await self.client.fcall("aq_nack", 3, part.queue_key, part.retry,
-                                               part.stats, *args)
-                return bool(done)
+                return bool(await calls.nack(part, self.group, entry_id, due_ms, error)
+                            .on(self.client))
             except Exception as exc:
                 if not is_noperm(exc):
                     raise
                 self.stats.denied()
-        done = await self.client.fcall("aq_nack", 2, part.queue_key, part.retry, *args)
-        return bool(done)
+        return bool(await calls.nack(part, self.group, entry_id, due_ms, error, count=False)
+                    .on(self.client))
 
     async def deadletter(self, items: Sequence[tuple[Delivery, str, int]], now_ms: int,
                          enabled: bool) -> None:
@@ -173,9 +172,8 @@ class StreamBackend:
             return
         async with self.client.pipeline(transaction=False) as pipe:
             for d, reason, deliveries in items:
-                part = self.parts[d.partition]
-                pipe.fcall("aq_deadletter", 2, part.queue_key, part.dead_letter, self.group,
-                           d.id, self.consumer, reason, str(deliveries), str(now_ms))
+                calls.deadletter(self.parts[d.partition], self.group, d.id, self.consumer,
+                                 reason, deliveries, now_ms).on(pipe)
             await pipe.execute()
         for d, reason, _ in items:
             log.warning("dead-lettered entry %s of %s: %s", d.id,
@@ -230,8 +228,7 @@ class StreamBackend:
         for _ in range(10):
             async with self.client.pipeline(transaction=False) as pipe:
                 for part in self.parts:
-                    pipe.fcall("aq_promote", 2, part.queue_key, part.retry, str(now_ms),
-                               str(limit))
+                    calls.promote(part, now_ms, limit).on(pipe)
                 moved = [int(n) for n in await pipe.execute()]
             total += sum(moved)
             if max(moved, default=0) < limit:

@@ -9,6 +9,7 @@ missing permission, wrong key type).
 from __future__ import annotations
 
 import builtins
+from enum import StrEnum
 from typing import Any
 
 from redis import exceptions as rex
@@ -75,18 +76,70 @@ def is_no_group(exc: BaseException) -> bool:
     return isinstance(exc, rex.ResponseError) and response_text(exc).startswith("NOGROUP")
 
 
+class ErrorKind(StrEnum):
+    """What a Redis failure means, decided once (`error_kind`) for the SDK, the CLI and
+    the operator (redisgw/errors.py maps the kinds to its exception classes)."""
+
+    AUTH = "auth"
+    """Authentication failed (WRONGPASS, NOAUTH): wrong or missing credentials."""
+    PERMISSION = "permission"
+    """The ACL refused the command or key (NOPERM)."""
+    LIBRARY_MISSING = "library-missing"
+    """The Functions library (or a function) is not loaded: the operator re-loads it."""
+    UNAVAILABLE = "unavailable"
+    """Retry later: connection lost or refused, timeouts, loading, failover, overload."""
+    INPUT = "input"
+    """Redis rejected the request (a wrong key type, a bad argument): permanent."""
+    OTHER = "other"
+    """Not a Redis failure this module knows."""
+
+
+# Error replies that mean "try again later", not "your input is wrong".
+TRANSIENT_PREFIXES = ("BUSY ", "MISCONF", "LOADING", "TRYAGAIN", "CLUSTERDOWN",
+                      "MASTERDOWN", "READONLY", "OOM", "NOREPLICAS")
+_LIBRARY_MISSING = ("function not found", "library not found", "noscript")
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """Classify a redis-py (or socket) exception. Order matters: redis-py's
+    AuthenticationError is a ConnectionError, NoPermissionError a ResponseError."""
+    if isinstance(exc, rex.AuthenticationError | rex.AuthenticationWrongNumberOfArgsError):
+        return ErrorKind.AUTH
+    if isinstance(exc, rex.AuthorizationError | rex.NoPermissionError):
+        return ErrorKind.PERMISSION
+    if isinstance(exc, LibraryMissingError):
+        return ErrorKind.LIBRARY_MISSING
+    if isinstance(exc, rex.ResponseError):
+        text = response_text(exc)
+        lower = text.lower()
+        if text.startswith(("WRONGPASS", "NOAUTH")):
+            return ErrorKind.AUTH
+        if "noperm" in lower:  # NOPERM, also inside a script's "ERR ... NOPERM ..."
+            return ErrorKind.PERMISSION
+        if isinstance(exc, rex.NoScriptError) or any(m in lower for m in _LIBRARY_MISSING):
+            return ErrorKind.LIBRARY_MISSING
+        if isinstance(exc, rex.ClusterError | rex.TryAgainError | rex.ReadOnlyError
+                      | rex.OutOfMemoryError) or text.startswith(TRANSIENT_PREFIXES):
+            return ErrorKind.UNAVAILABLE
+        return ErrorKind.INPUT
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.ClusterError
+                  | rex.RedisClusterException | rex.InvalidResponse
+                  | builtins.TimeoutError | OSError):
+        return ErrorKind.UNAVAILABLE  # cluster errors: a Redis Cluster failing over
+    if isinstance(exc, rex.DataError):
+        return ErrorKind.INPUT
+    return ErrorKind.OTHER
+
+
 def is_library_missing(exc: BaseException) -> bool:
     """True for the errors Redis returns when a function or library is not loaded."""
-    text = str(exc).lower()
-    return isinstance(exc, rex.ResponseError) and (
-        "function not found" in text or "library not found" in text)
+    return error_kind(exc) is ErrorKind.LIBRARY_MISSING
 
 
 def is_transient(exc: BaseException, *, authenticated_before: bool = False) -> bool:
-    """True for Redis failures worth retrying after a pause.
+    """True for Redis failures worth retrying after a pause (`ErrorKind.UNAVAILABLE`
+    and a missing library, which the operator re-loads).
 
-    ``LOADING``, ``BUSY``, ``TRYAGAIN``, ``CLUSTERDOWN``, a slot no node serves (a
-    Cluster failing over) and connection-level failures are transient.
     Permission errors are permanent (an ACL must change). Authentication errors
     (``WRONGPASS``/``NOAUTH``) are permanent for credentials never accepted, but
     transient once they were (``authenticated_before``): ACL users live in memory, so
@@ -94,21 +147,10 @@ def is_transient(exc: BaseException, *, authenticated_before: bool = False) -> b
     operator re-creates them (seconds). Callers bound that grace (see
     :data:`AUTH_GRACE_S`).
     """
-    if isinstance(exc, rex.AuthenticationError):
+    kind = error_kind(exc)
+    if kind is ErrorKind.AUTH:
         return authenticated_before
-    if isinstance(exc, rex.AuthorizationError | rex.NoPermissionError):
-        return False
-    if isinstance(exc, rex.BusyLoadingError | rex.ConnectionError | rex.TimeoutError
-                  | builtins.TimeoutError | ConnectionError | LibraryMissingError
-                  | rex.SlotNotCoveredError | rex.RedisClusterUnreachableError):
-        return True  # the last two: a Redis Cluster in the middle of a failover
-    if isinstance(exc, rex.ResponseError):
-        text = response_text(exc)
-        if is_library_missing(exc):
-            return True
-        return text.startswith(("LOADING", "BUSY ", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN",
-                                "READONLY", "OOM"))
-    return False
+    return kind in (ErrorKind.UNAVAILABLE, ErrorKind.LIBRARY_MISSING)
 
 
 #: How long a consumer whose credentials worked keeps retrying ``WRONGPASS`` before it

@@ -32,6 +32,7 @@ from typing import Any
 from redis.exceptions import ResponseError, WatchError
 
 from .. import keys
+from . import calls
 from ._trace import trace_headers
 from .codec import (
     MAX_PAYLOAD_BYTES,
@@ -192,16 +193,12 @@ class Producer:
     # --- Stream ----------------------------------------------------------------------------
 
     async def _send_stream(self, prepared: Sequence[_Prepared], meta: QueueMeta) -> list[str]:
-        ttl = str(meta.idempotency_ttl_ms)
+        ttl = meta.idempotency_ttl_ms
         async with self._client.pipeline(transaction=False) as pipe:
             for p in prepared:
                 part = self._parts[p.partition]
-                flat = [x for kv in p.fields.items() for x in kv]
-                if p.envelope.idempotency_key is not None and meta.idempotency:
-                    pipe.fcall("aq_enqueue", 2, part.queue_key,
-                               part.idempotency(p.envelope.idempotency_key), ttl, *flat)
-                else:
-                    pipe.fcall("aq_enqueue", 1, part.queue_key, ttl, *flat)
+                idem = p.envelope.idempotency_key if meta.idempotency else None
+                calls.enqueue(part, p.fields.items(), ttl, idem).on(pipe)
             try:
                 results = await pipe.execute()
             except ResponseError as exc:

@@ -24,6 +24,8 @@ from typing import ParamSpec, TypeVar
 
 from redis import exceptions as rex
 
+from ..client.errors import ErrorKind, error_kind
+
 __all__ = [
     "RedisAuthError",
     "RedisError",
@@ -65,12 +67,6 @@ class RedisSpecError(RedisError):
 # "redis://user:secret@host" → "redis://***@host"; also `user:secret@` in free text.
 _USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^@/\s]*@", re.IGNORECASE)
 
-# ResponseError prefixes that mean "try again later", not "your input is wrong".
-_TRANSIENT_PREFIXES = ("BUSY ", "MISCONF", "LOADING", "TRYAGAIN", "CLUSTERDOWN",
-                       "MASTERDOWN", "READONLY", "OOM", "NOREPLICAS")
-_LIBRARY_MISSING = ("function not found", "library not found", "noscript")
-
-
 def scrub(text: str) -> str:
     """Remove credentials from URLs in `text`."""
     return _USERINFO.sub(r"\g<scheme>***@", text)
@@ -88,32 +84,22 @@ def is_busygroup(exc: BaseException) -> bool:
 
 
 def classify(exc: BaseException) -> RedisError:
-    """Map a redis-py (or socket) exception to the gateway's error kinds."""
+    """Map a redis-py (or socket) exception to the gateway's error kinds (decided by
+    the one classification the SDK uses too: `agentqueue.client.errors.error_kind`)."""
     if isinstance(exc, RedisError):
         return exc
-    msg = _message(exc)
-    # Order matters: AuthenticationError is a ConnectionError subclass in redis-py.
-    if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError
-                  | rex.AuthenticationWrongNumberOfArgsError | rex.NoPermissionError):
-        return RedisAuthError(msg)
-    if isinstance(exc, rex.ResponseError):
-        upper = str(exc)
-        lower = upper.lower()
-        if upper.startswith(("NOPERM", "WRONGPASS", "NOAUTH")) or "noperm" in lower:
-            return RedisAuthError(msg)
-        if isinstance(exc, rex.NoScriptError) or any(m in lower for m in _LIBRARY_MISSING):
-            return RedisLibraryMissing(msg)
-        if isinstance(exc, rex.ClusterError | rex.TryAgainError | rex.ReadOnlyError
-                      | rex.OutOfMemoryError) or upper.startswith(_TRANSIENT_PREFIXES):
-            return RedisUnavailable(msg)
-        return RedisSpecError(msg)
-    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | rex.ClusterError
-                  | rex.RedisClusterException | rex.InvalidResponse
-                  | builtins.TimeoutError | OSError):
-        return RedisUnavailable(msg)
-    if isinstance(exc, rex.DataError):
-        return RedisSpecError(msg)
-    return RedisError(msg)
+    kind = error_kind(exc)
+    return _BY_KIND[kind](_message(exc))
+
+
+_BY_KIND: dict[ErrorKind, type[RedisError]] = {
+    ErrorKind.AUTH: RedisAuthError,
+    ErrorKind.PERMISSION: RedisAuthError,
+    ErrorKind.LIBRARY_MISSING: RedisLibraryMissing,
+    ErrorKind.UNAVAILABLE: RedisUnavailable,
+    ErrorKind.INPUT: RedisSpecError,
+    ErrorKind.OTHER: RedisError,
+}
 
 
 _HANDLED: tuple[type[BaseException], ...] = (

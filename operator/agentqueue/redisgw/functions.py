@@ -17,6 +17,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis import exceptions as rex
 
+from ..client import calls
 from ..keys import PartitionKeys
 from .connection import RedisClient, node_name, primaries
 from .errors import classify, translate_errors
@@ -43,7 +44,7 @@ if _VERSION is None:  # pragma: no cover - a broken edit of library.lua
 LIBRARY_VERSION: str = _VERSION.group(1)
 
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
-PROMOTE_MAX = 1000
+PROMOTE_MAX = calls.PROMOTE_MAX
 """aq_promote moves at most this many messages per call (library.lua PROMOTE_MAX)."""
 
 
@@ -54,7 +55,7 @@ def _str(value: Any) -> str:
 async def _node_version(node: aredis.Redis) -> str | None:
     """The loaded library version on one node, or None when it is not loaded."""
     try:
-        return _str(await node.fcall_ro("aq_version", 0))
+        return _str(await calls.version().on(node))
     except rex.ResponseError as exc:
         # "Function not found" (never loaded, or lost in a restart without persistence)
         if "not found" in str(exc).lower():
@@ -106,18 +107,13 @@ async def enqueue(
         raise ValueError("a message needs at least one field")
     if idem_key is not None and idem_ttl_ms <= 0:
         raise ValueError("idem_ttl_ms must be positive")
-    flat: list[Any] = []
-    for name, value in fields.items():
-        flat += [name, value]
-    if idem_key is not None:
-        if "k" not in fields:
-            flat += ["k", idem_key]
-        fkeys = [keys.queue_key, keys.idempotency(idem_key)]
-    else:
-        fkeys = [keys.queue_key]
+    pairs: list[tuple[str | bytes, str | bytes]] = [
+        (name, value if isinstance(value, str | bytes) else str(value))
+        for name, value in fields.items()]
+    if idem_key is not None and "k" not in fields:
+        pairs.append(("k", idem_key))
     with translate_errors("aq_enqueue"):
-        entry_id, dup = await client.fcall("aq_enqueue", len(fkeys), *fkeys, idem_ttl_ms,
-                                           *flat)
+        entry_id, dup = await calls.enqueue(keys, pairs, idem_ttl_ms, idem_key).on(client)
     return EnqueueResult(_str(entry_id), bool(int(dup)))
 
 
@@ -128,8 +124,7 @@ async def nack(client: RedisClient, keys: PartitionKeys, group: str, entry_id: s
 
     False when the entry was no longer pending for `group` or was trimmed (acked anyway)."""
     with translate_errors("aq_nack"):
-        res = await client.fcall("aq_nack", 3, keys.queue_key, keys.retry, keys.stats, group,
-                                 entry_id, int(due_ms), error)
+        res = await calls.nack(keys, group, entry_id, due_ms, error).on(client)
     return bool(int(res))
 
 
@@ -139,8 +134,7 @@ async def promote(client: RedisClient, keys: PartitionKeys, now_ms: int,
     if not 1 <= limit <= PROMOTE_MAX:
         raise ValueError(f"limit must be from 1 to {PROMOTE_MAX}")
     with translate_errors("aq_promote"):
-        res = await client.fcall("aq_promote", 2, keys.queue_key, keys.retry, int(now_ms),
-                                 limit)
+        res = await calls.promote(keys, now_ms, limit).on(client)
     return int(res)
 
 
@@ -150,6 +144,6 @@ async def deadletter(client: RedisClient, keys: PartitionKeys, group: str, entry
 
     False when the entry was no longer pending for `group` or was trimmed (acked anyway)."""
     with translate_errors("aq_deadletter"):
-        res = await client.fcall("aq_deadletter", 2, keys.queue_key, keys.dead_letter, group,
-                                 entry_id, consumer, error, int(deliveries), int(now_ms))
+        res = await calls.deadletter(keys, group, entry_id, consumer, error, deliveries,
+                                     now_ms).on(client)
     return bool(int(res))

@@ -43,6 +43,7 @@ from typing import Any
 
 from redis import exceptions as rex
 
+from ..client import calls
 from ..keys import PartitionKeys
 from .errors import classify, is_busygroup, translate_errors
 
@@ -174,8 +175,7 @@ async def _settle(client: Any, group: str, poison: list[tuple[_Expired, int, str
     now_ms = int(time.time() * 1000)
     pipe = client.pipeline(transaction=False)
     for e, deliveries, error in poison:
-        pipe.fcall("aq_deadletter", 2, e.keys.queue_key, e.keys.dead_letter, group, e.id,
-                   e.consumer, error, deliveries, now_ms)
+        calls.deadletter(e.keys, group, e.id, e.consumer, error, deliveries, now_ms).on(pipe)
     for e in gone:
         pipe.xack(e.keys.queue_key, group, e.id)
     results = await pipe.execute(raise_on_error=False)
