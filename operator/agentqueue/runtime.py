@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -24,7 +25,13 @@ from .metrics import Metrics
 from .planning import address_policy
 from .planning.server_risks import Risk, assess
 from .pollhub import PollHub
-from .redisgw.connection import RedisPool, RedisTarget, server_ids
+from .redisgw.connection import (
+    RedisAddressRefused,
+    RedisPool,
+    RedisTarget,
+    sentinel_primary,
+    server_ids,
+)
 from .redisgw.errors import RedisError
 from .redisgw.list_work import poll_all
 from .redisgw.server_info import server_facts
@@ -117,6 +124,21 @@ def _api_endpoints(api: k8s.ApiClient) -> list[address_policy.Endpoint]:
     return [address_policy.Endpoint(h, p) for h, p in sorted(found)]
 
 
+async def policy_refusal(policy: address_policy.AddressPolicy, host: str,
+                         port: int) -> str | None:
+    """Why the policy refuses `host`:`port`, decided before any connection: on the host
+    and every address it resolves to."""
+    addresses: list[str] = []
+    if address_policy.needs_resolution(policy, host):
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            infos = []  # unresolvable: the policy decides on the name alone
+        addresses = sorted({str(info[4][0]) for info in infos})
+    return address_policy.refusal(policy, host, port, addresses)
+
+
 @dataclass
 class Runtime:
     config: OperatorConfig
@@ -179,7 +201,10 @@ class Runtime:
         config = dataclasses.replace(config, address_policy=dataclasses.replace(
             config.address_policy,
             api_endpoints=(*config.address_policy.api_endpoints, *_api_endpoints(api))))
-        pool = RedisPool()
+        # Only tenants' Secrets name sentinels (the default Redis is a URL): every primary
+        # a sentinel names is vetted, at each failover too.
+        pool = RedisPool(address_check=functools.partial(policy_refusal,
+                                                         config.address_policy))
         metrics = Metrics()
         return cls(
             config=config,
@@ -243,7 +268,8 @@ class Runtime:
         except KeyError as exc:
             raise SpecProblem(reasons.REDIS_SECRET_INVALID,
                               f"Secret {secret_name!r} has no key {exc.args[0]!r} "
-                              "(expected url, and optionally username, password, ca.crt)"
+                              "(expected url, or sentinels and sentinelMaster; optionally "
+                              "username, password, ca.crt)"
                               ) from None
         except ValueError as exc:
             raise SpecProblem(reasons.REDIS_SECRET_INVALID,
@@ -256,16 +282,20 @@ class Runtime:
 
     async def address_refusal(self, target: RedisTarget) -> str | None:
         """Why a tenant-named Redis may not be used (planning/address_policy), decided
-        before any connection: on the host and every address it resolves to."""
-        addresses: list[str] = []
-        if address_policy.needs_resolution(self.config.address_policy, target.host):
-            try:
-                infos = await asyncio.get_running_loop().getaddrinfo(
-                    target.host, target.port, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError):
-                infos = []  # unresolvable: the policy decides on the name alone
-            addresses = sorted({str(info[4][0]) for info in infos})
-        return address_policy.refusal(self.config.address_policy, target.host, target.port,
-                                      addresses)
-
-
+        before any connection: on the host and every address it resolves to. With
+        Sentinel: every sentinel, then the primary they name (asked of the sentinels,
+        not connected to; the pool vets the primary again at every failover)."""
+        policy = self.config.address_policy
+        if not target.sentinels:
+            return await policy_refusal(policy, target.host, target.port)
+        for host, port in target.sentinels:
+            why = await policy_refusal(policy, host, port)
+            if why is not None:
+                return f"sentinel {host}:{port}: {why}"
+        try:
+            await sentinel_primary(await self.redis.get(target))
+        except RedisAddressRefused as exc:
+            return str(exc)
+        except RedisError:
+            return None  # sentinels unreachable: the reconcile reports RedisUnavailable
+        return None

@@ -12,6 +12,12 @@ queue's Redis is a Redis Cluster) connects with ``redis.asyncio.RedisCluster``: 
 names any node, the others are discovered. Nothing is detected at connect time, so a
 standalone client costs no extra round trip.
 
+``sentinels`` and ``sentinel_master`` (``REDIS_SENTINELS``, ``REDIS_SENTINEL_MASTER``,
+written when the queue's Redis is managed by Redis Sentinel) connect through redis-py's
+``Sentinel.master_for``: the sentinels are asked for the primary before every new
+connection, so after a failover the client reconnects to the promoted replica (the URL
+then gives only the scheme, ``rediss`` for TLS, and the database).
+
 The password and the CA certificate never appear in ``repr()`` or ``str()``.
 """
 
@@ -20,12 +26,13 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from .. import keys
 from .errors import ConfigError
@@ -40,6 +47,48 @@ def _flag(value: str | None) -> bool:
 
 def _split(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in (value or "").split(",") if v.strip())
+
+
+def sentinel_address(item: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port); ConfigError when malformed."""
+    host, sep, port = item.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"REDIS_SENTINELS: {item!r} is not host:port")
+    return host, int(port)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """Closing the client's pool closes the Sentinel clients it asks, too."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+def sentinel_client(sentinels: Sequence[str], master: str, url: str = "redis://",
+                    **options: Any) -> aioredis.Redis:
+    """A client of the primary that ``sentinels`` (``host:port`` each) name for
+    ``master``. ``url`` gives the scheme (``rediss``: TLS to the sentinels and the
+    primary) and the database; ``options`` go to the primary's connections (and the
+    socket and TLS ones to the sentinels'). The caller closes it (``aclose()``)."""
+    parts = urlsplit(url)
+    options = dict(options)
+    path = parts.path.strip("/")
+    options.setdefault("db", int(path) if path.isdigit() else 0)
+    if parts.scheme == "rediss":
+        options.setdefault("ssl", True)
+    to_sentinels = {k: v for k, v in options.items()
+                    if k.startswith(("socket_", "ssl")) and k != "socket_timeout"}
+    # a sentinel answers at once; only the primary's socket waits on blocking reads
+    to_sentinels["socket_timeout"] = options.get("socket_connect_timeout") or 5.0
+    manager = Sentinel([sentinel_address(s) for s in sentinels if s.strip()],
+                       sentinel_kwargs=to_sentinels)
+    return manager.master_for(master, redis_class=aioredis.Redis,  # type: ignore[no-any-return]
+                              connection_pool_class=_SentinelPool, **options)
 
 
 @dataclass(frozen=True, repr=False)
@@ -63,6 +112,8 @@ class ClientConfig:
     dead_letter_keys: tuple[str, ...] = ()
     key_pattern: str | None = None
     cluster: bool = False
+    sentinels: tuple[str, ...] = ()
+    sentinel_master: str | None = None
 
     def __post_init__(self) -> None:
         if not self.url:
@@ -77,13 +128,20 @@ class ClientConfig:
             raise ConfigError("partitions must be at least 1")
         if self.cluster and urlsplit(self.url).scheme == "unix":
             raise ConfigError("a Redis Cluster is reached over TCP: redis:// or rediss://")
+        if bool(self.sentinels) != bool(self.sentinel_master):
+            raise ConfigError("REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together")
+        if self.sentinels and (self.cluster or urlsplit(self.url).scheme == "unix"):
+            raise ConfigError("Sentinel is reached over TCP and is no Redis Cluster")
+        for item in self.sentinels:
+            sentinel_address(item)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ClientConfig:
         """Read ``REDIS_URL``, ``REDIS_USERNAME``, ``REDIS_PASSWORD``, ``AQ_NAMESPACE``,
         ``AQ_QUEUE``, ``AQ_QUEUE_TYPE``, ``AQ_PARTITIONS``, ``AQ_QUEUE_KEYS``,
-        ``AQ_DEAD_LETTER_KEYS``, ``AQ_KEY_PATTERN``, ``AQ_ROLE``, ``REDIS_CA_CERT`` and
-        ``REDIS_CLUSTER`` (``1``: a Redis Cluster).
+        ``AQ_DEAD_LETTER_KEYS``, ``AQ_KEY_PATTERN``, ``AQ_ROLE``, ``REDIS_CA_CERT``,
+        ``REDIS_CLUSTER`` (``1``: a Redis Cluster), ``REDIS_SENTINELS`` (``host:port``,
+        comma-separated) and ``REDIS_SENTINEL_MASTER`` (Redis Sentinel).
 
         Keyword arguments override what the environment says.
 
@@ -110,6 +168,8 @@ class ClientConfig:
             "dead_letter_keys": _split(env.get("AQ_DEAD_LETTER_KEYS")),
             "key_pattern": env.get("AQ_KEY_PATTERN") or None,
             "cluster": _flag(env.get("REDIS_CLUSTER")),
+            "sentinels": _split(env.get("REDIS_SENTINELS")),
+            "sentinel_master": (env.get("REDIS_SENTINEL_MASTER") or "").strip() or None,
         }
         values.update(overrides)
         return cls(**values)
@@ -126,8 +186,10 @@ class ClientConfig:
         """A new asyncio Redis client (binary responses). The caller closes it.
 
         A ``redis.asyncio.RedisCluster`` when ``cluster`` is set (it follows MOVED and ASK
-        replies and re-reads the slot map after a failover), else a ``redis.asyncio.Redis``.
-        Extra keyword arguments go to ``from_url`` of that class.
+        replies and re-reads the slot map after a failover), else a ``redis.asyncio.Redis``
+        (with ``sentinels``: of the primary the sentinels name, re-asked after a
+        connection error, so a failover is followed). Extra keyword arguments go to
+        ``from_url`` of that class (``Sentinel.master_for`` with sentinels).
         """
         options: dict[str, Any] = {"decode_responses": False,
                                    "health_check_interval": 30,
@@ -145,6 +207,9 @@ class ClientConfig:
             # for a standalone client (redis-py's cluster default is 5 s).
             options.setdefault("socket_timeout", None)
             return aioredis.RedisCluster.from_url(self.url, **options)
+        if self.sentinels:
+            return sentinel_client(self.sentinels, self.sentinel_master or "", self.url,
+                                   **options)
         return aioredis.Redis.from_url(self.url, **options)
 
     def __repr__(self) -> str:

@@ -7,7 +7,9 @@ the hash of a random password nobody keeps): Redis replays Function transactions
 the AOF as `default` and drops them when it is off (redis/redis#14541, see
 planning/server_risks.py). Options: AOF persistence, TLS only (`--port 0`, so plain TCP is refused),
 cluster mode. `RedisCluster` builds a 3-primary cluster from three of these (with
-`replicas=1`, six: each primary with a replica, for failover tests).
+`replicas=1`, six: each primary with a replica, for failover tests). `RedisSentinel`
+runs a primary, replicas and Redis Sentinels (redis-server in sentinel mode) watching
+them.
 
 Without persistence (the default) a restart loses data, functions and every ACL user
 created at run time; the ACL file only holds the admin. That is the failure the
@@ -31,11 +33,12 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import redis
 
-__all__ = ["RedisCluster", "RedisServer", "RedisServerError", "free_port", "redis_server_binary"]
+__all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "RedisServerError", "free_port",
+           "redis_server_binary"]
 
 ADMIN_USER = "aq-admin"
 START_TIMEOUT = 10.0
@@ -43,6 +46,7 @@ CLUSTER_SLOTS = 16384
 _CLUSTER_BUS_OFFSET = 10000
 
 _live: weakref.WeakSet[RedisServer] = weakref.WeakSet()
+_live_sentinels: weakref.WeakSet[_SentinelProcess] = weakref.WeakSet()
 
 
 class RedisServerError(RuntimeError):
@@ -462,6 +466,201 @@ class RedisCluster:
         self.stop()
 
 
+class _SentinelProcess:
+    """One redis-server in sentinel mode (`<conf> --sentinel`). Sentinel rewrites its
+    config file (what it learns about replicas and other sentinels), so each has its
+    own, mode 0600 (it holds the password the sentinels log in to the nodes with)."""
+
+    def __init__(self, workdir: Path, port: int, conf: str) -> None:
+        self.workdir = workdir
+        self.port = port
+        self.host = "127.0.0.1"
+        self._conf = conf
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "sentinel.conf"
+        if not conf.exists():
+            conf.touch(mode=0o600)
+            conf.write_text(self._conf)
+        self._proc = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL)
+        _live_sentinels.add(self)
+        deadline = time.monotonic() + START_TIMEOUT
+        with redis.Redis(host=self.host, port=self.port, socket_timeout=1.0,
+                         socket_connect_timeout=1.0) as client:
+            while True:
+                if self._proc.poll() is not None:
+                    log = (self.workdir / "sentinel.log")
+                    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                    raise RedisServerError(f"redis sentinel exited: {tail or '(no output)'}")
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.TimeoutError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RedisServerError(f"redis sentinel not ready after {START_TIMEOUT}s")
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        opts: dict[str, Any] = {"host": self.host, "port": self.port,
+                                "socket_connect_timeout": 2.0, "decode_responses": True}
+        opts.update(kwargs)
+        return redis.Redis(**opts)
+
+
+class RedisSentinel:
+    """A primary, `replicas` replicas (`replicaof`) and `sentinels` Redis Sentinels
+    watching them under `master_name`, on loopback. Quorum: a majority of the sentinels.
+    `down-after-milliseconds` 1000 and `failover-timeout` 5000, so a dead primary is
+    replaced in a few seconds.
+
+    Nodes authenticate to their primary as the admin (`masteruser`/`masterauth`), and the
+    sentinels to the nodes (`sentinel auth-user`/`auth-pass`), from mode-0600 files, not
+    command lines; every node has them, since any may become a replica. The sentinels
+    themselves need no password (agents ask them where the primary is). After a
+    failover ask `primary()`.
+    """
+
+    def __init__(self, workdir: Path | str, *, replicas: int = 2, sentinels: int = 3,
+                 master_name: str = "aqmaster", admin_password: str | None = None,
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
+        self.workdir = Path(workdir)
+        self.master_name = master_name
+        password = admin_password or secrets.token_urlsafe(24)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        auth = self.workdir / "replication.conf"
+        auth.touch(mode=0o600)
+        auth.write_text(f"masteruser {ADMIN_USER}\nmasterauth {password}\n")
+        common = ["--include", str(auth), "--repl-diskless-sync-delay", "0"]
+        first = RedisServer(self.workdir / "node0", admin_password=password, extra_args=common)
+        self.nodes = [first] + [
+            RedisServer(self.workdir / f"node{i}", admin_password=password,
+                        extra_args=[*common, "--replicaof", first.host, str(first.port)])
+            for i in range(1, replicas + 1)]
+        quorum = sentinels // 2 + 1
+        self.sentinels = []
+        for i in range(sentinels):
+            port = free_port()
+            sdir = self.workdir / f"sentinel{i}"
+            conf = (f"port {port}\nbind 127.0.0.1\ndaemonize no\n"
+                    f"dir {sdir}\nlogfile {sdir / 'sentinel.log'}\n"
+                    f"sentinel monitor {master_name} {first.host} {first.port} {quorum}\n"
+                    f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+                    f"sentinel failover-timeout {master_name} {failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {master_name} 1\n"
+                    f"sentinel auth-user {master_name} {ADMIN_USER}\n"
+                    f"sentinel auth-pass {master_name} {password}\n")
+            self.sentinels.append(_SentinelProcess(sdir, port, conf))
+
+    def __repr__(self) -> str:
+        return (f"RedisSentinel(nodes={[n.port for n in self.nodes]}, "
+                f"sentinels={[s.port for s in self.sentinels]})")
+
+    @property
+    def sentinel_addresses(self) -> str:
+        """`host:port,...` (the Secret key `sentinels`)."""
+        return ",".join(f"{s.host}:{s.port}" for s in self.sentinels)
+
+    @property
+    def admin_username(self) -> str:
+        return self.nodes[0].admin_username
+
+    @property
+    def admin_password(self) -> str:
+        return self.nodes[0].admin_password
+
+    def secret_data(self) -> dict[str, bytes]:
+        """The admin connection as Secret data: sentinels and the master name, no url."""
+        return {"sentinels": self.sentinel_addresses.encode(),
+                "sentinelMaster": self.master_name.encode(),
+                "username": self.admin_username.encode(),
+                "password": self.admin_password.encode()}
+
+    def start(self, timeout: float = 20.0) -> RedisSentinel:
+        for node in self.nodes:
+            node.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self._wait_ok(timeout)
+        return self
+
+    def _wait_ok(self, timeout: float) -> None:
+        """Replicas in sync and every sentinel knowing the replicas and the others."""
+        deadline = time.monotonic() + timeout
+        replicas, others = len(self.nodes) - 1, len(self.sentinels) - 1
+        while True:
+            synced = True
+            for node in self.nodes[1:]:
+                with node.client() as c:
+                    synced = synced and c.info("replication").get("master_link_status") == "up"
+            seen = []
+            for s in self.sentinels:
+                with s.client() as c:
+                    state = c.sentinel_master(self.master_name)
+                seen.append(int(state.get("num-slaves", 0)) == replicas
+                            and int(state.get("num-other-sentinels", 0)) == others)
+            if synced and all(seen):
+                return
+            if time.monotonic() > deadline:
+                raise RedisServerError(f"sentinels not ready after {timeout}s")
+            time.sleep(0.1)
+
+    def primary_address(self) -> tuple[str, int]:
+        """The primary as the first sentinel that answers names it."""
+        for s in self.sentinels:
+            if not s.running:
+                continue
+            try:
+                with s.client() as c:
+                    host, port = c.sentinel_get_master_addr_by_name(self.master_name)
+                return str(host), int(port)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+        raise RedisServerError("no sentinel answers")
+
+    def primary(self) -> RedisServer:
+        """The node the sentinels name as primary now."""
+        _, port = self.primary_address()
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for sentinel in self.sentinels:
+            sentinel.stop()
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisSentinel:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
 def _cluster_info(client: redis.Redis) -> dict[str, str]:
     raw = client.execute_command("CLUSTER", "INFO")
     if isinstance(raw, dict):
@@ -478,5 +677,7 @@ def _cluster_info(client: redis.Redis) -> dict[str, str]:
 @atexit.register
 def _stop_all() -> None:
     """Never leave redis-server processes behind a test run or a dev stack."""
+    for sentinel in list(_live_sentinels):
+        sentinel.stop()
     for server in list(_live):
         server.stop(timeout=2.0)

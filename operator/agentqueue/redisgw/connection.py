@@ -1,16 +1,25 @@
-"""Connections to Redis: standalone or Cluster, plain or TLS, cached per target.
+"""Connections to Redis: standalone, Cluster or Sentinel-managed, plain or TLS, cached
+per target.
 
 Cluster mode is detected (INFO cluster), not configured, so one Secret format
 (`url`, `username`, `password`, `ca.crt`) works for both. ACL users and the Functions
 library live per node, so `primaries()` hands out one client per primary.
+
+With `sentinels` and `sentinelMaster` in the Secret the primary is whatever the
+sentinels name: redis-py's `Sentinel.master_for` asks them before every new connection
+and after a connection error, so a failover is followed without a restart. Each answer
+is checked by the operator's address policy before the primary is connected to
+(`address_check`): a sentinel cannot send the operator somewhere the policy refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
+import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -18,6 +27,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import redis.asyncio as aredis
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
@@ -29,9 +39,12 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from .errors import translate_errors
+from .errors import RedisUnavailable, translate_errors
 
 __all__ = [
+    "AddressCheck",
+    "MAX_SENTINELS",
+    "RedisAddressRefused",
     "RedisClient",
     "RedisPool",
     "RedisTarget",
@@ -39,7 +52,9 @@ __all__ = [
     "connect",
     "is_cluster",
     "node_name",
+    "parse_sentinels",
     "primaries",
+    "sentinel_primary",
     "server_ids",
 ]
 
@@ -58,9 +73,32 @@ RETRIES = 3
 _TRANSIENT = (ConnectionError, TimeoutError, BusyLoadingError)
 
 
+MAX_SENTINELS = 16
+"""Sentinel addresses one Secret may list (a tenant's input: bounded)."""
+DEFAULT_SENTINEL_PORT = 26379
+
+AddressCheck = Callable[[str, int], Awaitable[str | None]]
+"""Why the operator may not connect to (host, port), or None (the address policy)."""
+
+
+class _AddressRefused(MasterNotFoundError):
+    """The sentinels named a primary the address policy refuses (redis-py level: a
+    ConnectionError, so any caller's handling of an unreachable primary applies)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RedisAddressRefused(RedisUnavailable):
+    """The sentinels named a primary the operator's address policy refuses. Unavailable
+    (the next failover may name another); `target_for` reports it as
+    RedisAddressRefused."""
+
+
 # redis-py's AuthenticationError is a ConnectionError: without this, a wrong password
-# would be retried (and slept on) like a dropped connection.
-_NEVER_RETRY = (AuthenticationError, AuthorizationError)
+# would be retried (and slept on) like a dropped connection; nor is a refused address.
+_NEVER_RETRY = (AuthenticationError, AuthorizationError, _AddressRefused)
 
 
 class _Fatal(Exception):
@@ -97,16 +135,84 @@ def _text(value: bytes | str | None) -> str | None:
     return text.strip() or None
 
 
+_MASTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` (IPv6 as `[::1]:26379`) → ((host, port), ...), in order,
+    without duplicates. Raises ValueError naming the first malformed entry."""
+    out: list[tuple[str, int]] = []
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        host, port = _host_port(item)
+        if (host, port) not in out:
+            out.append((host, port))
+    if not out:
+        raise ValueError("sentinels is empty (expected host:port[,host:port...])")
+    if len(out) > MAX_SENTINELS:
+        raise ValueError(f"sentinels lists {len(out)} addresses; at most {MAX_SENTINELS}")
+    return tuple(out)
+
+
+def _host_port(item: str) -> tuple[str, int]:
+    shown = item if len(item) <= 80 else item[:79] + "…"
+    bad = ValueError(f"sentinels: {shown!r} is not host:port (port 1 to 65535; IPv6 as "
+                     f"[::1]:26379)")
+    if any(c in item for c in "/@?#\\ \t") or item.count("[") > 1:
+        raise bad
+    if item.startswith("["):
+        host, sep, rest = item[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise bad
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise bad from None
+    else:
+        host, sep, port_text = item.rpartition(":")
+        if not sep or not host or ":" in host or "[" in host or "]" in host:
+            raise bad
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise bad
+    return host.lower(), int(port_text)
+
+
 @dataclass(frozen=True)
 class RedisTarget:
-    """Where and as whom to connect. Never shows its password (nor the CA) in a repr."""
+    """Where and as whom to connect. Never shows its password (nor the CA) in a repr.
+
+    With `sentinels` (and `sentinel_master`, the name the sentinels monitor the primary
+    under) the primary is asked of the sentinels; `url` then keeps only the scheme
+    (`rediss`: TLS, to the sentinels and the primary) and the database, and names the
+    first sentinel."""
 
     url: str
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ca_pem: str | None = field(default=None, repr=False)
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.sentinels and not self.sentinel_master:
+            raise ValueError("sentinels is set but sentinelMaster (the name the sentinels "
+                             "monitor the primary under) is not")
+        if self.sentinel_master and not self.sentinels:
+            raise ValueError("sentinelMaster is set but sentinels (host:port[,...]) is not")
+        if self.sentinel_master and not _MASTER_NAME.fullmatch(self.sentinel_master):
+            raise ValueError("sentinelMaster must be 1 to 128 letters, digits, '.', '_' or "
+                             "'-'")
+        if (self.sentinel_username or self.sentinel_password) and not self.sentinels:
+            raise ValueError("sentinelUsername/sentinelPassword are set but sentinels is not")
         parts = urlsplit(self.url)
         if parts.scheme not in ("redis", "rediss"):
             raise ValueError(f"url must start with redis:// or rediss://, got "
@@ -135,14 +241,37 @@ class RedisTarget:
 
     @classmethod
     def from_secret_data(cls, data: Mapping[str, bytes | str]) -> RedisTarget:
-        """From a Secret's data (keys `url`, `username`, `password`, `ca.crt`).
+        """From a Secret's data (keys `url`, `username`, `password`, `ca.crt`; or
+        `sentinels`, `sentinelMaster`, optionally `sentinelUsername`, `sentinelPassword`,
+        and `url` for the scheme and database only).
 
-        Raises KeyError without `url` and ValueError for a malformed one."""
-        url = _text(data["url"])
-        if url is None:
-            raise ValueError("url is empty")
-        return cls(url=url, username=_text(data.get("username")),
-                   password=_text(data.get("password")), ca_pem=_text(data.get("ca.crt")))
+        Raises KeyError without `url` (nor `sentinels`) and ValueError for a malformed
+        one."""
+        username, password = _text(data.get("username")), _text(data.get("password"))
+        ca_pem = _text(data.get("ca.crt"))
+        sentinels_text, master = _text(data.get("sentinels")), _text(data.get("sentinelMaster"))
+        s_user, s_pass = _text(data.get("sentinelUsername")), _text(data.get("sentinelPassword"))
+        if sentinels_text is None and master is None and s_user is None and s_pass is None:
+            url = _text(data["url"])
+            if url is None:
+                raise ValueError("url is empty")
+            return cls(url=url, username=username, password=password, ca_pem=ca_pem)
+        sentinels = parse_sentinels(sentinels_text) if sentinels_text is not None else ()
+        scheme, path = "redis", ""
+        url = _text(data.get("url"))
+        if url is not None:  # scheme (TLS) and database; its host is not used
+            given = cls(url=url, username=username, password=password)
+            username, password = given.username, given.password
+            parts = urlsplit(url)
+            scheme, path = parts.scheme, parts.path
+        first = _netloc(*sentinels[0]) if sentinels else "sentinel"
+        return cls(url=f"{scheme}://{first}{path}", username=username, password=password,
+                   ca_pem=ca_pem, sentinels=sentinels, sentinel_master=master,
+                   sentinel_username=s_user, sentinel_password=s_pass)
+
+    def sentinel_list(self) -> str:
+        """The sentinels as `host:port,host:port` (the agents' `REDIS_SENTINELS`)."""
+        return ",".join(_netloc(h, p) for h, p in self.sentinels)
 
     @property
     def tls(self) -> bool:
@@ -172,7 +301,10 @@ class RedisTarget:
 
     @property
     def display(self) -> str:
-        """For logs and messages: the URL without credentials."""
+        """For logs and messages: the URL without credentials (with Sentinel:
+        `sentinel://host:port,.../<master>`)."""
+        if self.sentinels:
+            return f"sentinel://{self.sentinel_list()}/{self.sentinel_master}"
         return self.url_without_credentials()
 
     @property
@@ -180,7 +312,9 @@ class RedisTarget:
         """Cache key: differs when anything that changes the connection differs, and
         reveals nothing (a hash)."""
         material = "\0".join([self.url, self.username or "", self.password or "",
-                              self.ca_pem or ""])
+                              self.ca_pem or "", self.sentinel_list(),
+                              self.sentinel_master or "", self.sentinel_username or "",
+                              self.sentinel_password or ""])
         return f"{self.display}#{hashlib.sha256(material.encode()).hexdigest()[:16]}"
 
     def client_kwargs(self, *, decode_responses: bool = True,
@@ -209,9 +343,82 @@ def is_cluster(client: RedisClient) -> bool:
 
 
 def node_name(client: aredis.Redis) -> str:
-    """`host:port` of a standalone client (for server ids and messages)."""
-    kw = client.connection_pool.connection_kwargs
+    """`host:port` of a standalone client (for server ids and messages); a
+    Sentinel-managed one: `<master name>@host:port` of the primary last named."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        address = pool.master_address
+        where = _netloc(str(address[0]), int(address[1])) if address else "?"
+        return f"{pool.service_name}@{where}"
+    kw = pool.connection_kwargs
     return f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
+
+
+class _PolicedSentinel(Sentinel):
+    """redis-py's Sentinel whose every answer (the primary's address) is checked by
+    `check` before it is used: at the first connection and after every failover."""
+
+    def __init__(self, sentinels: list[tuple[str, int]], *, check: AddressCheck | None,
+                 **kwargs: Any) -> None:
+        super().__init__(sentinels, **kwargs)
+        self._check = check
+
+    async def discover_master(self, service_name: str) -> Any:
+        address = await super().discover_master(service_name)
+        if self._check is not None:
+            host, port = str(address[0]), int(address[1])
+            why = await self._check(host, port)
+            if why is not None:
+                raise _AddressRefused(f"the primary {_netloc(host, port)} the sentinels name "
+                                      f"for {service_name!r}: {why}")
+        return address
+
+
+class _SentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool, waiting for a free connection as the standalone pool
+    does (see MAX_CONNECTIONS); closing it closes its Sentinel clients too."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+def _sentinel_client(target: RedisTarget, kwargs: dict[str, Any],
+                     check: AddressCheck | None) -> aredis.Redis:
+    """A client of the primary the sentinels name (no connection yet)."""
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": kwargs["socket_connect_timeout"],
+        "socket_timeout": kwargs["socket_timeout"],
+        "username": target.sentinel_username,
+        "password": target.sentinel_password,
+        "client_name": kwargs["client_name"],
+    }
+    for name in ("ssl", "ssl_cert_reqs", "ssl_ca_data"):
+        if name in kwargs:
+            sentinel_kwargs[name] = kwargs[name]
+    manager = _PolicedSentinel(list(target.sentinels), check=check,
+                               sentinel_kwargs=sentinel_kwargs)
+    node_kwargs = {k: v for k, v in kwargs.items() if k not in ("host", "port")}
+    return manager.master_for(  # type: ignore[no-any-return]
+        target.sentinel_master or "", redis_class=aredis.Redis,
+        connection_pool_class=_SentinelPool, db=target.db,
+        max_connections=MAX_CONNECTIONS, timeout=kwargs["socket_timeout"], **node_kwargs)
+
+
+async def sentinel_primary(client: RedisClient) -> tuple[str, int]:
+    """The primary a Sentinel-managed client's sentinels name now, checked by its
+    address policy (RedisAddressRefused) and without connecting to it."""
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, SentinelConnectionPool):
+        raise TypeError("not a Sentinel-managed client")
+    with translate_errors(f"ask the sentinels for {pool.service_name!r}"):
+        try:
+            address = await pool.sentinel_manager.discover_master(pool.service_name)
+        except _AddressRefused as exc:
+            raise RedisAddressRefused(exc.reason) from None
+    return str(address[0]), int(address[1])
 
 
 async def _cluster_enabled(client: aredis.Redis) -> bool:
@@ -232,13 +439,27 @@ async def _cluster_enabled(client: aredis.Redis) -> bool:
 
 
 async def connect(target: RedisTarget, *, decode_responses: bool = True,
-                  timeout: float | None = None) -> RedisClient:
-    """A client for `target`, after a PING-equivalent round trip (INFO cluster).
+                  timeout: float | None = None,
+                  address_check: AddressCheck | None = None) -> RedisClient:
+    """A client for `target`, after a PING-equivalent round trip (INFO cluster; PING
+    through Sentinel).
 
-    `timeout` overrides the connect and socket timeouts (seconds).
-    Raises RedisUnavailable / RedisAuthError (see errors.py)."""
+    `timeout` overrides the connect and socket timeouts (seconds). `address_check`
+    vets every primary the sentinels of a Sentinel target name, before connecting.
+    Raises RedisUnavailable / RedisAuthError (see errors.py), RedisAddressRefused."""
     with translate_errors(f"connect to {target.display}"):
         kwargs = target.client_kwargs(decode_responses=decode_responses, timeout=timeout)
+        if target.sentinels:
+            sentinel_client = _sentinel_client(target, kwargs, address_check)
+            try:
+                await sentinel_client.ping()
+            except _AddressRefused as exc:
+                await sentinel_client.aclose()
+                raise RedisAddressRefused(exc.reason) from None
+            except BaseException:
+                await sentinel_client.aclose()
+                raise
+            return sentinel_client
         # redis-py works out the connection class and its arguments (TLS and all);
         # the same go into a blocking pool the client owns (closed with it).
         plain = aredis.Redis(db=target.db, **kwargs).connection_pool
@@ -310,10 +531,13 @@ async def close_client(client: RedisClient) -> None:
 
 
 class RedisPool:
-    """Clients cached by target, so reconciles reuse connections."""
+    """Clients cached by target, so reconciles reuse connections. `address_check` vets
+    the primaries Sentinel targets' sentinels name (the operator's address policy)."""
 
-    def __init__(self, *, decode_responses: bool = True) -> None:
+    def __init__(self, *, decode_responses: bool = True,
+                 address_check: AddressCheck | None = None) -> None:
         self._decode = decode_responses
+        self.address_check = address_check
         self._clients: dict[str, RedisClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -326,7 +550,8 @@ class RedisPool:
         async with lock:
             client = self._clients.get(key)
             if client is None:
-                client = await connect(target, decode_responses=self._decode)
+                client = await connect(target, decode_responses=self._decode,
+                                       address_check=self.address_check)
                 self._clients[key] = client
             return client
 

@@ -131,6 +131,9 @@ def secret_data(target: RedisTarget, namespace: str, name: str, spec: AgentQueue
         data["REDIS_CA_CERT"] = target.ca_pem
     if cluster:  # clients must connect with a cluster client (cross-slot reads differ)
         data["REDIS_CLUSTER"] = "1"
+    if target.sentinels:  # clients ask the sentinels for the primary (and follow failovers)
+        data["REDIS_SENTINELS"] = target.sentinel_list()
+        data["REDIS_SENTINEL_MASTER"] = target.sentinel_master or ""
     return data
 
 

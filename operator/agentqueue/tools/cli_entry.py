@@ -16,7 +16,8 @@ from .peek import peek as peek_messages
 
 def client_for(env: dict[str, str], timeout: float | None = None) -> Any:
     """A client from a credentials Secret's environment (a cluster client when it says
-    ``REDIS_CLUSTER``); ``timeout`` bounds connecting and each reply."""
+    ``REDIS_CLUSTER``, the sentinels' primary with ``REDIS_SENTINELS``); ``timeout``
+    bounds connecting and each reply."""
     kwargs: dict[str, Any] = {"decode_responses": False}
     if timeout is not None:
         kwargs.update(socket_connect_timeout=timeout, socket_timeout=timeout)
@@ -26,6 +27,11 @@ def client_for(env: dict[str, str], timeout: float | None = None) -> Any:
         kwargs["password"] = env["REDIS_PASSWORD"]
     if env.get("REDIS_CA_CERT"):
         kwargs["ssl_ca_data"] = env["REDIS_CA_CERT"]
+    if env.get("REDIS_SENTINELS", "").strip():  # the primary the sentinels name now
+        from ..client.config import sentinel_client
+        return sentinel_client(env["REDIS_SENTINELS"].split(","),
+                               env.get("REDIS_SENTINEL_MASTER", "").strip(),
+                               env.get("REDIS_URL") or "redis://", **kwargs)
     if env.get("REDIS_CLUSTER", "").strip().lower() in ("1", "true", "yes"):
         # Pipelines of the tools mix partitions: the cluster client splits them per node.
         return aredis.RedisCluster.from_url(env["REDIS_URL"], **kwargs)
