@@ -37,7 +37,7 @@ consumer's pending entries, which would lose messages.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,29 +192,28 @@ async def reclaim(client: Any, partitions: Sequence[PartitionKeys], group: str,
                   visibility_timeout_ms: int, max_deliveries: int) -> ReclaimResult:
     """Sweep entries idle beyond the visibility timeout on every partition (see the
     module docstring): dead-letter the exhausted ones, ack the vanished ones, count the
-    rest as handed back for redelivery. Needs the Functions library."""
+    rest as handed back for redelivery; then dead-letter entries delivered more often
+    than allowed, however recently. Needs the Functions library."""
     result = ReclaimResult()
-    cursors = {pk: "-" for pk in partitions}
+
+    def expired(e: _Expired, attempts: int) -> str | None:
+        if e.deliveries + attempts >= max_deliveries:
+            return ""  # the entry's own last error, else TIMEOUT_ERROR
+        result.reclaimed += 1
+        return None
+
+    def exceeded(e: _Expired, attempts: int) -> str | None:
+        if not over_limit(e.deliveries, attempts, max_deliveries):
+            return None
+        return f"aq: exceeded maxDeliveries ({e.deliveries + attempts} > {max_deliveries})"
+
     with translate_errors(f"sweep group {group!r}"):
-        for _ in range(SWEEP_PAGES):
-            if not cursors:
-                break
-            pages = await _expired_page(client, cursors, group, max(0, visibility_timeout_ms))
-            expired = [e for page in pages.values() for e in page]
-            fields = await _entries(client, expired) if expired else []
-            poison: list[tuple[_Expired, int, str]] = []
-            gone: list[_Expired] = []
-            for e, f in zip(expired, fields, strict=True):
-                if f is None:
-                    gone.append(e)
-                elif e.deliveries + _attempts(f) >= max_deliveries:
-                    poison.append((e, e.deliveries + _attempts(f), f.get("e") or TIMEOUT_ERROR))
-                else:
-                    result.reclaimed += 1
-            await _settle(client, group, poison, gone, result)
-            cursors = {pk: f"({page[-1].id}" for pk, page in pages.items()
-                       if len(page) == SWEEP_PAGE}
-        await _over_limit(client, partitions, group, max_deliveries, result)
+        await _sweep(client, partitions, group, max(0, visibility_timeout_ms), 1, expired,
+                     result)
+        # Idle or not: a consumer that reclaims an entry as soon as it may (or sooner) and
+        # never checks the count would otherwise get it again and again, and the pass
+        # above never sees it idle. Only redelivered entries can be over the limit.
+        await _sweep(client, partitions, group, None, 2, exceeded, result)
     return result
 
 
@@ -224,30 +223,33 @@ def over_limit(times_delivered: int, attempts: int, max_deliveries: int) -> bool
     return times_delivered + attempts > max_deliveries
 
 
-async def _over_limit(client: Any, partitions: Sequence[PartitionKeys], group: str,
-                      max_deliveries: int, result: ReclaimResult) -> None:
-    """Dead-letter pending entries delivered more than `max_deliveries` times, however
-    recently: a consumer that reclaims an entry as soon as it may (or sooner) and never
-    checks the count would otherwise get it again and again, and the expired-entry pass
-    never sees it idle. Only redelivered entries (XPENDING count 2+) are read for their
-    attempt field; at most SWEEP_PAGE × SWEEP_PAGES pending entries per partition, oldest
-    first."""
+async def _sweep(client: Any, partitions: Sequence[PartitionKeys], group: str,
+                 idle_ms: int | None, min_deliveries: int,
+                 verdict: Callable[[_Expired, int], str | None],
+                 result: ReclaimResult) -> None:
+    """Page through pending entries idle at least `idle_ms` (None: all) and delivered at
+    least `min_deliveries` times, oldest first, at most SWEEP_PAGE × SWEEP_PAGES per
+    partition: ack those no longer in the stream, dead-letter those `verdict(entry,
+    attempts)` names an error for ("": the entry's own last error, else
+    TIMEOUT_ERROR)."""
     cursors = {pk: "-" for pk in partitions}
     for _ in range(SWEEP_PAGES):
         if not cursors:
             break
-        pages = await _expired_page(client, cursors, group, None)
-        again = [e for page in pages.values() for e in page if e.deliveries >= 2]
-        fields = await _entries(client, again) if again else []
+        pages = await _expired_page(client, cursors, group, idle_ms)
+        found = [e for page in pages.values() for e in page if e.deliveries >= min_deliveries]
+        fields = await _entries(client, found) if found else []
         poison: list[tuple[_Expired, int, str]] = []
         gone: list[_Expired] = []
-        for e, f in zip(again, fields, strict=True):
+        for e, f in zip(found, fields, strict=True):
             if f is None:
                 gone.append(e)
-            elif over_limit(e.deliveries, _attempts(f), max_deliveries):
-                total = e.deliveries + _attempts(f)
-                poison.append((e, total, f"aq: exceeded maxDeliveries ({total} > "
-                                         f"{max_deliveries})"))
+                continue
+            attempts = _attempts(f)
+            error = verdict(e, attempts)
+            if error is not None:
+                poison.append((e, e.deliveries + attempts,
+                               error or f.get("e") or TIMEOUT_ERROR))
         await _settle(client, group, poison, gone, result)
         cursors = {pk: f"({page[-1].id}" for pk, page in pages.items()
                    if len(page) == SWEEP_PAGE}
