@@ -166,18 +166,23 @@ async def test_live_stream_figures_as_the_observer(redis_server: Any, redis_clie
     await redis_client.xack(p0.queue_key, "g", f"{born}-0")
     await asyncio.sleep(0.6)  # "left" is now idle beyond the 500 ms visibility timeout
     await redis_client.xreadgroup("g", "here", {p0.queue_key: ">"}, count=2)
+    await redis_client.xgroup_create(p0.queue_key, "late", id="$")  # read nothing yet
+    await redis_client.xadd(p0.queue_key, {"d": "z"}, id=f"{born + 20_000}-0")
     await redis_client.xadd(p1.dead_letter, {"d": "dead"})
     await redis_client.xadd(p0.dead_letter, {"d": "dead"})
     await redis_client.zadd(p0.retry, {"r1": 1})
     client = await _observer(redis_server, redis_client, "ns1", "liveq", "Stream")
     try:
         fig = await live.read_queue(client, "ns1", "liveq", "Stream", 2,
-                                    {"g": 500, "other": 500})
+                                    {"g": 500, "other": 500, "late": 500})
     finally:
         await client.aclose()
-    assert (fig.length, fig.dead_letters, fig.scheduled_retries) == (14, 2, 1)
+    assert (fig.length, fig.dead_letters, fig.scheduled_retries) == (15, 2, 1)
     g = fig.groups["g"]
-    assert (g.lag, g.lag_exact, g.pending, g.found) == (10 + 1, True, 2, True)
+    assert (g.lag, g.lag_exact, g.pending, g.found) == (10 + 1 + 1, True, 2, True)
+    late = fig.groups["late"]  # a second group of the partition, read in the same trip
+    assert (late.lag, late.pending, late.found, late.present) == (1, 0, True, set())
+    assert late.oldest_waiting_s is not None and 3.5 < late.oldest_waiting_s < 10
     # Documented: ages against the server's clock; the 24 s backlog shows as such.
     assert g.oldest_waiting_s is not None and 23.5 < g.oldest_waiting_s < 30
     assert g.oldest_pending_s is not None and g.oldest_pending_s < 5

@@ -15,7 +15,6 @@ import collections
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +25,17 @@ import redis.asyncio as aioredis
 from agentqueue import keys
 from agentqueue.client import ClientConfig, Consumer, Message, Outgoing, Producer
 from agentqueue.client._streams import ClusterStreamBackend
-from agentqueue.client.errors import redis_errors
 from agentqueue.devcluster.redisserver import RedisCluster
-from agentqueue.models import AgentQueueSpec, Role
-from agentqueue.planning import acl, queue_plan
-from agentqueue.redisgw import connection, groups, provision, users
+from agentqueue.models import Role
+from agentqueue.planning import acl
+from agentqueue.redisgw import connection, users
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from agentqueue.redisgw.errors import RedisUnavailable
-from agentqueue.redisgw.meta import write_group_meta
 from agentqueue.services.queues import secret_data
 
+from . import queue_harness as harness
 from .agents.aio import eventually
+from .queue_harness import Queue
 from .required import missing
 
 pytestmark = pytest.mark.cluster
@@ -69,49 +68,10 @@ async def admin(cluster: RedisCluster) -> AsyncIterator[RedisClient]:
     await connection.close_client(client)
 
 
-@dataclass
-class Queue:
-    name: str
-    spec: AgentQueueSpec
-    producer: ClientConfig
-    consumer: ClientConfig
-    users: dict[str, tuple[list[str], list[str]]]  # username -> (rules, password hashes)
-
-    def part(self, p: int) -> keys.PartitionKeys:
-        return keys.PartitionKeys(NS, self.name, p)
-
-    @property
-    def parts(self) -> list[keys.PartitionKeys]:
-        return keys.partition_keys(NS, self.name, self.spec.partitions)
-
-
 async def provision_queue(admin: RedisClient, cluster: RedisCluster, name: str,
                           **raw: Any) -> Queue:
-    """What the operator does for an AgentQueue and a ConsumerGroup, with its own code."""
-    raw.setdefault("access", {"producers": [{"name": "intake"}],
-                              "consumers": [{"name": "worker"}]})
-    spec = AgentQueueSpec.model_validate(raw)
-    observed = await provision.observe_queue(admin, NS, name, spec)
-    await provision.apply(admin, queue_plan.plan_queue(spec, NS, name, observed,
-                                                       generation=1))
-    target = RedisTarget(cluster.url)
-    configs: dict[Role, ClientConfig] = {}
-    made: dict[str, tuple[list[str], list[str]]] = {}
-    for role, entry in spec.access.entries():
-        username = keys.acl_username(NS, name, entry.name)
-        rules = acl.acl_rules(role, NS, name, spec.type, spec.partitions)
-        password = users.new_password()
-        hashes = [users.sha256_hex(password)]
-        await users.ensure_user(admin, username, rules, hashes)
-        made[username] = (list(rules), hashes)
-        data = secret_data(target, NS, name, spec, role, username, password,
-                           cluster=connection.is_cluster(admin))
-        configs[role] = ClientConfig.from_env(data)
-    parts = keys.partition_keys(NS, name, spec.partitions)
-    if str(spec.type) == "Stream":
-        await groups.ensure_group(admin, parts, GROUP, "Beginning")
-    await write_group_meta(admin, parts, {f"visibilityMs:{GROUP}": "1000"}, [])
-    return Queue(name, spec, configs[Role.PRODUCER], configs[Role.CONSUMER], made)
+    return await harness.provision_queue(admin, RedisTarget(cluster.url), NS, name, GROUP,
+                                         **raw)
 
 
 def slot_owners(cluster_client: Any, q: Queue) -> dict[int, str]:
@@ -346,41 +306,11 @@ async def test_failover_drill_primary_killed_under_load(admin: RedisClient,
                   and f"127.0.0.1:{node.port}" in owners.values())
     victim_name = f"127.0.0.1:{victim.port}"
     victim_parts = {p for p, name in owners.items() if name == victim_name}
-    seen: collections.Counter[int] = collections.Counter()
-    handled_at: dict[int, float] = {}
-    acked: set[int] = set()  # sends the producer saw acknowledged
-    send_errors = 0
-    stalls: list[float] = []
-    stop = asyncio.Event()
-
-    async def handle(msg: Message) -> None:
-        i = msg.payload["n"]
-        seen[i] += 1
-        handled_at.setdefault(i, time.monotonic())
-
-    async def produce() -> None:
-        nonlocal send_errors
-        async with Producer(q.producer, meta_ttl=1.0) as producer:
-            i = 0
-            while not stop.is_set():
-                batch = list(range(i, i + 10))
-                t0 = time.monotonic()
-                try:
-                    await producer.send_many(
-                        [Outgoing({"n": j}, idempotency_key=f"d-{j}") for j in batch])
-                    stalls.append(time.monotonic() - t0)
-                except redis_errors():
-                    send_errors += 1  # retried with the same keys: no duplicates
-                    await asyncio.sleep(0.1)
-                    continue
-                acked.update(batch)
-                i += 10
-                await asyncio.sleep(0.01)
-
+    load = harness.Traffic()
     cs = [consumer(q, f"f{i}") for i in range(3)]
-    tasks = await run_consumers(cs, handle)
-    producer_task = asyncio.create_task(produce())
-    await eventually(lambda: _async(len(seen) >= 300), timeout=15)
+    tasks = await run_consumers(cs, load.handle)
+    producer_task = asyncio.create_task(load.produce(q.producer))
+    await eventually(lambda: _async(len(load.seen) >= 300), timeout=15)
 
     killed_at = time.monotonic()
     victim.kill()
@@ -405,28 +335,25 @@ async def test_failover_drill_primary_killed_under_load(admin: RedisClient,
     users_at = time.monotonic()
     # Consumers continue, on the partitions that moved too.
     first_after = await eventually(
-        lambda: _async(next((i for i, t in handled_at.items()
+        lambda: _async(next((i for i, t in load.handled_at.items()
                              if t > users_at and _partition_of(q, i) in victim_parts), None)),
         timeout=20)
-    recovered_at = handled_at[first_after]
+    recovered_at = load.handled_at[first_after]
     await asyncio.sleep(1.0)
-    stop.set()
+    load.stop.set()
     await producer_task
-    await eventually(lambda: _async(acked <= set(seen)), timeout=20)
+    await eventually(lambda: _async(load.acked <= set(load.seen)), timeout=20)
     await eventually(lambda: _pending_is(admin, q, 0), timeout=15)
     await stop_all(cs, tasks)
-    lost = acked - set(seen)
-    redelivered = sum(c - 1 for c in seen.values() if c > 1)
     figures = {
-        "messages": len(acked), "lost": len(lost), "redelivered": redelivered,
-        "send_errors": send_errors, "longest_send_s": round(max(stalls), 2),
+        **load.figures(),
         "partitions_moved": sorted(victim_parts),
         "promoted_s": round(promoted_at - killed_at, 2),
         "users_s": round(users_at - killed_at, 2),
         "consuming_again_s": round(recovered_at - killed_at, 2),
     }
     print(f"failover drill: {figures}")
-    assert not lost
+    assert figures["lost"] == 0
     assert sum([await admin.xlen(p.dead_letter) for p in q.parts]) == 0
     assert figures["consuming_again_s"] < 15
 

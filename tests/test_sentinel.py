@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,17 +26,17 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from agentqueue import keys, reasons
-from agentqueue.client import ClientConfig, Consumer, Message, Outgoing, Producer
+from agentqueue.client import ClientConfig, Consumer, Message, Producer
 from agentqueue.client.config import sentinel_client
 from agentqueue.client.errors import ConfigError, is_transient, redis_errors
 from agentqueue.config import OperatorConfig
 from agentqueue.devcluster.redisserver import RedisSentinel
 from agentqueue.metrics import Metrics
 from agentqueue.models import AgentQueueSpec, Role
-from agentqueue.planning import acl, queue_plan
+from agentqueue.planning import queue_plan
 from agentqueue.planning.address_policy import AddressPolicy, Endpoint
 from agentqueue.pollhub import PollHub
-from agentqueue.redisgw import connection, groups, provision, users
+from agentqueue.redisgw import connection, provision, users
 from agentqueue.redisgw.connection import (
     RedisAddressRefused,
     RedisClient,
@@ -47,12 +45,13 @@ from agentqueue.redisgw.connection import (
     parse_sentinels,
 )
 from agentqueue.redisgw.errors import RedisUnavailable
-from agentqueue.redisgw.meta import write_group_meta
 from agentqueue.runtime import RestartWatcher, Runtime, policy_refusal
 from agentqueue.services.errors import SpecProblem
 from agentqueue.services.queues import secret_data
 
+from . import queue_harness as harness
 from .agents.aio import eventually
+from .queue_harness import Queue
 from .required import missing
 
 NS = "team-s"
@@ -297,44 +296,11 @@ async def test_the_primary_the_sentinels_name_is_checked_before_connecting(
     await ok.redis.close_all()
 
 
-@dataclass
-class Queue:
-    name: str
-    spec: AgentQueueSpec
-    producer: ClientConfig
-    consumer: ClientConfig
-    users: dict[str, tuple[list[str], list[str]]]  # username -> (rules, password hashes)
-
-    @property
-    def parts(self) -> list[keys.PartitionKeys]:
-        return keys.partition_keys(NS, self.name, self.spec.partitions)
-
-
 async def provision_queue(admin: RedisClient, target: RedisTarget, name: str,
                           **raw: Any) -> Queue:
-    """What the operator does for an AgentQueue and a ConsumerGroup, with its own code,
-    through the Sentinel-managed admin client."""
-    raw.setdefault("access", {"producers": [{"name": "intake"}],
-                              "consumers": [{"name": "worker"}]})
-    spec = AgentQueueSpec.model_validate(raw)
-    observed = await provision.observe_queue(admin, NS, name, spec)
-    await provision.apply(admin, queue_plan.plan_queue(spec, NS, name, observed,
-                                                       generation=1))
-    configs: dict[Role, ClientConfig] = {}
-    made: dict[str, tuple[list[str], list[str]]] = {}
-    for role, entry in spec.access.entries():
-        username = keys.acl_username(NS, name, entry.name)
-        rules = acl.acl_rules(role, NS, name, spec.type, spec.partitions)
-        password = users.new_password()
-        hashes = [users.sha256_hex(password)]
-        await users.ensure_user(admin, username, rules, hashes)
-        made[username] = (list(rules), hashes)
-        configs[role] = ClientConfig.from_env(
-            secret_data(target, NS, name, spec, role, username, password))
-    parts = keys.partition_keys(NS, name, spec.partitions)
-    await groups.ensure_group(admin, parts, GROUP, "Beginning")
-    await write_group_meta(admin, parts, {f"visibilityMs:{GROUP}": "1000"}, [])
-    return Queue(name, spec, configs[Role.PRODUCER], configs[Role.CONSUMER], made)
+    """What the operator does for an AgentQueue and a ConsumerGroup, through the
+    Sentinel-managed admin client."""
+    return await harness.provision_queue(admin, target, NS, name, GROUP, **raw)
 
 
 def consumer(q: Queue, name: str) -> Consumer:
@@ -428,37 +394,8 @@ async def test_failover_drill_primary_killed_under_traffic(tmp_path: Path) -> No
 
 async def _drill(s: RedisSentinel, pool: RedisPool, watcher: RestartWatcher,
                  target: RedisTarget, admin: RedisClient, q: Queue) -> None:
-    seen: collections.Counter[int] = collections.Counter()
-    handled_at: dict[int, float] = {}
-    acked: set[int] = set()  # sends the producer saw acknowledged
-    send_errors = 0
-    stalls: list[float] = []
-    stop = asyncio.Event()
+    load = harness.Traffic()
     reasserted: list[float] = []
-
-    async def handle(msg: Message) -> None:
-        i = msg.payload["n"]
-        seen[i] += 1
-        handled_at.setdefault(i, time.monotonic())
-
-    async def produce() -> None:
-        nonlocal send_errors
-        async with Producer(q.producer, meta_ttl=1.0) as producer:
-            i = 0
-            while not stop.is_set():
-                batch = list(range(i, i + 10))
-                t0 = time.monotonic()
-                try:
-                    await producer.send_many(
-                        [Outgoing({"n": j}, idempotency_key=f"d-{j}") for j in batch])
-                    stalls.append(time.monotonic() - t0)
-                except redis_errors():
-                    send_errors += 1  # retried with the same keys: no duplicates
-                    await asyncio.sleep(0.1)
-                    continue
-                acked.update(batch)
-                i += 10
-                await asyncio.sleep(0.01)
 
     async def keeper() -> None:
         """The queue keeper's reaction to a new run_id (handlers/queues.keeper →
@@ -486,10 +423,10 @@ async def _drill(s: RedisSentinel, pool: RedisPool, watcher: RestartWatcher,
     keeper_task = asyncio.create_task(keeper())
     await eventually(lambda: _async(watcher._known), timeout=5)  # run_ids known
     cs = [consumer(q, f"f{i}") for i in range(3)]
-    tasks = [asyncio.create_task(c.run(handle, concurrency=4, install_signal_handlers=False))
+    tasks = [asyncio.create_task(c.run(load.handle, concurrency=4, install_signal_handlers=False))
              for c in cs]
-    producer_task = asyncio.create_task(produce())
-    await eventually(lambda: _async(len(seen) >= 300), timeout=15)
+    producer_task = asyncio.create_task(load.produce(q.producer))
+    await eventually(lambda: _async(len(load.seen) >= 300), timeout=15)
 
     old = s.primary()
     killed_at = time.monotonic()
@@ -507,12 +444,12 @@ async def _drill(s: RedisSentinel, pool: RedisPool, watcher: RestartWatcher,
     users_at = time.monotonic()
     assert reasserted, "users appeared without the operator's re-assertion"
     first_after = await eventually(
-        lambda: _async(min((t for t in handled_at.values() if t > users_at), default=None)),
+        lambda: _async(min((t for t in load.handled_at.values() if t > users_at), default=None)),
         timeout=20)
     await asyncio.sleep(1.0)
-    stop.set()
+    load.stop.set()
     await producer_task
-    await eventually(lambda: _async(acked <= set(seen)), timeout=30)
+    await eventually(lambda: _async(load.acked <= set(load.seen)), timeout=30)
 
     async def no_pending() -> bool:
         return sum([int((await admin.xpending(p.queue_key, GROUP))["pending"])
@@ -524,18 +461,15 @@ async def _drill(s: RedisSentinel, pool: RedisPool, watcher: RestartWatcher,
     await asyncio.gather(*tasks)
     keeper_task.cancel()
     await asyncio.gather(keeper_task, return_exceptions=True)
-    lost = acked - set(seen)
-    redelivered = sum(c - 1 for c in seen.values() if c > 1)
     figures = {
-        "messages": len(acked), "lost": len(lost), "redelivered": redelivered,
-        "send_errors": send_errors, "longest_send_s": round(max(stalls), 2),
+        **load.figures(),
         "promoted_s": round(promoted_at - killed_at, 2),
         "users_s": round(users_at - killed_at, 2),
         "reasserted_s": round(reasserted[0] - killed_at, 2),
         "consuming_again_s": round(first_after - killed_at, 2),
     }
     print(f"sentinel failover drill: {figures}")
-    assert not lost
+    assert figures["lost"] == 0
     assert sum([await admin.xlen(p.dead_letter) for p in q.parts]) == 0
     assert await users.password_hashes(admin, worker)  # on the primary the client uses now
     assert connection.node_name(cast(aioredis.Redis, admin)).endswith(f":{new.port}")

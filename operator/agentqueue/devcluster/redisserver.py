@@ -333,6 +333,18 @@ class RedisServer:
         self.stop()
 
 
+def _replication_args(workdir: Path, password: str) -> list[str]:
+    """redis-server arguments for a node that may replicate from another: it logs in to
+    its primary as the admin, from a mode-0600 file of `workdir` (never on a command
+    line), and a replica's first full sync starts at once instead of after 5 s."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    auth = workdir / "replication.conf"
+    auth.touch(mode=0o600)
+    auth.chmod(0o600)  # an existing file keeps its mode on touch()
+    auth.write_text(f"masteruser {ADMIN_USER}\nmasterauth {password}\n")
+    return ["--include", str(auth), "--repl-diskless-sync-delay", "0"]
+
+
 class RedisCluster:
     """`nodes` primaries in cluster mode, slots split evenly, each with `replicas`
     replicas (default none). `nodes` lists the primaries first, then the replicas
@@ -353,12 +365,7 @@ class RedisCluster:
         self.replicas = replicas
         extra: list[str] = []
         if replicas:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            auth = self.workdir / "replication.conf"
-            auth.touch(mode=0o600)
-            auth.write_text(f"masteruser {ADMIN_USER}\nmasterauth {password}\n")
-            # A replica's first full sync starts at once instead of after 5 s.
-            extra = ["--include", str(auth), "--repl-diskless-sync-delay", "0"]
+            extra = _replication_args(self.workdir, password)
         self.nodes = [RedisServer(self.workdir / f"node{i}", cluster=True,
                                   admin_password=password, extra_args=extra)
                       for i in range(nodes * (1 + replicas))]
@@ -551,11 +558,7 @@ class RedisSentinel:
         self.workdir = Path(workdir)
         self.master_name = master_name
         password = admin_password or secrets.token_urlsafe(24)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        auth = self.workdir / "replication.conf"
-        auth.touch(mode=0o600)
-        auth.write_text(f"masteruser {ADMIN_USER}\nmasterauth {password}\n")
-        common = ["--include", str(auth), "--repl-diskless-sync-delay", "0"]
+        common = _replication_args(self.workdir, password)
         first = RedisServer(self.workdir / "node0", admin_password=password, extra_args=common)
         self.nodes = [first] + [
             RedisServer(self.workdir / f"node{i}", admin_password=password,

@@ -156,6 +156,7 @@ async def _stream_partition(client: Any, part: keys.PartitionKeys, figures: Queu
     groups = [_pairs(g) for g in groups_raw]
     if not groups and first is not None:
         figures.oldest_waiting_s = _older(figures.oldest_waiting_s, _age_s(now, first))
+    mine: list[tuple[GroupFigures, str]] = []
     for g in groups:
         name = as_text(g["name"])
         if name not in figures.groups:
@@ -175,12 +176,20 @@ async def _stream_partition(client: Any, part: keys.PartitionKeys, figures: Queu
         fig.lag += assessed.lag or 0
         fig.lag_exact = fig.lag_exact and assessed.source is not LagSource.ESTIMATE
         fig.pending += int(g["pending"])
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.xinfo_consumers(part.queue_key, name)
-            pipe.xpending_range(part.queue_key, name, min="-", max="+", count=1)
+        mine.append((fig, last))
+    if not mine:
+        return
+    # Consumers, the oldest pending entry and the first waiting one of every group: one
+    # round trip for the partition.
+    async with client.pipeline(transaction=False) as pipe:
+        for fig, last in mine:
+            pipe.xinfo_consumers(part.queue_key, fig.name)
+            pipe.xpending_range(part.queue_key, fig.name, min="-", max="+", count=1)
             pipe.xrange(part.queue_key, min=f"({last}", count=1)
-            consumers, oldest_pending, next_waiting = await pipe.execute()
-        limit = visibility_ms.get(name, 30_000)
+        replies = await pipe.execute()
+    for i, (fig, _) in enumerate(mine):
+        consumers, oldest_pending, next_waiting = replies[3 * i:3 * i + 3]
+        limit = visibility_ms.get(fig.name, 30_000)
         for c in consumers:
             c = _pairs(c)
             (fig.present if int(c["idle"]) < limit else fig.gone).add(as_text(c["name"]))
