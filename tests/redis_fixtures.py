@@ -29,14 +29,15 @@ from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from .required import missing
 
 
-def _need_binary() -> None:
+def need_redis_server() -> None:
+    """Skip (a failure when CI=true) where redis-server is not installed."""
     if shutil.which("redis-server") is None:
         missing("redis-server is not installed")
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    _need_binary()
+    need_redis_server()
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
@@ -77,7 +78,7 @@ async def redis_client(redis_server: RedisServer,
 def redis_server_factory(tmp_path_factory: pytest.TempPathFactory
                          ) -> Iterator[Callable[..., RedisServer]]:
     """`make(**RedisServer kwargs) -> started RedisServer`, stopped after the test."""
-    _need_binary()
+    need_redis_server()
     made: list[RedisServer] = []
 
     def make(**kwargs: Any) -> RedisServer:
@@ -92,7 +93,7 @@ def redis_server_factory(tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="session")
 def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    _need_binary()
+    need_redis_server()
     server = RedisServer(tmp_path_factory.mktemp("redis-tls"), tls=True)
     server.start()
     yield server
@@ -102,7 +103,7 @@ def redis_tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """Started on first use (~2 s: Redis waits 2 s before a new cluster is writable)."""
-    _need_binary()
+    need_redis_server()
     cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
     cluster.start()
     yield cluster

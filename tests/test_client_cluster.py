@@ -36,7 +36,7 @@ from agentqueue.services.queues import secret_data
 from . import queue_harness as harness
 from .agents.aio import eventually
 from .queue_harness import Queue
-from .required import missing
+from .redis_fixtures import need_redis_server
 
 pytestmark = pytest.mark.cluster
 
@@ -49,10 +49,7 @@ DRILLS = Path(__file__).resolve().parent.parent / "docs" / "drills.md"
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     """Its own cluster: the drill kills a primary (the session `redis_cluster` has no
     replicas and is shared)."""
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        missing("redis-server is not installed")
+    need_redis_server()
     c = RedisCluster(tmp_path_factory.mktemp("client-cluster"), replicas=1)
     c.start()
     yield c

@@ -21,7 +21,7 @@ import redis
 from agentqueue.devcluster.redisserver import RedisCluster, RedisServer
 
 from .operator_fixtures import wait_for, wait_ready
-from .required import missing
+from .redis_fixtures import need_redis_server
 from .test_operator_queue import apply, queue, secret_values
 from .test_operator_redis_topologies import admin_secret
 
@@ -33,9 +33,7 @@ MARGIN_S = 2.0
 
 @pytest.fixture
 def cluster_with_replica(tmp_path: Path) -> Iterator[tuple[RedisCluster, RedisServer]]:
-    import shutil
-    if shutil.which("redis-server") is None:
-        missing("redis-server is not installed")
+    need_redis_server()
     cluster = RedisCluster(tmp_path / "cluster").start()
     replica = RedisServer(tmp_path / "replica", cluster=True,
                           admin_password=cluster.admin_password).start()

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -52,7 +51,7 @@ from agentqueue.services.queues import secret_data
 from . import queue_harness as harness
 from .agents.aio import eventually
 from .queue_harness import Queue
-from .required import missing
+from .redis_fixtures import need_redis_server
 
 NS = "team-s"
 GROUP = "workers"
@@ -239,15 +238,10 @@ async def test_a_malformed_sentinel_secret_is_reported_like_a_bad_url(
 
 # --- 2. real sentinels -------------------------------------------------------------------
 
-def _need_redis() -> None:
-    if shutil.which("redis-server") is None:
-        missing("redis-server is not installed")
-
-
 @pytest.fixture(scope="module")
 def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
     """Shared by the tests that kill nothing (the drill has its own)."""
-    _need_redis()
+    need_redis_server()
     s = RedisSentinel(tmp_path_factory.mktemp("sentinel"), master_name=MASTER)
     s.start()
     yield s
@@ -376,7 +370,7 @@ async def test_failover_drill_primary_killed_under_traffic(tmp_path: Path) -> No
     Sentinel-managed client) notices the new primary and the operator's drift repair
     re-asserts the queue plan and the ACL users there (users are not replicated);
     consumers continue without a restart; no acknowledged message is lost."""
-    _need_redis()
+    need_redis_server()
     s = RedisSentinel(tmp_path / "drill", master_name=MASTER)
     s.start()
     pool = RedisPool()
@@ -503,7 +497,7 @@ def test_operator_provisions_through_sentinel_and_follows_a_failover(
     from .test_operator_queue import ACCESS, apply, queue, secret_values
     from .test_operator_redis_topologies import admin_secret
 
-    _need_redis()
+    need_redis_server()
     with RedisSentinel(tmp_path / "op-sentinel", master_name=MASTER) as s:
         admin_secret(kubectl, namespace, "sentinel", s.secret_data())
         apply(kubectl, namespace, queue("sq", partitions=2, access=ACCESS,
