@@ -86,15 +86,30 @@ async def test_scan_is_bounded_per_poll_and_continues(
     await r.lpush(P0.processing("c"), element(int(time.time() * 1000)))
     monkeypatch.setattr(list_work, "SCAN_COUNT", 10)
     monkeypatch.setattr(list_work, "SCAN_CALLS_PER_POLL", 2)
+    calls: list[tuple[int, int]] = []  # (cursor passed, cursor returned)
+    real_scan = r.scan
+
+    async def scan(cursor: int = 0, **kwargs: Any) -> Any:
+        nxt, found = await real_scan(cursor, **kwargs)
+        calls.append((int(cursor), int(nxt)))
+        return nxt, found
+
+    monkeypatch.setattr(r, "scan", scan)
     poller = ListWorkPoller()
-    seen = []
-    for _ in range(40):
+    per_poll, seen = [], []
+    for _ in range(60):
+        before = len(calls)
         (fig,) = await poller.poll(r, [TARGET])
+        per_poll.append(len(calls) - before)
         seen.append(fig.pending)
-        if fig.pending:
-            break
-    assert seen[-1] == 1
-    assert len(seen) > 1  # 301 keys at ~20 per poll: not found by the first poll alone
+        if calls and calls[-1][1] == 0:
+            break  # the scan went round the whole keyspace
+    # 301 keys at about 10 per SCAN call: many polls, never more than 2 calls each, each
+    # call continuing where the one before stopped, until the cursor comes back to 0.
+    assert max(per_poll) == 2 and len(per_poll) > 1, per_poll
+    assert calls[0][0] == 0 and calls[-1][1] == 0
+    assert all(calls[i][0] == calls[i - 1][1] for i in range(1, len(calls))), calls
+    assert seen[-1] == 1  # the processing list was found by the time the scan ended
 
 
 async def test_poll_all_keeps_the_callers_order(redis_client: RedisClient) -> None:
