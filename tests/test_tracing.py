@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aredis
 import yaml
+from kubernetes.client import CoreV1Api
 from opentelemetry.instrumentation.urllib3 import URLLib3Instrumentor
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -184,16 +185,26 @@ def test_the_image_lock_can_trace() -> None:
 
 # --- in process: real redis-server and apiserver, in-memory exporter -------------------------
 
+@pytest.fixture
+def secret_owner(kube: Any, namespace: str) -> dict[str, Any]:
+    """An object that exists, to own the test's Secret: an ownerReference to an absent uid
+    lets the garbage collector delete the Secret between its POST and the GET after it (a
+    CI run read 404 there)."""
+    created = CoreV1Api(kube).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "billing"}})
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "billing", "uid": created.metadata.uid}}
+
+
 @pytest.mark.k8s
 async def test_redis_and_kube_calls_become_spans_without_secrets(
         redis_client: Any, redis_server: RedisServer, kube: Any, namespace: str,
-        spans: InMemorySpanExporter) -> None:
+        secret_owner: dict[str, Any], spans: InMemorySpanExporter) -> None:
     # `spans` last: the fixtures' own Redis and Kubernetes calls happen before it.
     hashed_password, plain_password = users.new_password(), users.new_password()
     rules = acl_rules(Role.PRODUCER, namespace, "billing", QueueType.STREAM, 1)
     gateway = KubeGateway(kube)
-    owner = {"apiVersion": "agentqueue.io/v1alpha1", "kind": "AgentQueue",
-             "metadata": {"name": "billing", "uid": str(uuid.uuid4())}}
+    owner = secret_owner
     unauthenticated = aredis.Redis(host=redis_server.host, port=redis_server.port, protocol=2)
     try:
         with tracing.reconcile_span("AgentQueue", namespace, "billing", handler="create"):
