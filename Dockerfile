@@ -28,13 +28,17 @@ RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip_cert \
 RUN --mount=type=cache,target=/root/.cache/pip --mount=type=secret,id=pip_cert \
     /opt/build/bin/python -m pip --python /opt/venv/bin/python install --require-hashes \
       --no-deps --only-binary=:all: -r requirements.lock
+# Two of the repository's distributions: the client (the wire contract the operator
+# shares with the agents) and the operator. The dev tooling (devtools/) never comes in.
 COPY pyproject.toml README.md ./
+COPY clients/python/ clients/python/
 COPY operator/ operator/
 RUN /opt/build/bin/python -m pip wheel --no-deps --no-build-isolation --no-index \
-      --wheel-dir /tmp/dist . \
+      --wheel-dir /tmp/dist ./clients/python . \
  && /opt/build/bin/python -m pip --python /opt/venv/bin/python install --no-deps --no-index \
-      /tmp/dist/agentqueue-*.whl \
- && /opt/venv/bin/agentqueue run --help >/dev/null
+      /tmp/dist/agentqueue_client-*.whl /tmp/dist/agentqueue-*.whl \
+ && /opt/venv/bin/agentqueue run --help >/dev/null \
+ && /opt/venv/bin/python -c "import agentqueue.operator_main, agentqueue_client"
 
 FROM ${PYTHON_IMAGE}
 ARG UID=65532

@@ -18,7 +18,7 @@ dev-down:
 	$(VENV)/agentqueue dev down
 
 lint:
-	$(VENV)/ruff check operator tests bench
+	$(VENV)/ruff check operator clients devtools tests bench
 	$(VENV)/mypy
 	$(VENV)/agentqueue crds --check
 	./scripts/chart-crds.sh --check

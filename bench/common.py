@@ -30,17 +30,21 @@ import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parents[1]
 OPERATOR_SRC = ROOT / "operator"
+SOURCE_ROOTS = (OPERATOR_SRC, ROOT / "clients" / "python", ROOT / "devtools")
 
 HEADER = "| benchmark | case | value | baseline | ratio | goal | met |"
 SEPARATOR = "|---|---|---|---|---|---|---|"
 
 
 def ensure_operator_importable() -> None:
-    """Make ``import agentqueue`` work from a plain checkout (no editable install)."""
+    """Make ``import agentqueue`` (and the client, the dev tooling) work from a plain
+    checkout (no editable install)."""
     try:
         import agentqueue  # noqa: F401
+        import agentqueue_client  # noqa: F401
+        import agentqueue_devtools  # noqa: F401
     except ImportError:
-        sys.path.insert(0, str(OPERATOR_SRC))
+        sys.path[:0] = [str(p) for p in SOURCE_ROOTS]
 
 
 ensure_operator_importable()
@@ -333,7 +337,7 @@ def redis_server_version() -> str:
 
 def kubernetes_version() -> str:
     try:
-        from agentqueue.devcluster.binaries import K8S_VERSION
+        from agentqueue_devtools.binaries import K8S_VERSION
     except ImportError:
         return "unknown"
     return str(K8S_VERSION)

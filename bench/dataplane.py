@@ -3,7 +3,7 @@
 Everything runs against one throwaway loopback redis-server, one client process; on a
 2-core machine Redis gets one core and the Python process the other.
 
-- SDK: `agentqueue.client.Producer` / `Consumer` (asyncio) on a one-partition Stream
+- SDK: `agentqueue_client.Producer` / `Consumer` (asyncio) on a one-partition Stream
   queue provisioned as the operator would (Functions library loaded, metadata hash
   written, consumer group created). Payloads are small dicts (JSON-encoded by the SDK).
 - Ceiling: redis.asyncio (the SDK's client) sending exactly the SDK's Redis commands with
@@ -75,7 +75,7 @@ def payload_bytes(i: int) -> bytes:
 
 
 def keys() -> Any:
-    from agentqueue.keys import PartitionKeys
+    from agentqueue_client.keys import PartitionKeys
 
     return PartitionKeys(NAMESPACE, QUEUE, 0)
 
@@ -176,13 +176,13 @@ async def raw_consume(server: BenchRedis, n: int) -> float:
 # --- the SDK -------------------------------------------------------------------------------------
 
 def sdk_config(server: BenchRedis) -> Any:
-    from agentqueue.client.config import ClientConfig
+    from agentqueue_client.config import ClientConfig
 
     return ClientConfig(url=server.url, namespace=NAMESPACE, queue=QUEUE)
 
 
 async def sdk_produce(server: BenchRedis, n: int, batch: int, idem: bool) -> float:
-    from agentqueue.client.producer import Outgoing, Producer
+    from agentqueue_client.producer import Outgoing, Producer
 
     async with Producer(sdk_config(server)) as producer:
         await producer.queue_meta(refresh=True)  # connect + read metadata before timing
@@ -199,7 +199,7 @@ async def sdk_produce(server: BenchRedis, n: int, batch: int, idem: bool) -> flo
 
 
 async def sdk_consume(server: BenchRedis, n: int) -> float:
-    from agentqueue.client.consumer import Consumer
+    from agentqueue_client.consumer import Consumer
 
     consumer = Consumer(sdk_config(server), group=GROUP, consumer_name="sdk",
                         batch_size=BATCH)
@@ -267,7 +267,7 @@ def sync_consume(server: BenchRedis, n: int) -> float:
 
 def fill(server: BenchRedis, n: int) -> None:
     """n entries as the SDK would write them (for the consume runs)."""
-    from agentqueue.client.codec import Envelope, encode_fields, encode_payload
+    from agentqueue_client.codec import Envelope, encode_fields, encode_payload
 
     key = keys().queue_key
     c = server.client()
@@ -326,10 +326,10 @@ def arun(fn: Callable[..., Coroutine[Any, Any, float]], *args: Any) -> Callable[
 
 def sdk_available() -> str | None:
     try:
-        from agentqueue.client.consumer import Consumer  # noqa: F401
-        from agentqueue.client.producer import Producer  # noqa: F401
+        from agentqueue_client.consumer import Consumer  # noqa: F401
+        from agentqueue_client.producer import Producer  # noqa: F401
     except ImportError as exc:
-        return f"agentqueue.client not importable ({exc})"
+        return f"agentqueue_client not importable ({exc})"
     return None
 
 

@@ -92,7 +92,7 @@ def run(quick: bool) -> list[Row]:
                 continue
 
             async def sdk(opts: dict[str, Any] = opts) -> None:
-                from agentqueue.client.producer import Outgoing, Producer
+                from agentqueue_client.producer import Outgoing, Producer
 
                 async with Producer(dataplane.sdk_config(server)) as producer:
                     for lo in range(0, n, 100):

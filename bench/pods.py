@@ -54,12 +54,12 @@ class NodeStack:
     """The running node stack (ready.json), or one started for this run."""
 
     def __init__(self) -> None:
-        from agentqueue.devcluster.stack import read_ready, state_dir
+        from agentqueue_devtools.stack import read_ready, state_dir
 
         self.started_here = False
         ready = read_ready(state_dir())
         if ready is None:
-            from agentqueue.devcluster.stack import choose_mode
+            from agentqueue_devtools.stack import choose_mode
             with_node, why_not = choose_mode(None)
             if not with_node:
                 raise MissingPrerequisite(f"no node can run here: {why_not}")
@@ -176,7 +176,7 @@ def backlog(stack: NodeStack, namespace: str, name: str, partitions: int) -> tup
 
 
 def send(stack: NodeStack, namespace: str, name: str, n: int) -> None:
-    from agentqueue.client import Outgoing, Producer
+    from agentqueue_client import Outgoing, Producer
 
     async def _send() -> None:
         async with Producer.from_env(stack.creds(namespace, f"{name}.sender")) as p:

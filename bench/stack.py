@@ -64,8 +64,8 @@ class LocalStack:
         try:
             from kubernetes import client, config
 
-            from agentqueue.devcluster import ControlPlane, ensure_binaries
-            from agentqueue.devcluster.redisserver import RedisServer
+            from agentqueue_devtools import ControlPlane, ensure_binaries
+            from agentqueue_devtools.redisserver import RedisServer
         except ImportError as exc:
             raise MissingPrerequisite(f"local stack not importable ({exc})") from None
         if shutil.which("redis-server") is None:
@@ -98,7 +98,7 @@ class LocalStack:
             "AGENTQUEUE_REDIS_URL": self.redis.url,
             "AGENTQUEUE_REDIS_USERNAME": self.redis.admin_username,
             "AGENTQUEUE_REDIS_PASSWORD": self.redis.admin_password,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "operator"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"),
                                                         env.get("PYTHONPATH")])),
         })
         self._log_file = open(self.tmp / "operator.log", "ab")  # noqa: SIM115 - the child's

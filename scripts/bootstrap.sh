@@ -55,17 +55,20 @@ if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# Three distributions from this repository: the agents' client (clients/python), the
+# operator (.) and the dev tooling (devtools), each installed editable.
+stamp=.venv/.installed-$(cat pyproject.toml clients/python/pyproject.toml devtools/pyproject.toml \
+  | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  log "installing the project and test tools into .venv"
+  log "installing the client, the operator, the dev tooling and the test tools into .venv"
   start=$(date +%s)
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e ./clients/python -e ./devtools -e '.[test]'
   rm -f .venv/.installed-*; touch "$stamp"
   log ".venv ready in $(( $(date +%s) - start ))s"
 fi
 
-# --- images: base, operator, redis, agent (agentqueue.devcluster.images) ---------------------
+# --- images: base, operator, redis, agent (agentqueue_devtools.images) ---------------------
 # Made locally and cached under ~/.cache/agentqueue/images by a hash of their inputs. A first
 # build mostly waits on the network (debootstrap, pip inside the build), so it runs in the
 # background while the Go builds below use the CPUs; its output is printed when it ends.
@@ -76,7 +79,7 @@ if [ "$(id -u)" -eq 0 ] && command -v buildah >/dev/null && command -v debootstr
   log "images: base (debootstrap), operator, redis, agent, in the background (first build: ~5 min)"
   images_start=$(date +%s)
   .venv/bin/python -c "
-from agentqueue.devcluster.images import ensure_images
+from agentqueue_devtools.images import ensure_images
 for name, ref in ensure_images(progress=print).items(): print(name, ref.name, ref.tarball)" \
     >"$images_log" 2>&1 &
   images_pid=$!
@@ -88,26 +91,26 @@ fi
 
 log "control-plane binaries (first build takes several minutes)"
 start=$(date +%s)
-.venv/bin/python -c "from agentqueue.devcluster import ensure_binaries; print(ensure_binaries(progress=print))"
+.venv/bin/python -c "from agentqueue_devtools import ensure_binaries; print(ensure_binaries(progress=print))"
 log "binaries ready in $(( $(date +%s) - start ))s"
 
 log "promtool (first build takes a few minutes)"
 start=$(date +%s)
-if ! .venv/bin/python -c "from agentqueue.devcluster.binaries import ensure_promtool; print(ensure_promtool(progress=print))"; then
+if ! .venv/bin/python -c "from agentqueue_devtools.binaries import ensure_promtool; print(ensure_promtool(progress=print))"; then
   log "building promtool failed (see above): it is needed by tests/test_promtool_rules.py"
   exit 1
 fi
 log "promtool ready in $(( $(date +%s) - start ))s"
 
 node_reason=$(.venv/bin/python -c "
-from agentqueue.devcluster import node_unavailable_reason; print(node_unavailable_reason() or '')")
+from agentqueue_devtools import node_unavailable_reason; print(node_unavailable_reason() or '')")
 if [ -n "$node_reason" ]; then
   log "node binaries: skipped, no node can run here: $node_reason"
 else
   log "node binaries: kubelet/kube-scheduler/kube-proxy, CoreDNS, pause image (first build: ~3+4 min)"
   start=$(date +%s)
   if ! .venv/bin/python -c "
-from agentqueue.devcluster import ensure_node_binaries, ensure_pause_image
+from agentqueue_devtools import ensure_node_binaries, ensure_pause_image
 print(ensure_node_binaries(progress=print)); print(ensure_pause_image(progress=print))"; then
     log "building the node binaries failed (see above): the node (tests marked e2e) needs them"
     exit 1

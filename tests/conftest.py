@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from agentqueue.devcluster import (
+from agentqueue_devtools import (
     Binaries,
     ControlPlane,
     ExistingCluster,

@@ -52,7 +52,7 @@ class OperatorProcess:
         env = dict(os.environ)
         env.update(self.env)
         env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")])
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agentqueue.cli", "run", "--metrics-port",
@@ -84,7 +84,7 @@ class OperatorProcess:
 def operator_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The operator's default Redis: its own server, apart from the gateway tests' one
     (whose fixtures flush it between tests)."""
-    from agentqueue.devcluster.redisserver import RedisServer
+    from agentqueue_devtools.redisserver import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("operator-redis")).start()
     yield server

@@ -9,15 +9,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentqueue import keys
-from agentqueue.client import ClientConfig, Message, Outgoing, Producer
-from agentqueue.client.errors import redis_errors
 from agentqueue.models import AgentQueueSpec, Role
 from agentqueue.planning import acl, queue_plan
 from agentqueue.redisgw import connection, groups, provision, users
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from agentqueue.redisgw.meta import write_group_meta
 from agentqueue.services.queues import secret_data
+from agentqueue_client import ClientConfig, Message, Outgoing, Producer, keys
+from agentqueue_client.errors import redis_errors
 
 
 @dataclass

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agentqueue.devcluster.redisserver import RedisCluster, RedisServer
 from agentqueue.redisgw import connection
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
+from agentqueue_devtools.redisserver import RedisCluster, RedisServer
 
 from .required import missing
 

@@ -6,7 +6,6 @@ from fnmatch import fnmatchcase
 
 import pytest
 
-from agentqueue import keys
 from agentqueue.models import AgentQueueSpec
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.planning import acl, queue_plan
@@ -21,6 +20,7 @@ from agentqueue.planning.queue_plan import (
     ObservedUser,
     WriteMeta,
 )
+from agentqueue_client import keys
 
 from . import test_hostile_acl_allowlist as allowlist
 

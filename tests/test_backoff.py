@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentqueue.client.backoff import RetryPolicy, backoff_ms
+from agentqueue_client.backoff import RetryPolicy, backoff_ms
 
 
 def test_growth_without_jitter() -> None:

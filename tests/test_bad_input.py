@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue.client import ClientConfig, Consumer, Producer
-from agentqueue.client.codec import MAX_PAYLOAD_BYTES
+from agentqueue_client import ClientConfig, Consumer, Producer
+from agentqueue_client.codec import MAX_PAYLOAD_BYTES
 
 from .manifest_corpus import INVALID, SEMANTIC, SemanticCase
 from .operator_fixtures import condition, free_port, get_obj, wait_for, wait_ready, wait_reason

@@ -22,7 +22,7 @@ HEADER = "| benchmark | case | value | baseline | ratio | goal | met |"
 @pytest.mark.slow
 def test_bench_quick_runs_and_prints_the_table() -> None:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"),
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"),
                                                       env.get("PYTHONPATH")]))
     # `pods` needs the node stack: tests/test_e2e_pods.py runs it on the stack it brings up.
     result = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--only",

@@ -25,8 +25,8 @@ import yaml
 from kopf._cogs.structs import references as kopf_references
 
 import agentqueue
-from agentqueue.devcluster import ControlPlane, Kubectl
 from agentqueue.metrics import Metrics
+from agentqueue_devtools import ControlPlane, Kubectl
 
 from .required import missing
 
@@ -709,7 +709,7 @@ def test_workflow_runs_the_make_targets() -> None:
 
 def actionlint() -> str | None:
     """actionlint built once from the Go module proxy (cached next to the other tools)."""
-    from agentqueue.devcluster.binaries import cache_root
+    from agentqueue_devtools.binaries import cache_root
 
     binary = cache_root() / "bin" / f"actionlint-{ACTIONLINT_VERSION}" / "actionlint"
     if binary.exists():

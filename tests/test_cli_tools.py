@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "agentqueue.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60, input=stdin)
 
 
 async def test_send_peek_and_dlq_cycle(redis_server: Any, redis_client: Any) -> None:
-    from agentqueue import keys
     from agentqueue.redisgw import functions
+    from agentqueue_client import keys
 
     await functions.ensure_library(redis_client)
     part = keys.PartitionKeys("ns1", "cliq", 0)
@@ -63,7 +63,7 @@ def test_via_address_replaces_only_host_and_port() -> None:
 
 
 async def test_empty_results_say_so(redis_server: Any, redis_client: Any) -> None:
-    from agentqueue import keys
+    from agentqueue_client import keys
 
     part = keys.PartitionKeys("ns1", "emptyq", 0)
     await redis_client.hset(part.meta, mapping={"type": "Stream", "partitions": "1"})
@@ -152,8 +152,8 @@ async def test_live_stream_figures_as_the_observer(redis_server: Any, redis_clie
     import asyncio
     import time as _time
 
-    from agentqueue import keys
     from agentqueue.tools import live
+    from agentqueue_client import keys
 
     p0, p1 = keys.partition_keys("ns1", "liveq", 2)
     for part in (p0, p1):
@@ -195,8 +195,8 @@ async def test_live_lag_is_counted_when_redis_cannot_tell(redis_server: Any,
                                                           redis_client: Any) -> None:
     """After an XDEL of an unread entry Redis 7.0 reports no lag: the entries after the
     group's position are counted instead (planning/lag.py)."""
-    from agentqueue import keys
     from agentqueue.tools import live
+    from agentqueue_client import keys
 
     part = keys.PartitionKeys("ns1", "delq", 0)
     await redis_client.xgroup_create(part.queue_key, "g", id="0", mkstream=True)
@@ -214,8 +214,8 @@ async def test_live_lag_is_counted_when_redis_cannot_tell(redis_server: Any,
 async def test_live_list_figures_as_the_observer(redis_server: Any, redis_client: Any) -> None:
     import time as _time
 
-    from agentqueue import keys
     from agentqueue.tools import live
+    from agentqueue_client import keys
 
     part = keys.PartitionKeys("ns1", "listq", 0)
     now = int(_time.time() * 1000)

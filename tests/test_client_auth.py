@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from redis import exceptions as rex
 
-from agentqueue.client import Consumer, Producer
-from agentqueue.client import consumer as consumer_mod
-from agentqueue.client.errors import is_transient
+from agentqueue_client import Consumer, Producer
+from agentqueue_client import consumer as consumer_mod
+from agentqueue_client.errors import is_transient
 
 from .agents.harness import provision, sdk_config
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agentqueue.client import Outgoing, Producer
+from agentqueue_client import Outgoing, Producer
 
 from .agents.harness import agent_env, part, provision, sdk_config
 

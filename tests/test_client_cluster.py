@@ -22,16 +22,15 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from agentqueue import keys
-from agentqueue.client import ClientConfig, Consumer, Message, Outgoing, Producer
-from agentqueue.client._streams import ClusterStreamBackend
-from agentqueue.devcluster.redisserver import RedisCluster
 from agentqueue.models import Role
 from agentqueue.planning import acl
 from agentqueue.redisgw import connection, users
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from agentqueue.redisgw.errors import RedisUnavailable
 from agentqueue.services.queues import secret_data
+from agentqueue_client import ClientConfig, Consumer, Message, Outgoing, Producer, keys
+from agentqueue_client._streams import ClusterStreamBackend
+from agentqueue_devtools.redisserver import RedisCluster
 
 from . import queue_harness as harness
 from .agents.aio import eventually
@@ -364,7 +363,7 @@ def _role(node: Any) -> str:
 
 
 def _partition_of(q: Queue, i: int) -> int:
-    from agentqueue.client import partition_for
+    from agentqueue_client import partition_for
     return partition_for(f"d-{i}", q.spec.partitions)
 
 

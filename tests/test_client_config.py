@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentqueue.client import ClientConfig, ConfigError, Consumer, RetryPolicy
-from agentqueue.client.meta import parse_meta
+from agentqueue_client import ClientConfig, ConfigError, Consumer, RetryPolicy
+from agentqueue_client.meta import parse_meta
 
 ENV = {
     "REDIS_URL": "rediss://redis.example:6380/0", "REDIS_USERNAME": "aq.ns.q.worker",

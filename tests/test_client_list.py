@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agentqueue.client import Consumer, Outgoing, Producer
 from agentqueue.tools import dlq_list, dlq_replay, peek
+from agentqueue_client import Consumer, Outgoing, Producer
 
 from .agents.aio import nothing_for, take
 from .agents.harness import part, provision, sdk_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agentqueue.client import Consumer, Producer
+from agentqueue_client import Consumer, Producer
 
 from .agents.aio import take
 from .agents.harness import part, provision, sdk_config

@@ -9,7 +9,7 @@ import asyncio
 import time
 from typing import Any
 
-from agentqueue.client import Consumer, Producer
+from agentqueue_client import Consumer, Producer
 
 from .agents.aio import take
 from .agents.harness import part, provision, sdk_config

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from agentqueue.client import (
+from agentqueue.tools import dlq_list, dlq_replay
+from agentqueue_client import (
     Consumer,
     LibraryMissingError,
     Message,
@@ -21,7 +22,6 @@ from agentqueue.client import (
     SchemaValidationError,
     partition_for,
 )
-from agentqueue.tools import dlq_list, dlq_replay
 
 from .agents.aio import eventually, nothing_for, take
 from .agents.harness import part, provision, sdk_config

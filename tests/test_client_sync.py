@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue.client.sync import SyncConsumer, SyncMessage, SyncProducer
+from agentqueue_client.sync import SyncConsumer, SyncMessage, SyncProducer
 
 from .agents.harness import agent_env, part, provision, sdk_config
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentqueue.client.codec import (
+from agentqueue_client.codec import (
     MAX_PAYLOAD_BYTES,
     Envelope,
     PayloadSchema,
@@ -23,7 +23,7 @@ from agentqueue.client.codec import (
     encode_payload,
     parse_json,
 )
-from agentqueue.client.errors import ConfigError, DecodeError, SchemaValidationError
+from agentqueue_client.errors import ConfigError, DecodeError, SchemaValidationError
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**63), max_value=2**63)

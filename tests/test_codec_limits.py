@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from agentqueue.client.codec import (
+from agentqueue_client.codec import (
     MAX_ATTEMPT,
     MAX_HEADERS,
     MAX_HEADERS_BYTES,
@@ -17,7 +17,7 @@ from agentqueue.client.codec import (
     decode_element,
     decode_fields,
 )
-from agentqueue.client.errors import DecodeError
+from agentqueue_client.errors import DecodeError
 
 
 def test_idempotency_key_edges() -> None:

@@ -24,7 +24,7 @@ def _cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.Co
 def test_dev_up_env_down(tmp_path: Path, binaries: object) -> None:
     env = dict(os.environ)
     env["AGENTQUEUE_DEV_DIR"] = str(tmp_path / "dev")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")])
     t0 = time.monotonic()
     up = _cli("dev", "up", "--no-node", env=env)  # the node stack: tests/test_e2e_pods.py
     try:

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 
 import agentqueue
-from agentqueue.devcluster import (
+from agentqueue_devtools import (
     Binaries,
     ControlPlane,
     ExistingCluster,
@@ -21,7 +21,7 @@ from agentqueue.devcluster import (
     certs,
     wait_until,
 )
-from agentqueue.devcluster.binaries import K8S_VERSION
+from agentqueue_devtools.binaries import K8S_VERSION
 
 
 def _gone(read: object) -> bool:
@@ -122,7 +122,7 @@ def test_detached_cluster_is_stopped_by_another_process(tmp_path: Path,
     """What `agentqueue dev up` / `dev down` do: start detached, later load state and stop."""
     state_dir = tmp_path / "cluster"
     env = {**os.environ, "PYTHONPATH": str(Path(agentqueue.__file__).parents[1])}
-    starter = ("import sys; from pathlib import Path; from agentqueue.devcluster import "
+    starter = ("import sys; from pathlib import Path; from agentqueue_devtools import "
                "ControlPlane; ControlPlane(Path(sys.argv[1])).start(detach=True, "
                "wait_for_controllers=False)")
     subprocess.run([sys.executable, "-c", starter, str(state_dir)], check=True, env=env,

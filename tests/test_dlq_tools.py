@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from agentqueue.client import ClientConfig, Outgoing, Producer, partition_for
 from agentqueue.tools import dlq_list, dlq_purge, dlq_replay, dlq_show, peek
 from agentqueue.tools.dlq import parse_ref
+from agentqueue_client import ClientConfig, Outgoing, Producer, partition_for
 
 from .agents.harness import part, provision, sdk_config
 

@@ -220,7 +220,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
     allowed = tuple(s.rstrip("/") for s in sources)
     stray = [f for f in files if not f.startswith(allowed)]
     assert not stray, f"sent to the builder but never copied: {stray}"
-    assert "operator/agentqueue/redisgw/library.lua" in files  # package data travels too
+    assert "clients/python/agentqueue_client/library.lua" in files  # package data travels too
     assert not any("__pycache__" in f for f in files)
 
 
@@ -230,7 +230,20 @@ def test_lock_pins_every_dependency_with_hashes() -> None:
     assert pins, "requirements.lock is empty"
     for name, (version, hashes) in pins.items():
         assert hashes, f"{name}=={version} has no hashes"
+    client = tomllib.loads((ROOT / "clients/python/pyproject.toml").read_text())["project"]
+    specs: list[str] = []
     for spec in project["project"]["dependencies"]:
+        req = Requirement(spec)
+        if canonicalize_name(req.name) == canonicalize_name(client["name"]):
+            # Built from the repository beside the operator: its own requirements, with the
+            # extras the operator asks for, come from the lock.
+            specs += client["dependencies"]
+            for extra in req.extras:
+                specs += client["optional-dependencies"][extra]
+        else:
+            specs.append(spec)
+    assert "agentqueue-client" not in pins, "the client is built from the repository"
+    for spec in specs:
         req = Requirement(spec)
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} (pyproject.toml) is not in requirements.lock"

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue.devcluster import Binaries, ControlPlane, Kubectl
+from agentqueue_devtools import Binaries, ControlPlane, Kubectl
 
 from .operator_fixtures import OperatorProcess, condition
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agentqueue.devcluster.redisserver import RedisServer, redis_server_binary
+from agentqueue_devtools.redisserver import RedisServer, redis_server_binary
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 from .required import missing

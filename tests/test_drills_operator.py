@@ -25,7 +25,7 @@ import pytest
 import redis
 
 from agentqueue.config import OperatorConfig
-from agentqueue.devcluster.redisserver import RedisServer
+from agentqueue_devtools.redisserver import RedisServer
 
 from .operator_fixtures import OperatorProcess
 from .test_drills_common import (
@@ -332,7 +332,7 @@ class PeeredOperator(OperatorProcess):
         env = dict(os.environ)
         env.update(self.env)
         env["KUBECONFIG"] = str(self.kubeconfig)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")])
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _PEERING_WRAPPER, "run", "--metrics-port",

@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue.client import ClientConfig, Consumer, Outgoing, Producer
-from agentqueue.devcluster.redisserver import RedisServer
+from agentqueue_client import ClientConfig, Consumer, Outgoing, Producer
+from agentqueue_devtools.redisserver import RedisServer
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 from .test_drills_common import say

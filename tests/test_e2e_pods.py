@@ -35,8 +35,7 @@ import pytest
 import redis
 import yaml
 
-from agentqueue import keys
-from agentqueue.client import Outgoing, Producer
+from agentqueue_client import Outgoing, Producer, keys
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -121,7 +120,7 @@ def _machine_snapshot() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from agentqueue.devcluster.node import node_unavailable_reason
+    from agentqueue_devtools.node import node_unavailable_reason
     reason = node_unavailable_reason()
     if reason:
         if os.environ.get("CI"):
@@ -130,7 +129,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     before = _machine_snapshot()
     env = dict(os.environ)
     env["AGENTQUEUE_DEV_DIR"] = str(tmp_path_factory.mktemp("e2e") / "dev")
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")])
     t0 = time.monotonic()
     up = _cli("dev", "up", env=env)
     print(f"dev up (node) took {time.monotonic() - t0:.1f}s\n{up.stderr[-3000:]}")

@@ -1,5 +1,5 @@
 """One classification of Redis failures for the SDK, the CLI and the operator
-(`agentqueue.client.errors.error_kind`): both sides decide the same for every reply,
+(`agentqueue_client.errors.error_kind`): both sides decide the same for every reply,
 including the ones they used to disagree on (NOREPLICAS, MISCONF, NOSCRIPT)."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import builtins
 import pytest
 from redis import exceptions as rex
 
-from agentqueue.client.errors import (
+from agentqueue.redisgw import errors as gw
+from agentqueue_client.errors import (
     ErrorKind,
     LibraryMissingError,
     error_kind,
     is_library_missing,
     is_transient,
 )
-from agentqueue.redisgw import errors as gw
 
 CASES: list[tuple[BaseException, ErrorKind]] = [
     (rex.AuthenticationError("invalid username-password pair"), ErrorKind.AUTH),
@@ -86,7 +86,7 @@ def test_a_scripts_wrapped_noperm_is_a_permission_error() -> None:
 
 
 def test_response_text_unwraps_a_pipeline_error_exactly() -> None:
-    from agentqueue.client.errors import response_text
+    from agentqueue_client.errors import response_text
 
     wrapped = rex.ResponseError("Command # 2 (XREADGROUP GROUP g c) of pipeline caused "
                                 "error: ('NOGROUP No such key of pipeline caused error: x',)")
@@ -97,7 +97,7 @@ def test_response_text_unwraps_a_pipeline_error_exactly() -> None:
 
 
 def test_no_group_is_known_through_a_pipeline_wrapper() -> None:
-    from agentqueue.client.errors import is_no_group
+    from agentqueue_client.errors import is_no_group
 
     assert is_no_group(rex.ResponseError("Command # 1 (X) of pipeline caused error: "
                                          "('NOGROUP No such key',)"))
@@ -106,7 +106,7 @@ def test_no_group_is_known_through_a_pipeline_wrapper() -> None:
 
 
 def test_safe_message_and_describe_are_bounded() -> None:
-    from agentqueue.client.errors import describe, safe_message
+    from agentqueue_client.errors import describe, safe_message
 
     assert safe_message(ValueError("boom")) == "ValueError: boom"
     assert safe_message(ValueError()) == "ValueError"
@@ -123,7 +123,7 @@ def test_safe_message_and_describe_are_bounded() -> None:
 
 
 def test_schema_error_names_the_path() -> None:
-    from agentqueue.client.errors import SchemaValidationError
+    from agentqueue_client.errors import SchemaValidationError
 
     assert str(SchemaValidationError("is not a string")) == \
         "payload violates the queue schema at $: is not a string"

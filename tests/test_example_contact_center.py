@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from agentqueue import keys
-from agentqueue.client import Consumer, Message
+from agentqueue_client import Consumer, Message, keys
 
 from .operator_fixtures import ROOT, wait_ready
 from .test_operator_queue import admin, secret_values

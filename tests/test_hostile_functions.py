@@ -13,12 +13,12 @@ import pytest
 import redis.asyncio as aredis
 from redis.exceptions import ResponseError
 
-from agentqueue.keys import PartitionKeys, acl_username
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.planning.acl import acl_rules
 from agentqueue.redisgw import connection, functions, users
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from agentqueue.redisgw.errors import RedisSpecError
+from agentqueue_client.keys import PartitionKeys, acl_username
 
 P = PartitionKeys("tenant", "jobs", 0)
 GROUP = "workers"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue import keys
+from agentqueue_client import keys
 
 from .operator_fixtures import (
     OperatorProcess,
@@ -233,7 +233,7 @@ def test_the_clusters_api_server_is_refused_by_default(
 
 def test_a_never_provisioned_queue_is_released_at_once(hostile_operator: OperatorProcess,
                                                        kubectl: Any, namespace: str) -> None:
-    from agentqueue.devcluster.redisserver import free_port
+    from agentqueue_devtools.redisserver import free_port
 
     apply(kubectl, namespace, secret("conn", {"url": f"redis://127.0.0.1:{free_port()}"}))
     apply(kubectl, namespace, queue("jobs", redis={"secretRef": {"name": "conn"}}))

@@ -15,7 +15,6 @@ import pytest
 from pydantic import ValidationError
 
 from agentqueue import keys, reasons
-from agentqueue.client.codec import DecodeError, parse_json
 from agentqueue.models import AgentQueueSpec
 from agentqueue.models.group import ConsumerGroupSpec
 from agentqueue.models.queue import QueueType, Role
@@ -26,6 +25,7 @@ from agentqueue.redisgw.connection import RedisTarget
 from agentqueue.services.errors import SpecProblem
 from agentqueue.services.queues import parse_spec, schema_size
 from agentqueue.tools._common import printable
+from agentqueue_client.codec import DecodeError, parse_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_printable_escapes_control_characters() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "agentqueue.cli", *args], env=env,
                           capture_output=True, text=True, timeout=60)
 

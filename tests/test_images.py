@@ -32,8 +32,8 @@ from typing import Any
 
 import pytest
 
-from agentqueue.client import Outgoing, Producer
-from agentqueue.devcluster import images, ocitar
+from agentqueue_client import Outgoing, Producer
+from agentqueue_devtools import images, ocitar
 
 from .agents.harness import agent_env, part, provision, sdk_config
 
@@ -212,13 +212,21 @@ def _operator_starts(ref: images.ImageRef, python: str) -> None:
     # What crash-looped on 3.11.2 (async_timeout), and all `agentqueue run` imports.
     assert _run(ref, "python", "-c", "import redis.asyncio, kopf, agentqueue.cli, "
                 "agentqueue.operator_main, agentqueue.handlers; print('ok')").strip() == "ok"
-    # Package data: the Functions library the operator loads into Redis.
-    assert _run(ref, "python", "-c", "import pathlib, agentqueue; print((pathlib.Path("
-                "agentqueue.__file__).parent / 'redisgw' / 'library.lua').is_file())"
+    # Package data: the Functions library the operator loads into Redis (the client's).
+    assert _run(ref, "python", "-c", "import pathlib, agentqueue_client; print((pathlib.Path("
+                "agentqueue_client.__file__).parent / 'library.lua').is_file())"
                 ).strip() == "True"
     assert "--redis-url" in _run(ref, "agentqueue", "run", "--help")
+    # No installer, and no dev tooling (its own distribution): neither importable nor
+    # installed, and `agentqueue dev` says so in one line.
     assert _run(ref, "python", "-c", "import importlib.util as u; print([m for m in "
-                "('pip', 'setuptools', 'wheel') if u.find_spec(m)])").strip() == "[]"
+                "('pip', 'setuptools', 'wheel', 'agentqueue_devtools', 'cryptography') "
+                "if u.find_spec(m)])").strip() == "[]"
+    dists = set(_run(ref, "python", "-c", "import importlib.metadata as m; "
+                     "print(' '.join(d.metadata['Name'] for d in m.distributions()))").split())
+    assert {"agentqueue", "agentqueue-client"} <= dists and "agentqueue-devtools" not in dists
+    dev = images.run_in_image(ref, ["agentqueue", "dev", "up"])
+    assert dev.returncode == 2 and "dev tooling is not installed" in dev.stderr, dev
 
 
 @pytest.mark.e2e
@@ -289,6 +297,7 @@ def test_no_host_ca_bundle_and_no_secrets_in_any_layer(
         paths = [name for _, name, _, entry in ocitar.iter_layer_files(ref.tarball)
                  if entry.isfile() or entry.issym()]
         assert not [p for p in paths if p.startswith(FORBIDDEN_PATHS)], key
+        assert not [p for p in paths if "agentqueue_devtools" in p], f"{key}: dev tooling"
         assert not [p for p in paths if p.endswith("agentqueue-build-ca.crt")], key
         text = json.dumps(info.config)
         for word in FORBIDDEN_ENV:

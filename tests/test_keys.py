@@ -9,8 +9,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from agentqueue import keys
-from agentqueue.keys import PartitionKeys
+from agentqueue_client import keys
+from agentqueue_client.keys import PartitionKeys
 
 # Kubernetes names carry no glob syntax (`*?[\`), so Redis's glob matching of these
 # patterns (only `*` plus literals) is exactly fnmatchcase's.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from agentqueue.keys import PartitionKeys
 from agentqueue.models.group import ConsumerGroupSpec
 from agentqueue.planning.list_groups import (
     MAX_PROCESSING_KEYS,
@@ -16,6 +15,7 @@ from agentqueue.planning.list_groups import (
     processing_partition,
     stream_only_fields,
 )
+from agentqueue_client.keys import PartitionKeys
 
 
 def spec(**fields: object) -> ConsumerGroupSpec:

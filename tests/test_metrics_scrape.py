@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentqueue.client import ClientConfig, Consumer, Message, Producer, partition_for
+from agentqueue_client import ClientConfig, Consumer, Message, Producer, partition_for
 
 from .operator_fixtures import get_obj, wait_for, wait_ready
 from .test_operator_groups import group

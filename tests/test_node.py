@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 import yaml
 
-from agentqueue.devcluster import ControlPlane, Kubectl, ensure_binaries, hostnet, wait_until
-from agentqueue.devcluster.node import (
+from agentqueue_devtools import ControlPlane, Kubectl, ensure_binaries, hostnet, wait_until
+from agentqueue_devtools.node import (
     Node,
     NodeError,
     _parse_a_records,
     cleanup_leftovers,
     node_unavailable_reason,
 )
-from agentqueue.devcluster.pause import static_go_image, write_image_tar
+from agentqueue_devtools.pause import static_go_image, write_image_tar
 
 _REASON = node_unavailable_reason()
 
@@ -418,8 +418,8 @@ def test_stop_restores_machine(cluster: NodeCluster,
 _CRASH_SCRIPT = """
 import sys, time
 from pathlib import Path
-from agentqueue.devcluster import ControlPlane
-from agentqueue.devcluster.node import Node
+from agentqueue_devtools import ControlPlane
+from agentqueue_devtools.node import Node
 root = Path(sys.argv[1])
 node = Node(root / "node")
 node.prepare_host()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue.devcluster.redisserver import RedisCluster, RedisServer
+from agentqueue_devtools.redisserver import RedisCluster, RedisServer
 
 from .operator_fixtures import wait_for, wait_ready
 from .redis_fixtures import need_redis_server

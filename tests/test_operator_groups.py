@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentqueue import keys
-from agentqueue.client.codec import Envelope, encode_element
+from agentqueue_client import keys
+from agentqueue_client.codec import Envelope, encode_element
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 from .test_operator_queue import admin, apply, queue

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agentqueue.devcluster.redisserver import RedisServer
+from agentqueue_devtools.redisserver import RedisServer
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
 from .test_drills_redis import admin_secret

@@ -221,12 +221,12 @@ def test_cli_status_is_live_and_falls_back_to_status_with_its_age(
     wait_ready(kubectl, "agentqueues", "fresh", namespace)
     wait_ready(kubectl, "consumergroups", "fresh-workers", namespace)
     producer = client_for(secret_values(kubectl, namespace, "fresh.intake"))
-    from agentqueue import keys
+    from agentqueue_client import keys
     for i in range(13):
         producer.xadd(keys.PartitionKeys(namespace, "fresh", i % 2).queue_key, {"d": "{}"})
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-           "PYTHONPATH": os.pathsep.join([str(root / "operator"),
+           "PYTHONPATH": os.pathsep.join([str(root / "operator"), str(root / "clients" / "python"), str(root / "devtools"),
                                           os.environ.get("PYTHONPATH", "")])}
     env.pop("AGENTQUEUE_REDIS_ADDRESS", None)
 

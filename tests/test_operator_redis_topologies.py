@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from agentqueue.devcluster.redisserver import RedisServer
+from agentqueue_devtools.redisserver import RedisServer
 
 from .operator_fixtures import wait_for, wait_ready
 from .test_operator_groups import group

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from agentqueue import keys
-from agentqueue.client import ClientConfig, Consumer, Producer
 from agentqueue.planning.slo import RetryCounters
 from agentqueue.redisgw.backlog import oldest_waiting_age, retry_counters
+from agentqueue_client import ClientConfig, Consumer, Producer, keys
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready
 from .test_metrics_scrape import samples, scrape

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from agentqueue import keys
-from agentqueue.client.backoff import RetryPolicy, backoff_ms
 from agentqueue.models.group import ScalingSpec
 from agentqueue.planning.scaling import (
     MAX_HISTORY,
@@ -16,6 +14,8 @@ from agentqueue.planning.scaling import (
     decide,
     step_allowance,
 )
+from agentqueue_client import keys
+from agentqueue_client.backoff import RetryPolicy, backoff_ms
 
 # ---- backoff ------------------------------------------------------------------------
 

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from agentqueue.devcluster import Binaries, gobuild
-from agentqueue.devcluster.binaries import ensure_promtool
 from agentqueue.metrics import Metrics
+from agentqueue_devtools import Binaries, gobuild
+from agentqueue_devtools.binaries import ensure_promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "charts" / "agentqueue-operator"

@@ -30,20 +30,6 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agentqueue import keys
-from agentqueue.client.codec import (
-    DLQ_PREFIX,
-    ENVELOPE_FIELDS,
-    MAX_KEY_BYTES,
-    Envelope,
-    check_headers,
-    check_idempotency_key,
-    decode_element,
-    decode_fields,
-    encode_element,
-    encode_fields,
-)
-from agentqueue.client.errors import DecodeError
 from agentqueue.models import AgentQueueSpec
 from agentqueue.planning import queue_plan
 from agentqueue.planning.lag import format_id
@@ -65,6 +51,20 @@ from agentqueue.planning.retention import (
     plan_trim,
 )
 from agentqueue.planning.scaling import ScaleHistory, ScaleObservation, ScalingParams, decide
+from agentqueue_client import keys
+from agentqueue_client.codec import (
+    DLQ_PREFIX,
+    ENVELOPE_FIELDS,
+    MAX_KEY_BYTES,
+    Envelope,
+    check_headers,
+    check_idempotency_key,
+    decode_element,
+    decode_fields,
+    encode_element,
+    encode_fields,
+)
+from agentqueue_client.errors import DecodeError
 
 pytest_plugins = ["tests.redis_fixtures"]
 

@@ -3,7 +3,7 @@
 A stand-in for a client written in another language: every producer and consumer step
 below is a plain redis-py command taken from docs/protocol.md, run as the queue's role
 ACL users (so the commands the document asks for are shown to be allowed for that
-role). Nothing here imports the Python SDK (``agentqueue.client``); the operator's own
+role). Nothing here imports the Python SDK (``agentqueue_client``); the operator's own
 code only provisions the queue, as the operator would (metadata hash, library, groups,
 ACL users), and runs its sweep where the document says the operator does. The last
 two tests (each on a Stream and a List queue) run the Python SDK in a subprocess as the
@@ -31,13 +31,13 @@ import pytest
 import redis.asyncio as aredis
 from redis.exceptions import NoPermissionError, ResponseError, WatchError
 
-from agentqueue import keys
 from agentqueue.models import AgentQueueSpec
 from agentqueue.planning.acl import acl_rules
 from agentqueue.planning.queue_plan import plan_queue
 from agentqueue.redisgw import functions, provision, users
 from agentqueue.redisgw import groups as operator_groups
 from agentqueue.redisgw.meta import write_group_meta
+from agentqueue_client import keys
 
 NS = "team-c"
 GROUP = "workers"
@@ -831,7 +831,7 @@ async def test_list_recovery_of_a_dead_consumers_messages(make_queue: MakeQueue)
 
 _SDK_CONSUMER = """
 import asyncio, base64, json, sys
-from agentqueue.client import Consumer
+from agentqueue_client import Consumer
 
 async def main():
     consumer = Consumer.from_env(group=sys.argv[1], consumer_name="sdk-1", block_ms=100,
@@ -852,7 +852,7 @@ asyncio.run(main())
 
 _SDK_PRODUCER = """
 import asyncio, json, sys
-from agentqueue.client import Outgoing, Producer
+from agentqueue_client import Outgoing, Producer
 
 async def main():
     async with Producer.from_env() as producer:
@@ -875,7 +875,7 @@ async def run_sdk(q: Queue, role: str, script: str, *args: str) -> Any:
         "REDIS_URL": q.url, "REDIS_USERNAME": username,
         "REDIS_PASSWORD": password, "AQ_NAMESPACE": NS, "AQ_QUEUE": q.name,
         "AQ_QUEUE_TYPE": q.type, "AQ_PARTITIONS": str(q.partitions), "AQ_ROLE": role,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), str(ROOT)]),
     })
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", script, *args, env=env, stdout=asyncio.subprocess.PIPE,

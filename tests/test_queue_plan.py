@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-from agentqueue import keys
 from agentqueue.models import AgentQueueSpec
 from agentqueue.planning import queue_plan
 from agentqueue.planning.queue_plan import (
@@ -20,6 +19,7 @@ from agentqueue.planning.queue_plan import (
     ObservedQueue,
     WriteMeta,
 )
+from agentqueue_client import keys
 
 PART = keys.PartitionKeys("n", "q", 0)
 

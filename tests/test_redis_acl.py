@@ -11,12 +11,12 @@ import pytest
 import redis.asyncio as aredis
 from redis.exceptions import AuthenticationError, ConnectionError, NoPermissionError
 
-from agentqueue.keys import PartitionKeys, acl_username
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.planning.acl import acl_rules
 from agentqueue.redisgw import connection, functions, users
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from agentqueue.redisgw.errors import RedisAuthError
+from agentqueue_client.keys import PartitionKeys, acl_username
 
 NS, Q = "team-a", "jobs"
 MINE = PartitionKeys(NS, Q, 0)
@@ -388,7 +388,7 @@ async def test_sdk_nacks_under_an_older_operators_rules(redis_client: RedisClien
                                                         qtype: QueueType) -> None:
     """Users defined before the stats key existed (an operator older than the SDK): the
     consumer's nack gets NOPERM for the counters, retries without them, and works."""
-    from agentqueue.client import ClientConfig, Consumer, Producer
+    from agentqueue_client import ClientConfig, Consumer, Producer
 
     from .agents.harness import provision
 

@@ -9,7 +9,6 @@ import pytest
 import redis.asyncio as aredis
 from redis import exceptions as rex
 
-from agentqueue.devcluster.redisserver import RedisServer, free_port
 from agentqueue.redisgw import connection
 from agentqueue.redisgw.connection import RedisPool, RedisTarget
 from agentqueue.redisgw.errors import (
@@ -24,6 +23,7 @@ from agentqueue.redisgw.errors import (
     translate_errors,
     translated,
 )
+from agentqueue_devtools.redisserver import RedisServer, free_port
 
 SECRET = "s3cr3t-pa55"
 

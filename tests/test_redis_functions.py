@@ -7,10 +7,10 @@ import json
 import pytest
 from redis.exceptions import ResponseError
 
-from agentqueue.keys import PartitionKeys, partition_keys
 from agentqueue.redisgw import connection, functions
 from agentqueue.redisgw.connection import RedisClient, RedisTarget
 from agentqueue.redisgw.errors import RedisLibraryMissing, RedisSpecError
+from agentqueue_client.keys import PartitionKeys, partition_keys
 
 P = PartitionKeys("ns", "jobs", 0)
 GROUP = "workers"

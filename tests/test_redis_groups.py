@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from redis.exceptions import ResponseError
 
-from agentqueue.keys import PartitionKeys, partition_keys
 from agentqueue.planning.lag import LagSource
 from agentqueue.redisgw import functions, groups, poller
 from agentqueue.redisgw.connection import RedisClient
 from agentqueue.redisgw.poller import GroupTarget, LagPoller
+from agentqueue_client.keys import PartitionKeys, partition_keys
 
 pytestmark = pytest.mark.asyncio
 

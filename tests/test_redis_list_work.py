@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from agentqueue.client.codec import Envelope, encode_element
-from agentqueue.keys import partition_keys
 from agentqueue.redisgw import list_work
 from agentqueue.redisgw.connection import RedisClient
 from agentqueue.redisgw.list_work import ListWorkPoller, poll_all
 from agentqueue.redisgw.poller import GroupTarget
+from agentqueue_client.codec import Envelope, encode_element
+from agentqueue_client.keys import partition_keys
 
 pytestmark = pytest.mark.asyncio
 

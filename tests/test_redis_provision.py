@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
-from agentqueue.keys import PartitionKeys, partition_keys
 from agentqueue.models import AgentQueueSpec
 from agentqueue.planning import queue_plan
 from agentqueue.planning.queue_plan import CreateStream, KeyConflict, LoadLibrary, WriteMeta
 from agentqueue.redisgw import functions, provision
 from agentqueue.redisgw.connection import RedisClient
+from agentqueue_client.keys import PartitionKeys, partition_keys
 
 NS = "prov"
 

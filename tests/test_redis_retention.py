@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from agentqueue.keys import partition_keys
 from agentqueue.planning.retention import RetentionSettings
 from agentqueue.redisgw import groups, retention
 from agentqueue.redisgw.connection import RedisClient
+from agentqueue_client.keys import partition_keys
 
 pytestmark = pytest.mark.asyncio
 

@@ -25,11 +25,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
 from agentqueue import keys, reasons
-from agentqueue.client import ClientConfig, Consumer, Message, Producer
-from agentqueue.client.config import sentinel_client
-from agentqueue.client.errors import ConfigError, is_transient, redis_errors
 from agentqueue.config import OperatorConfig
-from agentqueue.devcluster.redisserver import RedisSentinel
 from agentqueue.metrics import Metrics
 from agentqueue.models import AgentQueueSpec, Role
 from agentqueue.planning import queue_plan
@@ -47,6 +43,10 @@ from agentqueue.redisgw.errors import RedisUnavailable
 from agentqueue.runtime import RestartWatcher, Runtime, policy_refusal
 from agentqueue.services.errors import SpecProblem
 from agentqueue.services.queues import secret_data
+from agentqueue_client import ClientConfig, Consumer, Message, Producer
+from agentqueue_client.config import sentinel_client
+from agentqueue_client.errors import ConfigError, is_transient, redis_errors
+from agentqueue_devtools.redisserver import RedisSentinel
 
 from . import queue_harness as harness
 from .agents.aio import eventually

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from agentqueue.devcluster.redisserver import RedisServer
 from agentqueue.planning.server_risks import (
     AOF_DEFAULT_USER_OFF,
     EVICTION,
@@ -17,6 +16,7 @@ from agentqueue.planning.server_risks import (
 from agentqueue.redisgw import connection
 from agentqueue.redisgw.connection import RedisTarget
 from agentqueue.redisgw.server_info import server_facts
+from agentqueue_devtools.redisserver import RedisServer
 
 pytest_plugins = ["tests.redis_fixtures"]
 

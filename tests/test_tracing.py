@@ -42,12 +42,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from agentqueue import tracing
-from agentqueue.devcluster import ControlPlane, Kubectl
-from agentqueue.devcluster.redisserver import RedisServer
 from agentqueue.kube import KubeGateway
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.planning.acl import acl_rules
 from agentqueue.redisgw import users
+from agentqueue_devtools import ControlPlane, Kubectl
+from agentqueue_devtools.redisserver import RedisServer
 
 from .operator_fixtures import OperatorProcess, get_obj, wait_for, wait_ready
 

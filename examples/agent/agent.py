@@ -22,7 +22,7 @@ import sys
 import time
 from datetime import UTC, datetime
 
-from agentqueue.client import ConfigError, Consumer, Message
+from agentqueue_client import ConfigError, Consumer, Message
 
 
 def _ts(epoch: float) -> str:

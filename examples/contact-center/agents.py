@@ -41,7 +41,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from agentqueue.client import Consumer, Message, Producer
+from agentqueue_client import Consumer, Message, Producer
 
 log = logging.getLogger("contact-center")
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agentqueue.client import Consumer, Message, Outgoing, Producer
+from agentqueue_client import Consumer, Message, Outgoing, Producer
 
 REGIONS = ("emea", "amer", "apac")
 # A fixed rotation of customer utterances covering every route and escalation rule.

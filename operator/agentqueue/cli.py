@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__, crdgen
 from .models.common import parse_duration
@@ -133,8 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stdout", action="store_true", help="print instead of writing")
     p.set_defaults(func=_cmd_crds)
 
-    from .devcluster import cli as dev_cli
-    dev_cli.add_parser(sub)
+    _add_dev_parser(sub)
     try:
         from . import tools_cli
     except ImportError:  # the data-plane tools are optional in a minimal install
@@ -142,6 +142,26 @@ def build_parser() -> argparse.ArgumentParser:
     if tools_cli is not None:
         tools_cli.add_parsers(sub)
     return parser
+
+
+def _add_dev_parser(sub: Any) -> None:
+    """`agentqueue dev`: the local stack, from the dev tooling (its own distribution,
+    agentqueue-devtools, never in the operator image); without it, one line saying so."""
+    try:
+        from agentqueue_devtools import cli as dev_cli
+    except ImportError:
+        p = sub.add_parser("dev", help="the local stack (needs agentqueue-devtools)")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_no_devtools)
+        return
+    dev_cli.add_parser(sub)
+
+
+def _no_devtools(args: argparse.Namespace) -> int:
+    print("agentqueue dev: the dev tooling is not installed here (it is its own "
+          "distribution: pip install -e devtools/ from a checkout, as `make bootstrap` does)",
+          file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

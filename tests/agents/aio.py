@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agentqueue.client import Consumer, Message
+from agentqueue_client import Consumer, Message
 
 
 async def take(consumer: Consumer, n: int, timeout: float = 5.0) -> list[Message]:

@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agentqueue import keys
-from agentqueue.client import ClientConfig
 from agentqueue.redisgw import functions
+from agentqueue_client import ClientConfig, keys
 
 NS = "team"
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +31,7 @@ def agent_env(config: ClientConfig, **extra: str) -> dict[str, str]:
         "REDIS_PASSWORD": config.password or "", "AQ_NAMESPACE": config.namespace,
         "AQ_QUEUE": config.queue, "AQ_QUEUE_TYPE": config.queue_type,
         "AQ_PARTITIONS": str(config.partitions), "AQ_ROLE": "consumer",
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"), str(ROOT)]),
     })
     env.update(extra)
     return env

@@ -17,7 +17,7 @@ import os
 import random
 import sys
 
-from agentqueue.client import Consumer, Message
+from agentqueue_client import Consumer, Message
 
 
 async def main(name: str) -> None:

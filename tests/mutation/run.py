@@ -41,15 +41,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "operator" / "agentqueue"
+CLIENT = ROOT / "clients" / "python" / "agentqueue_client"
+# Source roots of the two distributions, laid out side by side under src/ in the copy.
+SOURCE_ROOTS = ("operator/", "clients/python/")
+
+
+def to_src(module: str) -> str:
+    """operator/agentqueue/x.py or clients/python/agentqueue_client/x.py -> src/..."""
+    for root in SOURCE_ROOTS:
+        if module.startswith(root):
+            return "src/" + module.removeprefix(root)
+    raise ValueError(f"{module} is under no source root")
+
+
+def from_src(path: str) -> str:
+    rel = path.removeprefix("src/")
+    return ("clients/python/" if rel.startswith("agentqueue_client/") else "operator/") + rel
 LISTS = Path(__file__).resolve().parent
 EQUIVALENT = LISTS / "equivalent"  # <module>.txt: survivors no test should kill, with why
 KNOWN = LISTS / "known"  # <module>.txt: survivors a test could kill (missing tests)
 
 # The pure decision code. Paths from the repository root.
 MODULES = [
-    "operator/agentqueue/keys.py",
-    "operator/agentqueue/client/backoff.py",
-    "operator/agentqueue/client/codec.py",
+    "clients/python/agentqueue_client/keys.py",
+    "clients/python/agentqueue_client/backoff.py",
+    "clients/python/agentqueue_client/codec.py",
     "operator/agentqueue/planning/acl.py",
     "operator/agentqueue/planning/lag.py",
     "operator/agentqueue/planning/queue_plan.py",
@@ -61,7 +77,7 @@ MODULES = [
     "operator/agentqueue/planning/conflicts.py",
     "operator/agentqueue/planning/deletion.py",
     "operator/agentqueue/planning/list_groups.py",
-    "operator/agentqueue/client/errors.py",
+    "clients/python/agentqueue_client/errors.py",
 ]
 
 # Fast pure unit tests that judge the mutants.
@@ -135,10 +151,11 @@ def _toml_list(items: list[str]) -> str:
 def prepare(work: Path, modules: list[str]) -> str:
     """Copy the package and tests into `work`; return a hash of the tests' content."""
     _mirror(PACKAGE, work / "src" / "agentqueue", skip=set())
+    _mirror(CLIENT, work / "src" / "agentqueue_client", skip=set())
     _mirror(ROOT / "tests", work / "tests", skip={"conftest.py", "mutation"})
     conftest = (Path(__file__).parent / "conftest_mutation.py").read_bytes()
     _write_if_changed(work / "tests" / "conftest.py", conftest)
-    only = [m.replace("operator/", "src/", 1) for m in modules]
+    only = [to_src(m) for m in modules]
     for module in only:
         # mutmut copies every source into mutants/ but mutates only `only_mutate`: a module
         # newly listed has a plain copy there, newer than its source, so mutmut would never
@@ -245,11 +262,15 @@ def describe(work: Path, names: list[str]) -> dict[str, str]:
 
 def dotted(module: str) -> str:
     """operator/agentqueue/planning/acl.py -> agentqueue.planning.acl"""
-    return module.removeprefix("operator/").removesuffix(".py").replace("/", ".")
+    return to_src(module).removeprefix("src/").removesuffix(".py").replace("/", ".")
 
 
 def list_file(folder: Path, module: str) -> Path:
-    return folder / (dotted(module).removeprefix("agentqueue.") + ".txt")
+    """planning.acl.txt for the operator's modules, client.codec.txt for the client's."""
+    name = dotted(module)
+    if name.startswith("agentqueue_client."):
+        return folder / ("client." + name.removeprefix("agentqueue_client.") + ".txt")
+    return folder / (name.removeprefix("agentqueue.") + ".txt")
 
 
 def listed(folder: Path, modules: list[str]) -> collections.Counter[str]:
@@ -300,7 +321,7 @@ def recheck_survivors(work: Path, modules: list[str], jobs: int,
                       deadline: float | None) -> bool:
     """Run earlier survivors again (and mutants that had no covering test or timed out:
     the new tests may cover them); True when all were re-checked."""
-    wanted = {m.replace("operator/", "src/", 1) for m in modules}
+    wanted = {to_src(m) for m in modules}
     again = {code for code, status in STATUS.items()
              if status in ("survived", "no tests", "timeout")}
     survivors = sorted(n for n, (path, c) in verdicts(work).items()
@@ -369,7 +390,7 @@ def main() -> int:
                 say("time budget used up before every earlier survivor was re-checked "
                     "(the next run goes on)")
     results = verdicts(work)
-    wanted = {m.replace("operator/", "src/", 1) for m in modules}
+    wanted = {to_src(m) for m in modules}
     results = {n: v for n, v in results.items() if str(v[0]) in wanted}
     counts = collections.Counter(
         "killed" if code in KILLED else STATUS.get(code, "suspicious")
@@ -397,7 +418,7 @@ def main() -> int:
     if opts.record_known and new:
         touched = {str(results[n][0]) for n in new}
         for n in new:
-            module = str(results[n][0]).replace("src/", "operator/", 1)
+            module = from_src(str(results[n][0]))
             KNOWN.mkdir(exist_ok=True)
             with list_file(KNOWN, module).open("a") as f:
                 f.write(f"{keys[n]}  # {opts.record_known}\n")

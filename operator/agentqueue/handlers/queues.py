@@ -11,7 +11,9 @@ from typing import Any
 
 import kopf
 
-from .. import GROUP, VERSION, events, keys, reasons
+from agentqueue_client import keys
+
+from .. import GROUP, VERSION, events, reasons
 from ..conditions import get_condition, merge_changed, remove_condition, set_condition
 from ..kube import KubeError
 from ..planning import deletion, server_risks, slo

@@ -33,7 +33,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import keys
+from agentqueue_client import keys
+
 from ..models.queue import QueueType, Role
 
 __all__ = [

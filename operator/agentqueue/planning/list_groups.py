@@ -26,7 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..keys import PartitionKeys
+from agentqueue_client.keys import PartitionKeys
+
 from ..models.common import parse_duration
 from ..models.group import ConsumerGroupSpec
 from .lag import waiting

@@ -20,7 +20,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .. import keys
+from agentqueue_client import keys
+
 from ..models import AgentQueueSpec, parse_duration
 from ..models.queue import QueueType
 

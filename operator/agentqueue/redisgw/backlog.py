@@ -28,7 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..keys import PartitionKeys
+from agentqueue_client.keys import PartitionKeys
+
 from ..planning.slo import RetryCounters
 from .errors import classify, translate_errors
 from .poller import BatchScript

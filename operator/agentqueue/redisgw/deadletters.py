@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..keys import PartitionKeys
+from agentqueue_client.keys import PartitionKeys
+
 from .errors import classify, translate_errors
 from .poller import BatchScript
 

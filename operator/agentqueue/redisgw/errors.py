@@ -24,7 +24,7 @@ from typing import ParamSpec, TypeVar
 
 from redis import exceptions as rex
 
-from ..client.errors import ErrorKind, error_kind
+from agentqueue_client.errors import ErrorKind, error_kind
 
 __all__ = [
     "RedisAuthError",
@@ -85,7 +85,7 @@ def is_busygroup(exc: BaseException) -> bool:
 
 def classify(exc: BaseException) -> RedisError:
     """Map a redis-py (or socket) exception to the gateway's error kinds (decided by
-    the one classification the SDK uses too: `agentqueue.client.errors.error_kind`)."""
+    the one classification the SDK uses too: `agentqueue_client.errors.error_kind`)."""
     if isinstance(exc, RedisError):
         return exc
     kind = error_kind(exc)

@@ -1,4 +1,5 @@
-"""The agentqueue Functions library (library.lua): loading it and typed wrappers.
+"""The agentqueue Functions library (agentqueue_client/library.lua, the wire contract):
+loading it onto the primaries, and typed wrappers.
 
 The library is loaded on every primary (Functions are per node; with Cluster each
 node needs its own copy). The version lives in library.lua (`local VERSION`), read
@@ -8,17 +9,17 @@ here, so there is one place to bump.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis.asyncio as aredis
 from redis import exceptions as rex
 
-from ..client import calls
-from ..keys import PartitionKeys
+from agentqueue_client import calls
+from agentqueue_client.keys import PartitionKeys
+from agentqueue_client.library import LIBRARY_CODE, LIBRARY_NAME, LIBRARY_VERSION
+
 from .connection import RedisClient, node_name, primaries
 from .errors import classify, translate_errors
 
@@ -36,12 +37,6 @@ __all__ = [
     "promote",
 ]
 
-LIBRARY_NAME = "agentqueue"
-LIBRARY_CODE: str = resources.files(__package__).joinpath("library.lua").read_text()
-_VERSION = re.search(r"^local VERSION = '([^']+)'", LIBRARY_CODE, re.MULTILINE)
-if _VERSION is None:  # pragma: no cover - a broken edit of library.lua
-    raise RuntimeError("library.lua has no `local VERSION = '...'` line")
-LIBRARY_VERSION: str = _VERSION.group(1)
 
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 PROMOTE_MAX = calls.PROMOTE_MAX

@@ -43,8 +43,9 @@ from typing import Any
 
 from redis import exceptions as rex
 
-from ..client import calls
-from ..keys import PartitionKeys
+from agentqueue_client import calls
+from agentqueue_client.keys import PartitionKeys
+
 from .errors import classify, is_busygroup, translate_errors
 
 __all__ = [

@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import keys
-from ..keys import PartitionKeys
+from agentqueue_client import keys
+from agentqueue_client.keys import PartitionKeys
+
 from ..planning.list_groups import (
     HEARTBEATS,
     ListPartitionWork,

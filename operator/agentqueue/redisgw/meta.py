@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..keys import PartitionKeys
+from agentqueue_client.keys import PartitionKeys
 
 
 async def write_group_meta(client: Any, partitions: list[PartitionKeys], fields: dict[str, str],

@@ -30,7 +30,8 @@ import redis.asyncio as aredis
 from redis import exceptions as rex
 from redis.crc import key_slot
 
-from ..keys import PartitionKeys, partition_keys
+from agentqueue_client.keys import PartitionKeys, partition_keys
+
 from ..planning.lag import (
     Calibration,
     GroupLagInfo,

@@ -13,7 +13,8 @@ from typing import Any
 
 from redis import exceptions as rex
 
-from .. import keys
+from agentqueue_client import keys
+
 from ..models import AgentQueueSpec
 from ..models.queue import QueueType
 from ..planning.queue_plan import (

@@ -22,7 +22,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
-from ..keys import PartitionKeys, queue_key_pattern
+from agentqueue_client.keys import PartitionKeys, queue_key_pattern
+
 from ..planning.lag import LagSource, format_id, parse_id
 from ..planning.retention import (
     GroupPosition,

@@ -12,7 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .. import keys, reasons
+from agentqueue_client import keys
+
+from .. import reasons
 from ..conditions import now_iso
 from ..kube import KubeNotFound
 from ..models import AgentQueueSpec, ConsumerGroupSpec, parse_duration

@@ -11,7 +11,9 @@ from typing import Any
 import jsonschema
 from pydantic import ValidationError
 
-from .. import keys, reasons
+from agentqueue_client import keys
+
+from .. import reasons
 from ..kube import standard_labels
 from ..metrics import Metrics
 from ..models import AgentQueueSpec, Role, parse_duration

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .. import events, keys, reasons
+from agentqueue_client import keys
+
+from .. import events, reasons
 from ..conditions import get_condition, now_iso, set_condition
 from ..kube import KubeNotFound
 from ..metrics import QueueFigures

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .. import keys
+from agentqueue_client import keys
 
 # C0 and C1 control characters, DEL, and the bidirectional overrides/isolates that
 # reorder what a terminal shows ("Trojan Source"): tenant data must never drive it.

@@ -28,7 +28,7 @@ def client_for(env: dict[str, str], timeout: float | None = None) -> Any:
     if env.get("REDIS_CA_CERT"):
         kwargs["ssl_ca_data"] = env["REDIS_CA_CERT"]
     if env.get("REDIS_SENTINELS", "").strip():  # the primary the sentinels name now
-        from ..client.config import sentinel_client
+        from agentqueue_client.config import sentinel_client
         return sentinel_client(env["REDIS_SENTINELS"].split(","),
                                env.get("REDIS_SENTINEL_MASTER", "").strip(),
                                env.get("REDIS_URL") or "redis://", **kwargs)
@@ -54,7 +54,7 @@ async def peek(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
 
 
 async def send(args: argparse.Namespace, env: dict[str, str], ns: str) -> int:
-    from ..client import ClientConfig, Producer
+    from agentqueue_client import ClientConfig, Producer
 
     env = {**env, "AQ_NAMESPACE": env.get("AQ_NAMESPACE", ns),
            "AQ_QUEUE": env.get("AQ_QUEUE", args.queue)}

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .. import keys
-from ..client.codec import (
+from agentqueue_client import keys
+from agentqueue_client.codec import (
     DLQ_PREFIX,
     ELEMENT_PRIORITY,
     HEADERS,
@@ -32,6 +32,7 @@ from ..client.codec import (
     Envelope,
     encode_element,
 )
+
 from ._common import as_bytes, as_text, queue_layout
 
 # Fields a replay drops besides x.*: the attempt counter and last error (a replay is a

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import keys
+from agentqueue_client import keys
+
 from ..planning.lag import GroupLagInfo, LagSource, assess_lag, lag_from_count, parse_id
 from ._common import as_text
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..client.codec import decode_element, decode_fields
-from ..client.errors import DecodeError
+from agentqueue_client.codec import decode_element, decode_fields
+from agentqueue_client.errors import DecodeError
+
 from ._common import as_bytes, as_text, queue_layout
 
 

@@ -3,7 +3,7 @@ arguments (docs/protocol.md, docs/design.md "Functions"). The SDK, the operator 
 CLI build every FCALL here and send it with `Call.on` on a client or a pipeline; nothing
 else writes FCALL arguments.
 
->>> from agentqueue.keys import PartitionKeys
+>>> from agentqueue_client.keys import PartitionKeys
 >>> part = PartitionKeys("team-a", "jobs", 0)
 >>> promote(part, now_ms=1_700_000_000_000, limit=100).argv()
 ['aq_promote', 2, 'aq:{team-a/jobs/0}:q', 'aq:{team-a/jobs/0}:retry', '1700000000000', '100']
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..keys import PartitionKeys
+from .keys import PartitionKeys
 
 __all__ = ["PROMOTE_MAX", "Call", "deadletter", "enqueue", "nack", "promote", "version"]
 

@@ -37,7 +37,7 @@ READY_FILE = "ready.json"
 ALT_OPERATOR_TAG = "dev-upgrade"
 PID_FILE = "supervisor.pid"
 LOG_FILE = "stack.log"
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def state_dir() -> Path:
@@ -60,7 +60,7 @@ def crds_dir() -> Path:
     repo_crds = REPO / "crds"
     if repo_crds.is_dir():
         return repo_crds
-    from .. import crdgen
+    from agentqueue import crdgen
     out = state_dir() / "crds"
     crdgen.write(out)
     return out
@@ -345,7 +345,7 @@ def up(example: str = "quickstart", namespace: str | None = None, timeout: float
         log = open(root / LOG_FILE, "ab")  # noqa: SIM115 - handed to the detached child
         offset = log.tell()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "agentqueue.devcluster.stack",
+            [sys.executable, "-m", "agentqueue_devtools.stack",
              "serve-node" if with_node else "serve", str(root)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)

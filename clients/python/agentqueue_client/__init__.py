@@ -1,6 +1,6 @@
 """The agentqueue SDK: produce to and consume from queues managed by the operator.
 
->>> from agentqueue.client import Consumer, Producer
+>>> from agentqueue_client import Consumer, Producer
 >>> async def main() -> None:
 ...     async with Producer.from_env() as producer:
 ...         await producer.send({"task": "triage", "ticket": 1}, idempotency_key="ticket-1")
@@ -10,7 +10,7 @@
 ...             await msg.ack()
 
 Delivery is at least once; with idempotency keys and :meth:`Message.once`, side effects
-happen exactly once. A synchronous wrapper lives in :mod:`agentqueue.client.sync`.
+happen exactly once. A synchronous wrapper lives in :mod:`agentqueue_client.sync`.
 """
 
 from .backoff import RetryPolicy, backoff_ms

@@ -37,12 +37,12 @@ from typing import Any
 
 from redis.exceptions import NoPermissionError, WatchError
 
-from .. import keys
+from . import keys
 from ._delivery import Delivery, text
 from .codec import Envelope, decode_element, encode_element, encode_fields
 from .errors import DecodeError
 
-log = logging.getLogger("agentqueue.client")
+log = logging.getLogger("agentqueue_client")
 
 _WATCH_RETRIES = 50
 STATS_RECHECK_S = 300.0

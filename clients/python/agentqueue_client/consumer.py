@@ -26,7 +26,7 @@ What the consumer does for you (Stream queues):
 * Reads all partitions with one blocking XREADGROUP (COUNT ``batch_size``); acks of
   finished messages ride in the same pipeline as the next read. On a Redis Cluster
   (``REDIS_CLUSTER=1``) each partition has its own XREADGROUP (see
-  :class:`~agentqueue.client._streams.ClusterStreamBackend`).
+  :class:`~agentqueue_client._streams.ClusterStreamBackend`).
 * Reclaim: every ``visibility/2`` (bounded), before reading new work, it XAUTOCLAIMs
   entries idle longer than the group's visibility timeout — a dead consumer's messages
   go to a live one.
@@ -37,7 +37,7 @@ What the consumer does for you (Stream queues):
   the limit goes to the dead-letter stream instead of the handler. ``nack`` on the last
   allowed delivery dead-letters too; otherwise ``aq_nack`` schedules a retry in the retry
   sorted set with the queue's backoff, and every consumer promotes due retries.
-* Malformed entries (see :mod:`agentqueue.client.codec` for the policy; also bad JSON
+* Malformed entries (see :mod:`agentqueue_client.codec` for the policy; also bad JSON
   and schema violations) go to the dead-letter stream with the reason; the consumer
   keeps going.
 * Pause: while the group's ``paused:<group>`` field exists it hands out no new work; it
@@ -85,7 +85,7 @@ from .errors import (
 from .message import Effect, Handler, Message
 from .meta import MetaCache, QueueMeta
 
-log = logging.getLogger("agentqueue.client")
+log = logging.getLogger("agentqueue_client")
 
 Backend = StreamBackend | ListBackend | PubSubBackend
 
@@ -220,6 +220,7 @@ class Consumer:
         if self._started:
             return
         meta = await self._meta.get(force=True)
+        self._meta.schema()  # a queue whose schema cannot be checked here fails now, unread
         self._parts = self.config.partition_keys(meta.partitions)
         if meta.type == "Stream":
             assert self.group is not None

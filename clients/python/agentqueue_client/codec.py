@@ -47,9 +47,6 @@ try:  # optional accelerator; the standard parser is the reference
     import orjson
 except ImportError:  # pragma: no cover
     orjson = None  # type: ignore[assignment]
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, best_match
-
 from .errors import ConfigError, DecodeError, SchemaValidationError, describe
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
@@ -374,6 +371,15 @@ class PayloadSchema:
     def __init__(self, text: str) -> None:
         self.text = text
         try:
+            # Only queues with a schema need jsonschema (the client's `schema` extra); without
+            # it the queue is refused, never read or written unvalidated.
+            from jsonschema import Draft202012Validator
+            from jsonschema.exceptions import SchemaError
+        except ImportError:
+            raise ConfigError(
+                "this queue has a JSON Schema and validating it needs jsonschema: "
+                "pip install 'agentqueue-client[schema]'") from None
+        try:
             schema = json.loads(text)
             Draft202012Validator.check_schema(schema)
         except (ValueError, SchemaError) as exc:
@@ -382,6 +388,8 @@ class PayloadSchema:
 
     def validate(self, payload: Any) -> None:
         """Raise :class:`SchemaValidationError` for the first (most relevant) violation."""
+        from jsonschema.exceptions import best_match  # imported by __init__ already
+
         try:
             error = best_match(self._validator.iter_errors(payload))
         except RecursionError:

@@ -22,7 +22,7 @@ REDIS_NAME = "redis"
 REDIS_ADMIN_SECRET = "redis-admin"
 REDIS_ADMIN_USER = "aq-admin"
 REDIS_PORT = 6379
-CHART = Path(__file__).resolve().parents[3] / "charts" / "agentqueue-operator"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "agentqueue-operator"
 
 Progress = Callable[[str], None]
 

@@ -7,13 +7,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .. import keys
+from . import keys
 from ._delivery import Delivery
 from .codec import decode_element
 from .config import ClientConfig
 from .errors import DecodeError
 
-log = logging.getLogger("agentqueue.client")
+log = logging.getLogger("agentqueue_client")
 
 
 class PubSubBackend:

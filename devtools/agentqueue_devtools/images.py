@@ -49,7 +49,7 @@ _LOCAL = "localhost/"
 #: Tag the dev images carry inside their tarballs (what the chart and manifests name).
 DEV_TAG = "dev"
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "images"
 EXAMPLES_DIR = REPO_ROOT / "examples"
 _TOOLS = ("buildah", "debootstrap", "runc", "tar", "chroot")
@@ -433,7 +433,7 @@ def ensure_operator(progress: Progress | None = None, *, base: ImageRef | None =
     base = base or ensure_base(say)
     inputs = _files(REPO_ROOT, ["Dockerfile", ".dockerignore", "requirements.lock",
                                 "requirements-build.lock", "pyproject.toml", "README.md",
-                                "operator"])
+                                "clients/python", "operator"])
     digest = _hash([("recipe", RECIPE_VERSION.encode()), ("base", base.input_hash.encode()),
                     *inputs])
     return _build(name="agentqueue-operator", digest=digest,

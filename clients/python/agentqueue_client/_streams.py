@@ -16,14 +16,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .. import keys
-from . import calls
+from . import calls, keys
 from ._delivery import Delivery, text
 from ._lists import StatsSwitch, is_noperm
 from .codec import decode_fields
 from .errors import DecodeError
 
-log = logging.getLogger("agentqueue.client")
+log = logging.getLogger("agentqueue_client")
 
 
 def _by_partition(items: Iterable[tuple[int, str]]) -> dict[int, list[str]]:

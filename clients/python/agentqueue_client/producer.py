@@ -31,8 +31,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError, WatchError
 
-from .. import keys
-from . import calls
+from . import calls, keys
 from ._trace import trace_headers
 from .codec import (
     MAX_PAYLOAD_BYTES,

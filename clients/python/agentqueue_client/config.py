@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
-from .. import keys
+from . import keys
 from .errors import ConfigError
 
 QUEUE_TYPES = ("Stream", "List", "PubSub")

@@ -3,7 +3,7 @@
 The async clients run on a private event loop in a daemon thread, so heartbeats,
 ack flushing and retry promotion keep running while your synchronous code works::
 
-    from agentqueue.client.sync import SyncConsumer, SyncProducer
+    from agentqueue_client.sync import SyncConsumer, SyncProducer
 
     with SyncProducer.from_env() as producer:
         producer.send({"n": 1}, idempotency_key="n-1")
@@ -67,7 +67,7 @@ async def _build(factory: Callable[[], T]) -> T:
 
 
 class SyncProducer:
-    """Blocking :class:`~agentqueue.client.Producer`; same arguments."""
+    """Blocking :class:`~agentqueue_client.Producer`; same arguments."""
 
     def __init__(self, config: ClientConfig, **kwargs: Any) -> None:
         self._loop = _LoopThread()
@@ -98,7 +98,7 @@ class SyncProducer:
 
 
 class SyncMessage:
-    """Blocking view of a :class:`~agentqueue.client.Message` (same attributes)."""
+    """Blocking view of a :class:`~agentqueue_client.Message` (same attributes)."""
 
     def __init__(self, message: Message, loop: _LoopThread) -> None:
         self.message = message
@@ -122,7 +122,7 @@ class SyncMessage:
 
 
 class SyncConsumer:
-    """Blocking :class:`~agentqueue.client.Consumer`; same arguments."""
+    """Blocking :class:`~agentqueue_client.Consumer`; same arguments."""
 
     def __init__(self, config: ClientConfig, **kwargs: Any) -> None:
         self._loop = _LoopThread()
