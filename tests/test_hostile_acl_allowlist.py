@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from agentqueue import keys as K
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.planning.acl import acl_rules
 from agentqueue.redisgw import functions, users
 from agentqueue.redisgw.connection import RedisClient
+from agentqueue_client import keys as K
 
 NS, Q = "tenant-a", "jobs"
 P = K.PartitionKeys(NS, Q, 0)

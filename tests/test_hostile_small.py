@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agentqueue import keys, reasons
+from agentqueue import reasons
 from agentqueue.models import AgentQueueSpec
 from agentqueue.models.group import ConsumerGroupSpec
 from agentqueue.models.queue import QueueType, Role
@@ -25,6 +25,7 @@ from agentqueue.redisgw.connection import RedisTarget
 from agentqueue.services.errors import SpecProblem
 from agentqueue.services.queues import parse_spec, schema_size
 from agentqueue.tools._common import printable
+from agentqueue_client import keys
 from agentqueue_client.codec import DecodeError, parse_json
 
 ROOT = Path(__file__).resolve().parents[1]

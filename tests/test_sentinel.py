@@ -24,7 +24,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from agentqueue import keys, reasons
+from agentqueue import reasons
 from agentqueue.config import OperatorConfig
 from agentqueue.metrics import Metrics
 from agentqueue.models import AgentQueueSpec, Role
@@ -43,7 +43,7 @@ from agentqueue.redisgw.errors import RedisUnavailable
 from agentqueue.runtime import RestartWatcher, Runtime, policy_refusal
 from agentqueue.services.errors import SpecProblem
 from agentqueue.services.queues import secret_data
-from agentqueue_client import ClientConfig, Consumer, Message, Producer
+from agentqueue_client import ClientConfig, Consumer, Message, Producer, keys
 from agentqueue_client.config import sentinel_client
 from agentqueue_client.errors import ConfigError, is_transient, redis_errors
 from agentqueue_devtools.redisserver import RedisSentinel
