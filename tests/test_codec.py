@@ -4,6 +4,7 @@ reason — never another exception."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -322,3 +323,13 @@ def test_schema_validation_of_a_too_deep_payload_is_a_validation_error() -> None
     with pytest.raises(SchemaValidationError) as info:
         schema.validate(deep)
     assert info.value.reason == "payload nested too deeply to validate"
+
+
+def test_schema_without_jsonschema_is_refused_naming_the_extra(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client alone (no `schema` extra) refuses a queue with a schema, never skips it."""
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # import jsonschema -> ImportError
+    with pytest.raises(ConfigError) as err:
+        PayloadSchema('{"type": "object"}')
+    assert str(err.value) == ("this queue has a JSON Schema and validating it needs "
+                              "jsonschema: pip install 'agentqueue-client[schema]'")

@@ -114,14 +114,20 @@ def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                    "--disable-pip-version-check", str(wheel)], check=True, timeout=600)
+                    "--disable-pip-version-check", str(wheel)], check=True, timeout=600,
+                   env=clean_env(), cwd=work)
     return venv
+
+
+def clean_env() -> dict[str, str]:
+    """No PYTHONPATH (a source root on it would look installed to the fresh venv)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
 
 
 def installed(venv: Path) -> set[str]:
     out = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "list", "--format=json",
                           "--disable-pip-version-check"], capture_output=True, text=True,
-                         check=True, timeout=120).stdout
+                         check=True, timeout=120, env=clean_env(), cwd=venv).stdout
     return {d["name"].lower() for d in json.loads(out)}
 
 
@@ -131,7 +137,8 @@ def test_the_client_installs_alone_with_redis_py_only(client_venv: Path) -> None
         wanted.add("async-timeout")  # redis-py's own requirement below 3.11.3
     assert installed(client_venv) - {"pip", "setuptools"} == wanted
     check = subprocess.run([str(client_venv / "bin" / "python"), "-m", "pip", "check"],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=120, env=clean_env(),
+                           cwd=client_venv)
     assert check.returncode == 0, check.stdout
 
 
