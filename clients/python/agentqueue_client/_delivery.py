@@ -20,7 +20,3 @@ class Delivery:
     reason: str | None = None
     delivered: int = 1  # the PEL delivery count (Streams); 1 for Lists
     priority: int = 0
-
-
-def text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

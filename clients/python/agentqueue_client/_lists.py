@@ -38,9 +38,10 @@ from typing import Any
 from redis.exceptions import NoPermissionError, WatchError
 
 from . import keys
-from ._delivery import Delivery, text
+from ._delivery import Delivery
 from .codec import Envelope, decode_element, encode_element, encode_fields
 from .errors import DecodeError
+from .text import as_text
 
 log = logging.getLogger("agentqueue_client")
 
@@ -317,7 +318,7 @@ class ListBackend:
             dead = await self.client.zrange(consumers_key(part), "-inf", f"({deadline}",
                                             byscore=True, offset=0, num=100)
             for raw_name in dead:
-                owner = text(raw_name)
+                owner = as_text(raw_name)
                 if owner == self.consumer:
                     continue
                 moved += await self._recover_list(i, part.processing(owner), owner)

@@ -17,10 +17,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from . import calls, keys
-from ._delivery import Delivery, text
+from ._delivery import Delivery
 from ._lists import StatsSwitch, is_noperm
 from .codec import decode_fields
 from .errors import DecodeError
+from .text import as_text
 
 log = logging.getLogger("agentqueue_client")
 
@@ -55,7 +56,7 @@ class StreamBackend:
 
     def _decode(self, partition: int, entry_id: Any, fields: Any,
                 delivered: int) -> Delivery:
-        eid = text(entry_id)
+        eid = as_text(entry_id)
         try:
             env = decode_fields(fields, max_payload_bytes=self.max_payload_bytes)
         except DecodeError as exc:
@@ -78,7 +79,7 @@ class StreamBackend:
             results = await pipe.execute()
         out: list[Delivery] = []
         for stream, entries in results[-1] or []:
-            partition = index[text(stream)]
+            partition = index[as_text(stream)]
             for entry_id, fields in entries:
                 out.append(self._decode(partition, entry_id, fields, 1))
         return out
@@ -94,12 +95,12 @@ class StreamBackend:
             results = await pipe.execute()
         claimed: dict[int, list[tuple[str, Any]]] = {}
         for i, (cursor, entries, *rest) in enumerate(results):
-            self._cursors[i] = text(cursor)
+            self._cursors[i] = as_text(cursor)
             deleted = rest[0] if rest else []
             if deleted:
                 log.info("reclaim: %d trimmed entries dropped from the pending list of %s",
                          len(deleted), self.parts[i].queue_key)
-            good = [(text(eid), f) for eid, f in entries if f is not None]
+            good = [(as_text(eid), f) for eid, f in entries if f is not None]
             if good:
                 claimed[i] = good
         if not claimed:
@@ -133,7 +134,7 @@ class StreamBackend:
         counts: dict[tuple[int, str], int] = {}
         for i, rows in zip(order, results, strict=True):
             for row in rows:
-                counts[(i, text(row["message_id"]))] = int(row["times_delivered"])
+                counts[(i, as_text(row["message_id"]))] = int(row["times_delivered"])
         return counts
 
     # --- settling ----------------------------------------------------------------------------
@@ -211,7 +212,7 @@ class StreamBackend:
                                     len(eids) + 1024, consumername=self.consumer)
             results = await pipe.execute()
         for i, rows in zip(order, results, strict=True):
-            mine = {text(r["message_id"]) for r in rows}
+            mine = {as_text(r["message_id"]) for r in rows}
             owned.update((i, e) for e in wanted[i] if e in mine)
         if owned:
             async with self.client.pipeline(transaction=False) as pipe:
