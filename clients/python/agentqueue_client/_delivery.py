@@ -11,7 +11,8 @@ from .codec import Envelope
 @dataclass
 class Delivery:
     """A read entry before admission. ``envelope`` is None when it did not decode
-    (``reason`` says why); ``handle`` is what the backend needs to ack it."""
+    (``reason`` says why); ``handle`` is what the backend needs to settle it (ack, nack,
+    dead-letter, release): see :data:`~agentqueue_client._backend.Handle`."""
 
     partition: int
     id: str

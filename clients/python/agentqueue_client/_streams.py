@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from . import calls, keys
@@ -39,7 +39,12 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 class StreamBackend:
-    """All Redis calls of a Stream consumer. Stateless but for reclaim cursors."""
+    """All Redis calls of a Stream consumer. Stateless but for reclaim cursors.
+    Implements :class:`~agentqueue_client._backend.Backend`; a handle is ``(partition,
+    entry id)``."""
+
+    settles = True
+    releases = True
 
     def __init__(self, client: Any, group: str, consumer: str,
                  parts: Sequence[keys.PartitionKeys], max_payload_bytes: int) -> None:
@@ -53,6 +58,9 @@ class StreamBackend:
 
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         self.parts = list(parts)
+
+    async def start(self) -> None:
+        return None
 
     def _decode(self, partition: int, entry_id: Any, fields: Any,
                 delivered: int) -> Delivery:
@@ -83,6 +91,11 @@ class StreamBackend:
             for entry_id, fields in entries:
                 out.append(self._decode(partition, entry_id, fields, 1))
         return out
+
+    async def maintain(self, visibility_ms: int, count: int, held: Collection[tuple[int, str]],
+                       acking: Collection[tuple[int, str]]) -> list[Delivery]:
+        """Reclaim (see :meth:`reclaim`)."""
+        return await self.reclaim(visibility_ms, count, set(held))
 
     async def reclaim(self, min_idle_ms: int, count: int,
                       held: set[tuple[int, str]]) -> list[Delivery]:
@@ -145,11 +158,12 @@ class StreamBackend:
                 pipe.xack(self.parts[partition].queue_key, self.group, *ids)
             await pipe.execute()
 
-    async def nack(self, partition: int, entry_id: str, due_ms: int, error: str) -> bool:
+    async def nack(self, delivery: Delivery, due_ms: int, error: str) -> bool:
         """``aq_nack``, passing the stats hash so the retry is counted (the retry-rate
         SLO); without it after a NOPERM (ACL users of an operator older than this SDK:
         FCALL is denied before it runs, so nothing happened)."""
-        part = self.parts[partition]
+        part = self.parts[delivery.partition]
+        entry_id = delivery.id
         if self.stats.on:
             try:
                 return bool(await calls.nack(part, self.group, entry_id, due_ms, error)
@@ -181,27 +195,29 @@ class StreamBackend:
 
     # --- keeping messages ----------------------------------------------------------------------
 
-    async def release(self, entries: Sequence[tuple[int, str]], idle_ms: int) -> None:
+    async def release(self, handles: Sequence[tuple[int, str]], idle_ms: int) -> None:
         """Hand entries we read but will not process back to the group now: their idle time
         is set to ``idle_ms`` (the visibility timeout), so the next XAUTOCLAIM of another
         consumer takes them, instead of them waiting out the timeout (a scale-down would
         otherwise strand every prefetched message for that long). ``JUSTID``: no delivery
         is counted for this."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for i, eids in _by_partition(entries).items():
+            for i, eids in _by_partition(handles).items():
                 pipe.xclaim(self.parts[i].queue_key, self.group, self.consumer, 0, eids,
                             idle=idle_ms, justid=True)
             await pipe.execute()
 
-    async def heartbeat(self, held: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Reset the idle time of entries we still own; return those (others were
-        reclaimed or dead-lettered by someone else and are lost to us).
+    async def heartbeat(self, due: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Reset the idle time of the entries ``due`` we still own; return those (others
+        were reclaimed or dead-lettered by someone else and are lost to us).
 
         XPENDING (filtered to this consumer) first, so we never steal back an entry
         another consumer has already reclaimed; then ``XCLAIM <us> 0 <ids> JUSTID``,
         which resets the idle time without counting a delivery.
         """
-        wanted = _by_partition(held)
+        if not due:
+            return set()
+        wanted = _by_partition(due)
         owned: set[tuple[int, str]] = set()
         async with self.client.pipeline(transaction=False) as pipe:
             order = list(wanted)
