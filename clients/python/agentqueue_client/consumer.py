@@ -485,11 +485,17 @@ class Consumer:
             self._acks.extend(acks)
             raise
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.meta.retry
+
     def _release(self, msg: Message) -> None:
         msg._settle()
         self._held.pop((msg.partition, msg.id), None)
 
-    def _ack(self, msg: Message) -> None:
+    # --- Settler (message.py): what Message.ack, .nack and .once call; use those -------------
+
+    def ack_message(self, msg: Message) -> None:
         """Settle now; the XACK/LREM goes with the next read or flush (no await here:
         this runs once per message)."""
         self._release(msg)
@@ -497,8 +503,9 @@ class Consumer:
             return
         self._acks.append(msg)
 
-    async def _nack(self, msg: Message, error: BaseException | str | None,
-                    delay: float | None) -> None:
+    async def nack_message(self, msg: Message, error: BaseException | str | None,
+                           delay: float | None) -> None:
+        """Settle now; schedule a retry, or dead-letter on the last allowed delivery."""
         self._release(msg)
         backend = self._backend
         if backend is None or not backend.settles:
@@ -518,11 +525,8 @@ class Consumer:
                     else self.retry_policy.delay_ms(msg.deliveries))
         await backend.nack(d, _now_ms() + delay_ms, reason)
 
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return self.meta.retry
-
-    async def _once(self, msg: Message, name: str, effect: Effect | None) -> bool:
+    async def run_once(self, msg: Message, name: str, effect: Effect | None) -> bool:
+        """The done-marker of ``msg`` and ``name`` (see :meth:`Message.once`)."""
         part = self._parts[msg.partition]
         ident = msg.idempotency_key or f"id:{msg.id}"
         marker = f"{part.idempotency_prefix}{ident}\x1f{name}"
