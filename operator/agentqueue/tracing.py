@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from agentqueue_client.text import as_text
+
 from . import __version__
 
 log = logging.getLogger("agentqueue.tracing")
@@ -273,7 +275,7 @@ def _sanitize_statement(statement: str) -> str:
 def _redis_request_hook(span: Any, instance: Any, args: Any, kwargs: Any) -> None:
     _scrub_statement(span)
     if len(args) >= 2 and str(args[0]).upper() in _CONTAINER_COMMANDS:
-        sub = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
+        sub = as_text(args[1], errors="strict")
         if sub.isalpha() and len(sub) <= 20 and span.is_recording():
             span.update_name(f"{str(args[0]).upper()} {sub.upper()}")
 

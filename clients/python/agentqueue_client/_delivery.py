@@ -11,7 +11,8 @@ from .codec import Envelope
 @dataclass
 class Delivery:
     """A read entry before admission. ``envelope`` is None when it did not decode
-    (``reason`` says why); ``handle`` is what the backend needs to ack it."""
+    (``reason`` says why); ``handle`` is what the backend needs to settle it (ack, nack,
+    dead-letter, release): see :data:`~agentqueue_client._backend.Handle`."""
 
     partition: int
     id: str
@@ -20,7 +21,3 @@ class Delivery:
     reason: str | None = None
     delivered: int = 1  # the PEL delivery count (Streams); 1 for Lists
     priority: int = 0
-
-
-def text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

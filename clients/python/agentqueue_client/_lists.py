@@ -32,15 +32,16 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from redis.exceptions import NoPermissionError, WatchError
 
 from . import keys
-from ._delivery import Delivery, text
+from ._delivery import Delivery
 from .codec import Envelope, decode_element, encode_element, encode_fields
 from .errors import DecodeError
+from .text import as_text
 
 log = logging.getLogger("agentqueue_client")
 
@@ -82,7 +83,11 @@ def _now_ms() -> int:
 
 
 class ListBackend:
-    """All Redis calls of a List consumer."""
+    """All Redis calls of a List consumer. Implements
+    :class:`~agentqueue_client._backend.Backend`; a handle is ``(partition, element)``."""
+
+    settles = True
+    releases = False  # unstarted elements stay in our processing list: recovered later
 
     def __init__(self, client: Any, group: str, consumer: str,
                  parts: Sequence[keys.PartitionKeys], max_payload_bytes: int,
@@ -100,6 +105,9 @@ class ListBackend:
 
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         self.parts = list(parts)
+
+    async def start(self) -> None:
+        await self.recover_own()
 
     def _decode(self, partition: int, raw: bytes) -> Delivery:
         try:
@@ -184,13 +192,15 @@ class ListBackend:
                 else:
                     log.debug("could not count deliveries: %s", res)
 
-    async def heartbeat(self) -> None:
-        """Record that this consumer is alive (it holds messages)."""
+    async def heartbeat(self, due: Sequence[Any]) -> set[Any]:
+        """Record that this consumer is alive (it holds messages). Liveness is one
+        timestamp per consumer, not per message: every message ``due`` is still ours."""
         now = _now_ms()
         async with self.client.pipeline(transaction=False) as pipe:
             for part in self.parts:
                 pipe.zadd(consumers_key(part), {self.consumer: now})
             await pipe.execute()
+        return set(due)
 
     # --- moving one element atomically ------------------------------------------------------
 
@@ -213,8 +223,9 @@ class ListBackend:
                     continue
         raise WatchError(f"processing list {proc} kept changing")
 
-    async def nack(self, handle: Any, partition: int, due_ms: int, error: str) -> bool:
-        _, raw = handle
+    async def nack(self, delivery: Delivery, due_ms: int, error: str) -> bool:
+        partition = delivery.partition
+        _, raw = delivery.handle
         try:
             msg_id, priority, env = decode_element(raw)
         except DecodeError:
@@ -308,6 +319,13 @@ class ListBackend:
         for i, part in enumerate(self.parts):
             await self._recover_list(i, part.processing(self.consumer), self.consumer)
 
+    async def maintain(self, visibility_ms: int, count: int, held: Collection[Any],
+                       acking: Collection[Any]) -> list[Delivery]:
+        """Recover (see :meth:`recover`): recovered messages go back to the queue, none
+        is returned. Elements held or being acked are not orphans."""
+        await self.recover(visibility_ms, {raw for _, raw in (*held, *acking)})
+        return []
+
     async def recover(self, visibility_ms: int, kept: set[bytes]) -> int:
         """Recover the processing lists of consumers silent for longer than
         ``visibility_ms``, and our own orphans; returns how many messages went back."""
@@ -317,7 +335,7 @@ class ListBackend:
             dead = await self.client.zrange(consumers_key(part), "-inf", f"({deadline}",
                                             byscore=True, offset=0, num=100)
             for raw_name in dead:
-                owner = text(raw_name)
+                owner = as_text(raw_name)
                 if owner == self.consumer:
                     continue
                 moved += await self._recover_list(i, part.processing(owner), owner)
@@ -384,6 +402,12 @@ class ListBackend:
         env = dataclasses.replace(env, attempt=env.attempt + 1,
                                   error=f"consumer {owner} timed out (visibility timeout)")
         return min(priority, self.levels - 1), encode_element(env, msg_id, priority)
+
+    async def release(self, handles: Sequence[Any], idle_ms: int) -> None:
+        return None
+
+    async def drain(self, timeout: float | None = None) -> list[Delivery]:
+        return []
 
     async def close(self) -> None:
         """Report the deliveries not counted yet."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from . import keys
@@ -17,7 +17,12 @@ log = logging.getLogger("agentqueue_client")
 
 
 class PubSubBackend:
-    """Subscribes to the queue's channel on first read."""
+    """Subscribes to the queue's channel at start (or on first read). Implements
+    :class:`~agentqueue_client._backend.Backend`: nothing is stored, so there is nothing
+    to settle, keep alive, retry or recover (those are no-ops); the handle is None."""
+
+    settles = False
+    releases = False
 
     def __init__(self, client: Any, config: ClientConfig, max_payload_bytes: int) -> None:
         self.client = client
@@ -27,6 +32,9 @@ class PubSubBackend:
 
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         return None
+
+    async def start(self) -> None:
+        await self.subscribe()
 
     async def subscribe(self) -> None:
         """Subscribe now (messages published before this are not seen)."""
@@ -58,6 +66,9 @@ class PubSubBackend:
     async def ack(self, acks: Sequence[Any]) -> None:
         return None
 
+    async def nack(self, delivery: Delivery, due_ms: int, error: str) -> bool:
+        return False
+
     async def deadletter(self, items: Sequence[tuple[Delivery, str, int]], now_ms: int,
                          enabled: bool) -> None:
         for _, reason, _ in items:
@@ -65,6 +76,19 @@ class PubSubBackend:
 
     async def promote(self, now_ms: int, limit: int) -> int:
         return 0
+
+    async def heartbeat(self, due: Sequence[Any]) -> set[Any]:
+        return set()
+
+    async def maintain(self, visibility_ms: int, count: int, held: Collection[Any],
+                       acking: Collection[Any]) -> list[Delivery]:
+        return []
+
+    async def release(self, handles: Sequence[Any], idle_ms: int) -> None:
+        return None
+
+    async def drain(self, timeout: float | None = None) -> list[Delivery]:
+        return []
 
     async def close(self) -> None:
         if self._pubsub is not None:

@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
 from . import calls, keys
-from ._delivery import Delivery, text
+from ._delivery import Delivery
 from ._lists import StatsSwitch, is_noperm
 from .codec import decode_fields
 from .errors import DecodeError
+from .text import as_text
 
 log = logging.getLogger("agentqueue_client")
 
@@ -38,7 +39,12 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 
 
 class StreamBackend:
-    """All Redis calls of a Stream consumer. Stateless but for reclaim cursors."""
+    """All Redis calls of a Stream consumer. Stateless but for reclaim cursors.
+    Implements :class:`~agentqueue_client._backend.Backend`; a handle is ``(partition,
+    entry id)``."""
+
+    settles = True
+    releases = True
 
     def __init__(self, client: Any, group: str, consumer: str,
                  parts: Sequence[keys.PartitionKeys], max_payload_bytes: int) -> None:
@@ -53,9 +59,12 @@ class StreamBackend:
     def set_partitions(self, parts: Sequence[keys.PartitionKeys]) -> None:
         self.parts = list(parts)
 
+    async def start(self) -> None:
+        return None
+
     def _decode(self, partition: int, entry_id: Any, fields: Any,
                 delivered: int) -> Delivery:
-        eid = text(entry_id)
+        eid = as_text(entry_id)
         try:
             env = decode_fields(fields, max_payload_bytes=self.max_payload_bytes)
         except DecodeError as exc:
@@ -78,10 +87,15 @@ class StreamBackend:
             results = await pipe.execute()
         out: list[Delivery] = []
         for stream, entries in results[-1] or []:
-            partition = index[text(stream)]
+            partition = index[as_text(stream)]
             for entry_id, fields in entries:
                 out.append(self._decode(partition, entry_id, fields, 1))
         return out
+
+    async def maintain(self, visibility_ms: int, count: int, held: Collection[tuple[int, str]],
+                       acking: Collection[tuple[int, str]]) -> list[Delivery]:
+        """Reclaim (see :meth:`reclaim`)."""
+        return await self.reclaim(visibility_ms, count, set(held))
 
     async def reclaim(self, min_idle_ms: int, count: int,
                       held: set[tuple[int, str]]) -> list[Delivery]:
@@ -94,12 +108,12 @@ class StreamBackend:
             results = await pipe.execute()
         claimed: dict[int, list[tuple[str, Any]]] = {}
         for i, (cursor, entries, *rest) in enumerate(results):
-            self._cursors[i] = text(cursor)
+            self._cursors[i] = as_text(cursor)
             deleted = rest[0] if rest else []
             if deleted:
                 log.info("reclaim: %d trimmed entries dropped from the pending list of %s",
                          len(deleted), self.parts[i].queue_key)
-            good = [(text(eid), f) for eid, f in entries if f is not None]
+            good = [(as_text(eid), f) for eid, f in entries if f is not None]
             if good:
                 claimed[i] = good
         if not claimed:
@@ -133,7 +147,7 @@ class StreamBackend:
         counts: dict[tuple[int, str], int] = {}
         for i, rows in zip(order, results, strict=True):
             for row in rows:
-                counts[(i, text(row["message_id"]))] = int(row["times_delivered"])
+                counts[(i, as_text(row["message_id"]))] = int(row["times_delivered"])
         return counts
 
     # --- settling ----------------------------------------------------------------------------
@@ -144,11 +158,12 @@ class StreamBackend:
                 pipe.xack(self.parts[partition].queue_key, self.group, *ids)
             await pipe.execute()
 
-    async def nack(self, partition: int, entry_id: str, due_ms: int, error: str) -> bool:
+    async def nack(self, delivery: Delivery, due_ms: int, error: str) -> bool:
         """``aq_nack``, passing the stats hash so the retry is counted (the retry-rate
         SLO); without it after a NOPERM (ACL users of an operator older than this SDK:
         FCALL is denied before it runs, so nothing happened)."""
-        part = self.parts[partition]
+        part = self.parts[delivery.partition]
+        entry_id = delivery.id
         if self.stats.on:
             try:
                 return bool(await calls.nack(part, self.group, entry_id, due_ms, error)
@@ -180,27 +195,29 @@ class StreamBackend:
 
     # --- keeping messages ----------------------------------------------------------------------
 
-    async def release(self, entries: Sequence[tuple[int, str]], idle_ms: int) -> None:
+    async def release(self, handles: Sequence[tuple[int, str]], idle_ms: int) -> None:
         """Hand entries we read but will not process back to the group now: their idle time
         is set to ``idle_ms`` (the visibility timeout), so the next XAUTOCLAIM of another
         consumer takes them, instead of them waiting out the timeout (a scale-down would
         otherwise strand every prefetched message for that long). ``JUSTID``: no delivery
         is counted for this."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for i, eids in _by_partition(entries).items():
+            for i, eids in _by_partition(handles).items():
                 pipe.xclaim(self.parts[i].queue_key, self.group, self.consumer, 0, eids,
                             idle=idle_ms, justid=True)
             await pipe.execute()
 
-    async def heartbeat(self, held: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
-        """Reset the idle time of entries we still own; return those (others were
-        reclaimed or dead-lettered by someone else and are lost to us).
+    async def heartbeat(self, due: Sequence[tuple[int, str]]) -> set[tuple[int, str]]:
+        """Reset the idle time of the entries ``due`` we still own; return those (others
+        were reclaimed or dead-lettered by someone else and are lost to us).
 
         XPENDING (filtered to this consumer) first, so we never steal back an entry
         another consumer has already reclaimed; then ``XCLAIM <us> 0 <ids> JUSTID``,
         which resets the idle time without counting a delivery.
         """
-        wanted = _by_partition(held)
+        if not due:
+            return set()
+        wanted = _by_partition(due)
         owned: set[tuple[int, str]] = set()
         async with self.client.pipeline(transaction=False) as pipe:
             order = list(wanted)
@@ -211,7 +228,7 @@ class StreamBackend:
                                     len(eids) + 1024, consumername=self.consumer)
             results = await pipe.execute()
         for i, rows in zip(order, results, strict=True):
-            mine = {text(r["message_id"]) for r in rows}
+            mine = {as_text(r["message_id"]) for r in rows}
             owned.update((i, e) for e in wanted[i] if e in mine)
         if owned:
             async with self.client.pipeline(transaction=False) as pipe:

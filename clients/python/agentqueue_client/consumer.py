@@ -60,13 +60,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, ResponseError, WatchError
 
+from ._backend import Backend, open_backend
 from ._delivery import Delivery
-from ._lists import ListBackend
-from ._pubsub import PubSubBackend
-from ._streams import ClusterStreamBackend, StreamBackend
 from .backoff import RetryPolicy
 from .codec import MAX_PAYLOAD_BYTES, parse_json
 from .config import ClientConfig
@@ -86,8 +83,6 @@ from .message import Effect, Handler, Message
 from .meta import MetaCache, QueueMeta
 
 log = logging.getLogger("agentqueue_client")
-
-Backend = StreamBackend | ListBackend | PubSubBackend
 
 
 def default_consumer_name() -> str:
@@ -222,20 +217,9 @@ class Consumer:
         meta = await self._meta.get(force=True)
         self._meta.schema()  # a queue whose schema cannot be checked here fails now, unread
         self._parts = self.config.partition_keys(meta.partitions)
-        if meta.type == "Stream":
-            assert self.group is not None
-            stream = (ClusterStreamBackend if isinstance(self._client, aioredis.RedisCluster)
-                      else StreamBackend)
-            self._backend = stream(self._client, self.group, self.name, self._parts,
-                                   self.max_payload_bytes)
-        elif meta.type == "List":
-            assert self.group is not None
-            self._backend = ListBackend(self._client, self.group, self.name, self._parts,
-                                        self.max_payload_bytes, meta.priority_levels)
-            await self._backend.recover_own()
-        else:
-            self._backend = PubSubBackend(self._client, self.config, self.max_payload_bytes)
-            await self._backend.subscribe()  # from now on nothing published is missed
+        self._backend = open_backend(meta, self._client, self.config, self.group, self.name,
+                                     self._parts, self.max_payload_bytes)
+        await self._backend.start()
         self._started = True
         self._maintenance = asyncio.create_task(self._maintain(), name="aq-maintenance")
 
@@ -262,16 +246,16 @@ class Consumer:
         with contextlib.suppress(*redis_errors()):
             await self.flush_acks()
         unstarted = [m._handle for m in self._buffer]
-        if isinstance(self._backend, StreamBackend):
+        backend = self._backend
+        if backend is not None:
             with contextlib.suppress(*redis_errors()):  # a Cluster's reads in flight
-                unstarted += [d.handle for d in await self._backend.drain()]
-        if unstarted and isinstance(self._backend, StreamBackend):
-            self._buffer.clear()
+                unstarted += [d.handle for d in await backend.drain()]
+            if unstarted and backend.releases:
+                self._buffer.clear()
+                with contextlib.suppress(*redis_errors()):
+                    await backend.release(unstarted, self.visibility_ms)
             with contextlib.suppress(*redis_errors()):
-                await self._backend.release(unstarted, self.visibility_ms)
-        if self._backend is not None:
-            with contextlib.suppress(*redis_errors()):
-                await self._backend.close()
+                await backend.close()
         if self._own_client:
             await self._client.aclose()
 
@@ -397,18 +381,15 @@ class Consumer:
         assert backend is not None
         deliveries, self._late = self._late, []
         now = time.monotonic()
-        if (not deliveries and now >= self._next_reclaim
-                and not isinstance(backend, PubSubBackend)):
+        if not deliveries and now >= self._next_reclaim:
             self._next_reclaim = now + self._reclaim_interval
-            if isinstance(backend, StreamBackend):
-                deliveries = await backend.reclaim(self.visibility_ms, self.batch_size,
-                                                   set(self._held))
-                if len(deliveries) >= self.batch_size:
-                    # A full batch: a stopped or dead consumer left more; take the rest
-                    # batch after batch instead of one batch per reclaim interval.
-                    self._next_reclaim = now
-            else:
-                await backend.recover(self.visibility_ms, self._kept_elements())
+            deliveries = await backend.maintain(
+                self.visibility_ms, self.batch_size, [m._handle for m in self._held.values()],
+                [m._handle for m in self._acks])
+            if len(deliveries) >= self.batch_size:
+                # A full batch: a stopped or dead consumer left more; take the rest
+                # batch after batch instead of one batch per reclaim interval.
+                self._next_reclaim = now
         if not deliveries:
             block = min(self.block_ms, int(self._reclaim_interval * 1000) + 1)
             acks = self._take_acks()
@@ -442,13 +423,12 @@ class Consumer:
         else:
             self._late.extend(read.result())
 
-    def _kept_elements(self) -> set[bytes]:
-        """List elements this consumer holds or is about to ack (not orphans)."""
-        return {m._handle[1] for m in (*self._held.values(), *self._acks)}
-
     async def _admit(self, deliveries: list[Delivery]) -> None:
         """Buffer the good deliveries as messages; dead-letter malformed and exhausted
         ones. Messages are buffered before any await, so a cancellation strands none."""
+        backend = self._backend
+        assert backend is not None
+        settles = backend.settles  # else nothing to keep or ack, no delivery limit
         meta = self.meta
         limit = meta.max_deliveries_for(self.group)
         schema = self._meta.schema()
@@ -460,7 +440,7 @@ class Consumer:
                 rejected.append((d, f"malformed entry: {d.reason}", d.delivered))
                 continue
             deliveries_so_far = d.delivered + env.attempt
-            if deliveries_so_far > limit and not isinstance(self._backend, PubSubBackend):
+            if deliveries_so_far > limit and settles:
                 rejected.append((d, f"exceeded maxDeliveries ({deliveries_so_far} > {limit})"
                                  + (f"; last error: {env.error}" if env.error else ""),
                                  deliveries_so_far))
@@ -483,11 +463,10 @@ class Consumer:
                           last_error=env.error, priority=d.priority, _consumer=self,
                           _handle=d.handle, _touched=now)
             self._buffer.append(msg)
-            if not isinstance(self._backend, PubSubBackend):  # nothing to keep or ack
+            if settles:
                 self._held[(d.partition, d.id)] = msg
         if rejected:
-            assert self._backend is not None
-            await self._backend.deadletter(rejected, _now_ms(), meta.dead_letter)
+            await backend.deadletter(rejected, _now_ms(), meta.dead_letter)
 
     # --- settling ------------------------------------------------------------------------------
 
@@ -506,47 +485,48 @@ class Consumer:
             self._acks.extend(acks)
             raise
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return self.meta.retry
+
     def _release(self, msg: Message) -> None:
         msg._settle()
         self._held.pop((msg.partition, msg.id), None)
 
-    def _ack(self, msg: Message) -> None:
+    # --- Settler (message.py): what Message.ack, .nack and .once call; use those -------------
+
+    def ack_message(self, msg: Message) -> None:
         """Settle now; the XACK/LREM goes with the next read or flush (no await here:
         this runs once per message)."""
         self._release(msg)
-        if isinstance(self._backend, PubSubBackend):
+        if self._backend is not None and not self._backend.settles:
             return
         self._acks.append(msg)
 
-    async def _nack(self, msg: Message, error: BaseException | str | None,
-                    delay: float | None) -> None:
+    async def nack_message(self, msg: Message, error: BaseException | str | None,
+                           delay: float | None) -> None:
+        """Settle now; schedule a retry, or dead-letter on the last allowed delivery."""
         self._release(msg)
         backend = self._backend
-        if isinstance(backend, PubSubBackend) or backend is None:
+        if backend is None or not backend.settles:
             return
         reason = (error if isinstance(error, str) else
                   safe_message(error) if error is not None else "nacked")
         meta = self.meta
         limit = meta.max_deliveries_for(self.group)
+        d = Delivery(msg.partition, msg.id, msg._handle, None, None, msg.deliveries,
+                     msg.priority)
         if msg.deliveries >= limit:
-            d = Delivery(msg.partition, msg.id, msg._handle, None, None, msg.deliveries,
-                         msg.priority)
             await backend.deadletter(
                 [(d, f"exhausted {limit} deliveries; last error: {reason}", msg.deliveries)],
                 _now_ms(), meta.dead_letter)
             return
         delay_ms = (int(delay * 1000) if delay is not None
                     else self.retry_policy.delay_ms(msg.deliveries))
-        if isinstance(backend, StreamBackend):
-            await backend.nack(msg.partition, msg.id, _now_ms() + delay_ms, reason)
-        else:
-            await backend.nack(msg._handle, msg.partition, _now_ms() + delay_ms, reason)
+        await backend.nack(d, _now_ms() + delay_ms, reason)
 
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return self.meta.retry
-
-    async def _once(self, msg: Message, name: str, effect: Effect | None) -> bool:
+    async def run_once(self, msg: Message, name: str, effect: Effect | None) -> bool:
+        """The done-marker of ``msg`` and ``name`` (see :meth:`Message.once`)."""
         part = self._parts[msg.partition]
         ident = msg.idempotency_key or f"id:{msg.id}"
         marker = f"{part.idempotency_prefix}{ident}\x1f{name}"
@@ -592,7 +572,7 @@ class Consumer:
                 if self.heartbeat_enabled and now - last_beat >= vis / 6:
                     last_beat = now
                     await self._heartbeat(now, vis / 3)
-                if now >= self._next_promote and not isinstance(self._backend, PubSubBackend):
+                if now >= self._next_promote:
                     self._next_promote = now + self.promote_interval
                     assert self._backend is not None
                     await self._backend.promote(_now_ms(), 100)
@@ -616,21 +596,15 @@ class Consumer:
 
     async def _heartbeat(self, now: float, every: float) -> None:
         backend = self._backend
-        if backend is None or isinstance(backend, PubSubBackend):
+        if backend is None or not self._held:
             return
-        if isinstance(backend, ListBackend):
-            if self._held:
-                await backend.heartbeat()
-            return
-        due = [key for key, m in self._held.items() if now - m._touched >= every]
-        if not due:
-            return
-        owned = await backend.heartbeat(due)
-        for key in due:
+        due = {key: m._handle for key, m in self._held.items() if now - m._touched >= every}
+        owned = await backend.heartbeat(list(due.values()))
+        for key, handle in due.items():
             msg = self._held.get(key)
             if msg is None:
                 continue
-            if key in owned:
+            if handle in owned:
                 msg._touched = now
             else:
                 msg.lost = True

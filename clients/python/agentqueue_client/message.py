@@ -4,15 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import MessageSettledError
 
-if TYPE_CHECKING:
-    from .consumer import Consumer
-
 Effect = Callable[[Any], Any]
 """Queues Redis commands on the pipeline it is given (``lambda pipe: pipe.incr(k)``)."""
+
+
+class Settler(Protocol):
+    """What a message asks of the consumer that handed it out (the
+    :class:`~agentqueue_client.Consumer` implements it): :meth:`Message.ack`,
+    :meth:`Message.nack` and :meth:`Message.once` call these."""
+
+    def ack_message(self, msg: Message) -> None:
+        ...
+
+    async def nack_message(self, msg: Message, error: BaseException | str | None,
+                           delay: float | None) -> None:
+        ...
+
+    async def run_once(self, msg: Message, name: str, effect: Effect | None) -> bool:
+        ...
 
 
 @dataclass(eq=False)
@@ -42,7 +55,7 @@ class Message:
     deliveries: int = 1
     last_error: str | None = None
     priority: int = 0
-    _consumer: Consumer | None = field(default=None, repr=False)
+    _consumer: Settler | None = field(default=None, repr=False)
     _handle: Any = field(default=None, repr=False)
     _touched: float = field(default=0.0, repr=False)
     settled: bool = field(default=False, repr=False)
@@ -53,7 +66,7 @@ class Message:
         """The W3C ``traceparent`` header the producer attached, if any."""
         return self.headers.get("traceparent")
 
-    def _owner(self) -> Consumer:
+    def _owner(self) -> Settler:
         if self._consumer is None:
             raise MessageSettledError("this message is not attached to a consumer")
         return self._consumer
@@ -66,13 +79,13 @@ class Message:
         ``await consumer.flush_acks()`` to force it. If the process dies before it was
         sent, the message is redelivered (at least once).
         """
-        self._owner()._ack(self)
+        self._owner().ack_message(self)
 
     async def nack(self, error: BaseException | str | None = None, *,
                    delay: float | None = None) -> None:
         """Report failure: retry after ``delay`` seconds (default: the queue's backoff),
         or dead-letter the message when this was its last allowed delivery."""
-        await self._owner()._nack(self, error, delay)
+        await self._owner().nack_message(self, error, delay)
 
     async def once(self, name: str = "effect", effect: Effect | None = None) -> bool:
         """Run a side effect at most once per message, across redeliveries and retries.
@@ -97,7 +110,7 @@ class Message:
           and the effect skips the effect (at most once); make the external call itself
           idempotent (e.g. pass the idempotency key to the API) if that matters.
         """
-        return await self._owner()._once(self, name, effect)
+        return await self._owner().run_once(self, name, effect)
 
     def _settle(self) -> None:
         if self.settled:

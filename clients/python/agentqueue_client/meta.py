@@ -15,14 +15,11 @@ from typing import Any
 
 from .backoff import RetryPolicy
 from .codec import PayloadSchema
+from .text import as_text
 
 DEFAULT_VISIBILITY_MS = 30_000
 DEFAULT_MAX_DELIVERIES = 5
 DEFAULT_IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
-
-
-def _s(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
 def _int(raw: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
@@ -94,7 +91,7 @@ class QueueMeta:
 def parse_meta(raw: Mapping[Any, Any], *, default_type: str = "Stream",
                default_partitions: int = 1) -> QueueMeta:
     """Turn an HGETALL reply (bytes or str) into :class:`QueueMeta`."""
-    m = {_s(k): _s(v) for k, v in raw.items()}
+    m = {as_text(k): as_text(v) for k, v in raw.items()}
     qtype = m.get("type", default_type)
     if qtype not in ("Stream", "List", "PubSub"):
         qtype = default_type

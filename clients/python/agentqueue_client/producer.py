@@ -52,6 +52,7 @@ from .errors import (
     is_library_missing,
 )
 from .meta import MetaCache, QueueMeta
+from .text import as_text
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ class Producer:
                         "the agentqueue Functions library is not loaded on this Redis; "
                         "the operator loads it when it reconciles the queue") from None
                 raise
-        return [_str(r[0]) for r in results]
+        return [as_text(r[0], errors="strict") for r in results]
 
     # --- List ------------------------------------------------------------------------------
 
@@ -239,7 +240,7 @@ class Producer:
                     await pipe.watch(idem)
                     existing = await pipe.get(idem)
                     if existing is not None:
-                        return _str(existing)
+                        return as_text(existing, errors="strict")
                     msg_id = new_message_id()
                     pipe.multi()
                     pipe.set(idem, msg_id, px=meta.idempotency_ttl_ms)
@@ -263,12 +264,8 @@ class Producer:
                 prev = await self._client.set(part.idempotency(key), msg_id, nx=True,
                                               px=meta.idempotency_ttl_ms, get=True)
                 if prev is not None:
-                    ids.append(_str(prev))
+                    ids.append(as_text(prev, errors="strict"))
                     continue
             await self._client.publish(channel, encode_element(p.envelope, msg_id))
             ids.append(msg_id)
         return ids
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -32,12 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from agentqueue_client.text import as_text
+
 StreamId = tuple[int, int]
 
 
 def parse_id(value: str | bytes) -> StreamId:
     """``"1700000000000-3"`` → ``(1700000000000, 3)``; a bare ``ms`` means ``ms-0``."""
-    text = value.decode() if isinstance(value, bytes) else value
+    text = as_text(value)  # bytes that are not UTF-8 fail in int() below (ValueError)
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
 

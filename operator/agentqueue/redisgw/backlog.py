@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agentqueue_client.keys import PartitionKeys
+from agentqueue_client.text import as_text
 
 from ..planning.slo import RetryCounters
 from .errors import classify, translate_errors
@@ -132,10 +133,6 @@ async def oldest_waiting_age(client: Any, parts: Sequence[PartitionKeys], queue_
     return age
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def retry_counters(client: Any, parts: Sequence[PartitionKeys],
                          queue_type: str) -> RetryCounters | None:
     """The cumulative retry and delivery counters of every partition; None for a PubSub
@@ -162,7 +159,7 @@ async def retry_counters(client: Any, parts: Sequence[PartitionKeys],
             continue
         groups = result[2:]
         for name, read, last in zip(groups[0::3], groups[1::3], groups[2::3], strict=True):
-            key = (p.partition, _text(name))
+            key = (p.partition, as_text(name, errors="strict"))
             deliveries[key] = int(read) if int(read) >= 0 else None
-            positions[key] = _text(last)
+            positions[key] = as_text(last, errors="strict")
     return RetryCounters(retries, deliveries, positions)

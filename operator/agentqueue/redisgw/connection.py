@@ -39,6 +39,8 @@ from redis.exceptions import (
     TimeoutError,
 )
 
+from agentqueue_client.text import as_text
+
 from .errors import RedisUnavailable, translate_errors
 
 __all__ = [
@@ -131,7 +133,7 @@ def _retry() -> Retry:
 def _text(value: bytes | str | None) -> str | None:
     if value is None:
         return None
-    text = value.decode() if isinstance(value, bytes) else value
+    text = as_text(value, errors="strict")
     return text.strip() or None
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aredis
 from redis import exceptions as rex
@@ -19,6 +18,7 @@ from redis import exceptions as rex
 from agentqueue_client import calls
 from agentqueue_client.keys import PartitionKeys
 from agentqueue_client.library import LIBRARY_CODE, LIBRARY_NAME, LIBRARY_VERSION
+from agentqueue_client.text import as_text
 
 from .connection import RedisClient, node_name, primaries
 from .errors import classify, translate_errors
@@ -43,14 +43,10 @@ PROMOTE_MAX = calls.PROMOTE_MAX
 """aq_promote moves at most this many messages per call (library.lua PROMOTE_MAX)."""
 
 
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def _node_version(node: aredis.Redis) -> str | None:
     """The loaded library version on one node, or None when it is not loaded."""
     try:
-        return _str(await calls.version().on(node))
+        return as_text(await calls.version().on(node), errors="strict")
     except rex.ResponseError as exc:
         # "Function not found" (never loaded, or lost in a restart without persistence)
         if "not found" in str(exc).lower():
@@ -109,7 +105,7 @@ async def enqueue(
         pairs.append(("k", idem_key))
     with translate_errors("aq_enqueue"):
         entry_id, dup = await calls.enqueue(keys, pairs, idem_ttl_ms, idem_key).on(client)
-    return EnqueueResult(_str(entry_id), bool(int(dup)))
+    return EnqueueResult(as_text(entry_id, errors="strict"), bool(int(dup)))
 
 
 async def nack(client: RedisClient, keys: PartitionKeys, group: str, entry_id: str,

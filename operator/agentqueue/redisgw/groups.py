@@ -45,6 +45,7 @@ from redis import exceptions as rex
 
 from agentqueue_client import calls
 from agentqueue_client.keys import PartitionKeys
+from agentqueue_client.text import as_text
 
 from .errors import classify, is_busygroup, translate_errors
 
@@ -70,10 +71,6 @@ def start_id(start_from: str) -> str:
     if start_from == "Beginning":
         return "0"
     return start_from
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _raise_first(results: Sequence[Any], ok: Any = None) -> None:
@@ -146,8 +143,9 @@ async def _expired_page(client: Any, cursors: dict[PartitionKeys, str], group: s
         if isinstance(res, rex.ResponseError) and "NOGROUP" in str(res):
             continue  # the poller reports missing groups; nothing to sweep here
         _raise_first([res])
-        out[pk] = [_Expired(pk, _s(e["message_id"]), _s(e["consumer"]),
-                            int(e["times_delivered"])) for e in res]
+        out[pk] = [_Expired(pk, as_text(e["message_id"], errors="strict"),
+                            as_text(e["consumer"], errors="strict"), int(e["times_delivered"]))
+                   for e in res]
     return out
 
 
@@ -158,7 +156,8 @@ async def _entries(client: Any, expired: list[_Expired]) -> list[dict[str, str] 
         pipe.xrange(e.keys.queue_key, e.id, e.id)
     results = await pipe.execute(raise_on_error=False)
     _raise_first(results)
-    return [{_s(k): _s(v) for k, v in r[0][1].items()} if r else None for r in results]
+    return [{as_text(k, errors="strict"): as_text(v, errors="strict") for k, v in r[0][1].items()}
+            if r else None for r in results]
 
 
 def _attempts(fields: dict[str, str]) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 
 from agentqueue_client import keys
 from agentqueue_client.keys import PartitionKeys
+from agentqueue_client.text import as_text
 
 from ..planning.list_groups import (
     HEARTBEATS,
@@ -79,10 +80,6 @@ return {now, queued, due, live, inflight, oldest, names}
 WORK = BatchScript(_WORK)
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass
 class _Discovery:
     """Processing lists of one queue found by SCAN."""
@@ -120,7 +117,7 @@ class ListWorkPoller:
                     continue  # this primary is done
                 for _ in range(SCAN_CALLS_PER_POLL):
                     cursor, found = await node.scan(cursor, match=pattern, count=SCAN_COUNT)
-                    d.scanning.update(_s(k) for k in found)
+                    d.scanning.update(as_text(k, errors="strict") for k in found)
                     if int(cursor) == 0:
                         break
                 d.cursors[name] = -1 if int(cursor) == 0 else int(cursor)
@@ -166,7 +163,7 @@ class ListWorkPoller:
             if isinstance(reply, Exception):
                 raise classify(reply) from None
             now_ms, queued, due, live, inflight, oldest, names = reply
-            self._names[pk] = [_s(n) for n in names]
+            self._names[pk] = [as_text(n, errors="strict") for n in names]
             work.append(ListPartitionWork(int(queued), int(inflight), int(due), int(live),
                                           int(now_ms), int(oldest) if int(oldest) >= 0
                                           else None))

@@ -31,6 +31,7 @@ from redis import exceptions as rex
 from redis.crc import key_slot
 
 from agentqueue_client.keys import PartitionKeys, partition_keys
+from agentqueue_client.text import as_text
 
 from ..planning.lag import (
     Calibration,
@@ -158,10 +159,6 @@ return {n, 0}
 """
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _opt_int(value: Any) -> int | None:
     n = int(value)
     return None if n < 0 else n
@@ -181,7 +178,7 @@ class BatchScript:
 
     async def load(self, client: Any, force: bool = False) -> str:
         if force or self.sha is None or id(client) not in self._loaded:
-            self.sha = _s(await client.script_load(self.source))
+            self.sha = as_text(await client.script_load(self.source), errors="strict")
             self._loaded.add(id(client))
         return self.sha
 
@@ -281,8 +278,9 @@ def _group_state(raw: Any) -> GroupState | None:
     if not isinstance(raw, list):
         return None
     name, consumers, pending, last, read, lag, oldest, idle = raw
-    return GroupState(_s(name), int(consumers), int(pending), _s(last), _opt_int(read),
-                      _opt_int(lag), _s(oldest) or None, _opt_int(idle))
+    return GroupState(as_text(name, errors="strict"), int(consumers), int(pending),
+                      as_text(last, errors="strict"), _opt_int(read), _opt_int(lag),
+                      as_text(oldest, errors="strict") or None, _opt_int(idle))
 
 
 def _partition_state(keys: PartitionKeys, raw: Any) -> PartitionState:
@@ -291,8 +289,10 @@ def _partition_state(keys: PartitionKeys, raw: Any) -> PartitionState:
     extra: dict[str, Any] = {}
     if facts:
         added, first, last, deleted = facts
-        extra = {"entries_added": int(added), "first_entry_id": _s(first) or None,
-                 "last_entry_id": _s(last), "max_deleted_id": _s(deleted)}
+        extra = {"entries_added": int(added),
+                 "first_entry_id": as_text(first, errors="strict") or None,
+                 "last_entry_id": as_text(last, errors="strict"),
+                 "max_deleted_id": as_text(deleted, errors="strict")}
     return PartitionState(keys, bool(int(exists)), int(length), int(due),
                           {s.name: s for s in states}, **extra)
 

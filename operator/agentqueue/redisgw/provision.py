@@ -14,6 +14,7 @@ from typing import Any
 from redis import exceptions as rex
 
 from agentqueue_client import keys
+from agentqueue_client.text import as_text
 
 from ..models import AgentQueueSpec
 from ..models.queue import QueueType
@@ -44,10 +45,6 @@ def _int(value: Any) -> int:
     if isinstance(value, Exception) or value is None:
         return 0
     return int(value)
-
-
-def _str(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _raise_unexpected(results: Sequence[Any]) -> None:
@@ -107,15 +104,16 @@ async def observe_queue(client: RedisClient, namespace: str, name: str,
         observed.append(ObservedPartition(
             index=p.partition,
             queue_key=p.queue_key,
-            queue_key_type=_str(q_type),
-            dead_letter_type=_str(dlq_type),
-            retry_type=_str(retry_type),
+            queue_key_type=as_text(q_type, errors="strict"),
+            dead_letter_type=as_text(dlq_type, errors="strict"),
+            retry_type=as_text(retry_type, errors="strict"),
             length=length,
             dead_letter_length=_int(dlq_len),
             scheduled_retries=_int(retries),
             memory_bytes=sum(_int(m) for m in memory),
             meta={} if isinstance(meta, Exception) else
-            {_str(k): _str(v) for k, v in (meta or {}).items()},
+            {as_text(k, errors="strict"): as_text(v, errors="strict")
+             for k, v in (meta or {}).items()},
         ))
     return ObservedQueue(namespace, name, str(qtype), tuple(observed),
                          library_versions=versions,
@@ -149,7 +147,7 @@ async def exhausted_streams(client: RedisClient, observed: ObservedQueue) -> lis
         fields = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2],
                                                               strict=False))
         last = fields.get("last-generated-id", fields.get(b"last-generated-id"))
-        if last is not None and _str(last) == STREAM_MAX_ID:
+        if last is not None and as_text(last, errors="strict") == STREAM_MAX_ID:
             out.append(key)
     return out
 

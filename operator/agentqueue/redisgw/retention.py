@@ -23,6 +23,7 @@ from typing import Any
 import redis.asyncio as aredis
 
 from agentqueue_client.keys import PartitionKeys, queue_key_pattern
+from agentqueue_client.text import as_text
 
 from ..planning.lag import LagSource, format_id, parse_id
 from ..planning.retention import (
@@ -241,10 +242,6 @@ class IdempotencyResult:
         return not self.cursors
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 async def adjust_idempotency_ttl(client: Any, namespace: str, queue: str, ttl_ms: int, *,
                                  now_ms: int | None = None,
                                  cursors: dict[str, int] | None = None,
@@ -267,7 +264,8 @@ async def adjust_idempotency_ttl(client: Any, namespace: str, queue: str, ttl_ms
             while budget > 0:
                 cursor, found = await node.scan(cursor, match=pattern, count=SCAN_COUNT)
                 budget -= len(found)
-                await _retime(node, [_s(k) for k in found], ttl_ms, now, result)
+                await _retime(node, [as_text(k, errors="strict") for k in found], ttl_ms, now,
+                              result)
                 if int(cursor) == 0:
                     break
             if int(cursor) != 0:
@@ -304,6 +302,6 @@ async def _retime(node: aredis.Redis, keys: list[str], ttl_ms: int, now_ms: int,
 
 def _expiry(value: Any, ttl_ms: int) -> int | None:
     try:
-        return parse_id(_s(value))[0] + ttl_ms
+        return parse_id(as_text(value, errors="strict"))[0] + ttl_ms
     except ValueError:
         return None

@@ -6,6 +6,8 @@ from typing import Any
 
 import redis.asyncio as aredis
 
+from agentqueue_client.text import as_text
+
 from ..planning.server_risks import ServerFacts
 from .connection import RedisClient, node_name, primaries
 from .errors import translate_errors
@@ -24,7 +26,7 @@ async def server_facts(client: RedisClient) -> list[ServerFacts]:
         try:
             user: dict[str, Any] = await node.acl_getuser("default") or {}
             flags = user.get("flags") or []
-            default_off = "off" in [f.decode() if isinstance(f, bytes) else f for f in flags]
+            default_off = "off" in [as_text(f, errors="strict") for f in flags]
         except aredis.ResponseError:
             default_off = None
         out.append(ServerFacts(

@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from agentqueue_client.text import as_text
+
 from ..planning.acl import acl_setuser_args, getuser_dict, normalize_getuser, rules_match
 from .connection import RedisClient, node_name, primaries
 from .errors import translate_errors
@@ -86,7 +88,7 @@ async def _sweep_references(node: Any) -> None:
     if key in _swept:
         return
     _swept.add(key)
-    names = [n.decode() if isinstance(n, bytes) else str(n)
+    names = [as_text(n, errors="strict")
              for n in await node.execute_command("ACL", "USERS")]
     stale = [n for n in names if n.startswith(REFERENCE_PREFIX)]
     if stale:
@@ -151,7 +153,7 @@ async def list_usernames(client: RedisClient, prefix: str = "aq.") -> set[str]:
     with translate_errors("list ACL users"):
         for node in await primaries(client):
             for name in await node.execute_command("ACL", "USERS"):
-                text = name.decode() if isinstance(name, bytes) else str(name)
+                text = as_text(name, errors="strict")
                 if text.startswith(prefix):
                     names.add(text)
     return names

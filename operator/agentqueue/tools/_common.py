@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from agentqueue_client import keys
+from agentqueue_client.text import as_text
 
 # C0 and C1 control characters, DEL, and the bidirectional overrides/isolates that
 # reorder what a terminal shows ("Trojan Source"): tenant data must never drive it.
@@ -28,10 +29,6 @@ def as_bytes(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
     return str(value).encode("utf-8", "surrogatepass")
-
-
-def as_text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 async def queue_layout(client: Any, namespace: str, queue: str,

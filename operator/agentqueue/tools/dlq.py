@@ -32,8 +32,9 @@ from agentqueue_client.codec import (
     Envelope,
     encode_element,
 )
+from agentqueue_client.text import as_text
 
-from ._common import as_bytes, as_text, queue_layout
+from ._common import as_bytes, queue_layout
 
 # Fields a replay drops besides x.*: the attempt counter and last error (a replay is a
 # fresh start with the full maxDeliveries), and the List priority (not a stream field).

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentqueue_client import keys
+from agentqueue_client.text import as_text
 
 from ..planning.lag import GroupLagInfo, LagSource, assess_lag, lag_from_count, parse_id
-from ._common import as_text
 
 __all__ = ["GroupFigures", "QueueFigures", "read_queue"]
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from agentqueue_client.codec import decode_element, decode_fields
 from agentqueue_client.errors import DecodeError
+from agentqueue_client.text import as_text
 
-from ._common import as_bytes, as_text, queue_layout
+from ._common import as_bytes, queue_layout
 
 
 @dataclass(frozen=True)
