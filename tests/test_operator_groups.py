@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentqueue_client import keys
+from agentqueue_client import calls, keys
 from agentqueue_client.codec import Envelope, encode_element
 
 from .operator_fixtures import condition, get_obj, wait_for, wait_ready, wait_reason
@@ -309,3 +309,69 @@ def test_list_group_refuses_stream_only_fields(operator: Any, kubectl: Any, name
     apply(kubectl, namespace, group("n", queueRef={"name": "news"}))
     obj = wait_reason(kubectl, "consumergroups", "n", namespace, "QueueTypeUnsupported")
     assert "Stream or List" in (condition(obj) or {})["message"]
+
+
+def test_list_group_keeps_timeouts_and_max_deliveries_without_any_sdk_consumer(
+        operator: Any, kubectl: Any, namespace: str, operator_redis: Any) -> None:
+    """Foreign List consumers that never recover, promote or count (docs/protocol.md 7):
+    the operator's sweep puts a dead consumer's message back, dead-letters it once its
+    last allowed delivery timed out, and promotes a due retry. Bound: the visibility
+    timeout (2 s) + one sweep interval (half of it while work is in flight) + a poll +
+    MARGIN_S."""
+    apply(kubectl, namespace, queue("calls", type="List"))
+    wait_ready(kubectl, "agentqueues", "calls", namespace)
+    apply(kubectl, namespace, group("phones", queueRef={"name": "calls"},
+                                    visibilityTimeout="2s", maxDeliveries=2,
+                                    scaling={"pollInterval": "200ms"}))
+    wait_ready(kubectl, "consumergroups", "phones", namespace)
+    r = admin(operator_redis)
+    (p0,) = keys.partition_keys(namespace, "calls", 1)
+    r.lpush(p0.queue_key, list_element(1))
+    bound = 2.0 + 1.0 + POLL_S + MARGIN_S
+
+    def crash_holding(consumer: str) -> None:
+        r.zadd(p0.processing("#consumers"), {consumer: int(time.time() * 1000)})
+        assert r.lmove(p0.queue_key, p0.processing(consumer), "RIGHT", "LEFT") is not None
+
+    crash_holding("c1")
+    back = wait_for(lambda: r.lrange(p0.queue_key, 0, -1), timeout=bound, interval=0.1,
+                    what="the message back in the queue")
+    assert json.loads(back[0])["a"] == 1 and r.llen(p0.processing("c1")) == 0
+    crash_holding("c2")  # its last allowed delivery
+    wait_for(lambda: r.xlen(p0.dead_letter) == 1, timeout=bound, interval=0.1,
+             what="the message in the dead-letter queue")
+    [(_, letter)] = r.xrange(p0.dead_letter)
+    assert (letter["x.deliveries"], letter["x.consumer"]) == ("2", "c2")
+    assert r.llen(p0.queue_key) == 0 and r.llen(p0.processing("c2")) == 0
+    wait_for(lambda: (get_obj(kubectl, "consumergroups", "phones", namespace) or {})
+             .get("status", {}).get("deadLettered") == 1, timeout=10, what="deadLettered 1")
+
+    # A retry scheduled by a consumer that never promotes: back on the queue once due.
+    env = Envelope(body=b'{"n": 2}', attempt=1, error="flaky")
+    r.zadd(p0.retry, {encode_element(env, "m-2").decode(): int(time.time() * 1000)})
+    wait_for(lambda: r.llen(p0.queue_key) == 1, timeout=1.0 + 2 * POLL_S + MARGIN_S,
+             interval=0.1, what="the due retry promoted")
+    assert r.zcard(p0.retry) == 0
+
+
+def test_stream_retries_come_back_without_a_consumer_promoting(
+        operator: Any, kubectl: Any, namespace: str, operator_redis: Any) -> None:
+    """A consumer of another language nacks (aq_nack) and never promotes: the operator's
+    sweep does, within one sweep interval (half the visibility timeout while a retry is
+    due) + a poll + MARGIN_S after it falls due."""
+    apply(kubectl, namespace, queue("tasks"))
+    wait_ready(kubectl, "agentqueues", "tasks", namespace)
+    apply(kubectl, namespace, group("solvers", queueRef={"name": "tasks"},
+                                    visibilityTimeout="2s", scaling={"pollInterval": "200ms"}))
+    wait_ready(kubectl, "consumergroups", "solvers", namespace)
+    r = admin(operator_redis)
+    (p0,) = keys.partition_keys(namespace, "tasks", 1)
+    entry_id = r.xadd(p0.queue_key, {"d": '{"n": 1}'})
+    assert r.xreadgroup("solvers", "foreign-1", {p0.queue_key: ">"})
+    due = int(time.time() * 1000) + 500
+    assert calls.nack(p0, "solvers", entry_id, due, "flaky").on(r) == 1
+    assert r.xlen(p0.queue_key) == 0 or r.xpending(p0.queue_key, "solvers")["pending"] == 0
+    wait_for(lambda: r.zcard(p0.retry) == 0, timeout=0.5 + 1.0 + 2 * POLL_S + MARGIN_S,
+             interval=0.05, what="the due retry promoted")
+    [(_, fields)] = r.xrange(p0.queue_key, f"({entry_id}", "+")
+    assert (fields["d"], fields["a"], fields["e"]) == ('{"n": 1}', "1", "flaky")

@@ -34,7 +34,7 @@ from redis.exceptions import NoPermissionError, ResponseError, WatchError
 from agentqueue.models import AgentQueueSpec
 from agentqueue.planning.acl import acl_rules
 from agentqueue.planning.queue_plan import plan_queue
-from agentqueue.redisgw import functions, provision, users
+from agentqueue.redisgw import functions, list_sweep, provision, users
 from agentqueue.redisgw import groups as operator_groups
 from agentqueue.redisgw.meta import write_group_meta
 from agentqueue_client import keys
@@ -958,3 +958,132 @@ async def test_this_document_reads_what_the_python_producer_sends(
         third = elements[ids[2]][2]
         assert "b" in third and third["payload"] == b"\xff\x00raw"
         assert ids[0].split("-")[0].isdigit()  # <Unix ms>-<hex>
+
+
+# --- the operator's sweep of List queues (guarantees whatever the consumers do) ------------
+
+def list_queue(q: Queue, *, visibility_ms: int, max_deliveries: int,
+               dead_letter: bool = True, levels: int = 1) -> list_sweep.ListQueue:
+    return list_sweep.ListQueue(keys.partition_keys(NS, q.name, q.partitions), GROUP, levels,
+                                visibility_ms, max_deliveries, dead_letter)
+
+
+async def test_the_operators_list_sweep_recovers_a_dead_consumers_messages(
+        make_queue: MakeQueue) -> None:
+    """A foreign consumer that never recovers anyone: its crashed peer's messages come back
+    at the head of the queue (``a`` + 1), through the operator's sweep alone."""
+    q = await make_queue("list-swept", queue_type="List", visibility_ms=200)
+    for body in (b'"older"', b'"newer"', b'"third"'):
+        await list_send(q, body)
+    taken = [await list_read(q, "agent-1"), await list_read(q, "agent-1")]
+    assert None not in taken
+    await q.consumer.zadd(q.k(0, "proc:#consumers"), {"agent-2": now_ms() + 60_000})
+    spec = list_queue(q, visibility_ms=200, max_deliveries=3)
+    early = await list_sweep.sweep(q.admin, spec, now_ms())
+    assert (early.recovered, early.dead_lettered) == (0, 0)  # agent-1 is not late yet
+    await asyncio.sleep(0.25)
+    swept = await list_sweep.sweep(q.admin, spec, now_ms())
+    assert (swept.recovered, swept.dead_lettered, swept.promoted) == (2, 0, 0)
+    assert await q.observer.llen(q.k(0, "proc:agent-1")) == 0
+    assert await q.observer.zrange(q.k(0, "proc:#consumers"), 0, -1) == [b"agent-2"]
+    got = [read_element(raw) for raw in [await list_read(q, "agent-2") for _ in range(3)]
+           if raw is not None]
+    assert [(m["payload"], m.get("a", 0)) for m in got] == [
+        (b'"older"', 1), (b'"newer"', 1), (b'"third"', 0)]  # first in line again, in order
+    assert got[0]["e"] == "consumer agent-1 timed out (visibility timeout)"
+    again = await list_sweep.sweep(q.admin, spec, now_ms())
+    assert (again.recovered, again.dead_lettered) == (0, 0)  # agent-2 is alive
+
+
+async def test_a_list_message_that_kills_every_consumer_reaches_the_dead_letter_queue(
+        make_queue: MakeQueue) -> None:
+    """Consumers that crash on a message and never check the count: after
+    ``maxDeliveries`` deliveries the operator's sweep dead-letters it, with the reason."""
+    q = await make_queue("list-poison", queue_type="List", visibility_ms=100)
+    message_id = await list_send(q, b'{"poison":true}')
+    spec = list_queue(q, visibility_ms=100, max_deliveries=2)
+    outcomes = []
+    for n in range(1, 4):
+        raw = await list_read(q, f"agent-{n}")
+        if raw is None:
+            break
+        outcomes.append(1 + read_element(raw).get("a", 0))
+        await asyncio.sleep(0.15)  # agent-n died holding it
+        result = await list_sweep.sweep(q.admin, spec, now_ms())
+        assert result.recovered + result.dead_lettered == 1
+    assert outcomes == [1, 2]  # never a third delivery
+    [letter] = await dead_letters(q)
+    assert letter[b"x.id"] == message_id.encode() and letter[b"x.deliveries"] == b"2"
+    assert letter[b"x.error"] == b"aq: not acknowledged within the visibility timeout"
+    assert (letter[b"x.group"], letter[b"x.consumer"]) == (GROUP.encode(), b"agent-2")
+    assert letter[b"d"] == b'{"poison":true}'
+    assert await q.observer.llen(q.k(0, "q")) == 0
+
+
+async def test_the_operator_promotes_list_retries_and_dead_letters_past_the_limit(
+        make_queue: MakeQueue) -> None:
+    """Retries come back without any consumer promoting; a retry whose next delivery
+    would be over ``maxDeliveries`` goes to the dead-letter queue instead."""
+    q = await make_queue("list-retries", queue_type="List", priorityLevels=2)
+    retry = q.k(0, "retry")
+    due, later = now_ms() - 1, now_ms() + 60_000
+    await q.consumer.zadd(retry, {
+        element("m-ok", b'"again"', a=1, e="flaky", p=1): due,
+        element("m-out", b'"done"', a=3, e="flaky"): due,
+        element("m-later", b'"wait"', a=1): later,
+        b"not an envelope": due,
+    })
+    await q.consumer.lpush(q.k(0, "q:1"), element("m-first", b'"queued"', p=1))
+    result = await list_sweep.sweep(q.admin, list_queue(q, visibility_ms=30_000,
+                                                       max_deliveries=3, levels=2), now_ms())
+    assert (result.promoted, result.dead_lettered) == (2, 1)
+    assert await q.observer.zrange(retry, 0, -1) == [element("m-later", b'"wait"', a=1)]
+    level1 = [read_element(raw)["i"] for raw in await q.observer.lrange(q.k(0, "q:1"), 0, -1)]
+    assert level1 == ["m-ok", "m-first"]  # the tail (LPUSH): behind what was queued
+    assert await q.observer.lrange(q.k(0, "q"), 0, -1) == [b"not an envelope"]  # the reader
+    [letter] = await dead_letters(q)                                              # decides
+    assert letter[b"x.id"] == b"m-out" and letter[b"x.deliveries"] == b"4"
+    assert letter[b"x.error"] == b"aq: exceeded maxDeliveries (4 > 3)"
+    assert letter[b"x.consumer"] == list_sweep.SWEEPER.encode()
+
+
+async def test_the_list_sweep_is_bounded_and_goes_on_next_time(
+        make_queue: MakeQueue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long processing list is recovered a bounded number of elements per sweep; its
+    owner stays known as dead until the list is empty, so nothing is left behind."""
+    monkeypatch.setattr(list_sweep, "RECOVER_BATCH", 2)
+    monkeypatch.setattr(list_sweep, "RECOVER_BATCHES", 2)
+    q = await make_queue("list-long", queue_type="List", visibility_ms=100)
+    for n in range(5):
+        await list_send(q, json.dumps(n).encode())
+    while await list_read(q, "agent-1") is not None:
+        pass
+    await asyncio.sleep(0.15)
+    spec = list_queue(q, visibility_ms=100, max_deliveries=3)
+    first = await list_sweep.sweep(q.admin, spec, now_ms())
+    assert first.recovered == 4 and await q.observer.llen(q.k(0, "proc:agent-1")) == 1
+    assert await q.observer.zrange(q.k(0, "proc:#consumers"), 0, -1) == [b"agent-1"]
+    second = await list_sweep.sweep(q.admin, spec, now_ms())
+    assert second.recovered == 1
+    assert await q.observer.zrange(q.k(0, "proc:#consumers"), 0, -1) == []
+    back = [read_element(raw)["payload"] for raw in await q.observer.lrange(q.k(0, "q"), 0, -1)]
+    assert sorted(back) == [b"0", b"1", b"2", b"3", b"4"]  # all back, none twice
+
+
+async def test_a_malformed_element_of_a_dead_consumer_is_dead_lettered_or_dropped(
+        make_queue: MakeQueue) -> None:
+    q = await make_queue("list-junk", queue_type="List", visibility_ms=100)
+    await q.consumer.lpush(q.k(0, "proc:agent-1"), b"\x00junk", element("m-1", b'"x"', a=2))
+    await q.consumer.zadd(q.k(0, "proc:#consumers"), {"agent-1": now_ms() - 1000})
+    off = await list_sweep.sweep(q.admin, list_queue(q, visibility_ms=100, max_deliveries=3,
+                                                     dead_letter=False), now_ms())
+    assert (off.recovered, off.dead_lettered) == (0, 2)  # dropped, as the consumers do
+    assert await dead_letters(q) == [] and await q.observer.llen(q.k(0, "q")) == 0
+    await q.consumer.lpush(q.k(0, "proc:agent-1"), b"\x00junk")
+    await q.consumer.zadd(q.k(0, "proc:#consumers"), {"agent-1": now_ms() - 1000})
+    on = await list_sweep.sweep(q.admin, list_queue(q, visibility_ms=100, max_deliveries=3),
+                                now_ms())
+    assert on.dead_lettered == 1
+    [letter] = await dead_letters(q)
+    assert letter[b"d"] == b"\x00junk"
+    assert letter[b"x.error"].startswith(b"malformed entry: ")

@@ -78,6 +78,25 @@ def consumers_key(part: keys.PartitionKeys) -> str:
     return part.processing("#consumers")
 
 
+def dead_letter_fields(raw: bytes, envelope: Envelope | None, message_id: str, priority: int,
+                       *, group: str, consumer: str, reason: str, deliveries: int,
+                       now_ms: int) -> dict[str, Any]:
+    """The dead-letter stream entry of a List element (docs/protocol.md 4.3): its envelope
+    as stream fields (a malformed element: its raw bytes as ``d``), its level as ``p``,
+    and the ``x.*`` metadata. The consumers' and the operator's sweep's."""
+    if envelope is None:
+        try:
+            envelope = decode_element(raw)[2]
+        except DecodeError:
+            envelope = Envelope(body=raw)
+    fields: dict[str, Any] = dict(encode_fields(envelope))
+    if priority:
+        fields["p"] = str(priority)
+    fields.update({"x.id": message_id, "x.deliveries": str(deliveries), "x.group": group,
+                   "x.consumer": consumer, "x.error": reason, "x.time": str(now_ms)})
+    return fields
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -265,19 +284,9 @@ class ListBackend:
         for d, reason, deliveries in items:
             _, raw = d.handle
             part = self.parts[d.partition]
-            if d.envelope is not None:
-                env = d.envelope
-            else:
-                try:
-                    env = decode_element(raw)[2]
-                except DecodeError:
-                    env = Envelope(body=raw)
-            fields: dict[str, Any] = dict(encode_fields(env))
-            if d.priority:
-                fields["p"] = str(d.priority)
-            fields.update({"x.id": d.id, "x.deliveries": str(deliveries),
-                           "x.group": self.group, "x.consumer": self.consumer,
-                           "x.error": reason, "x.time": str(now_ms)})
+            fields = dead_letter_fields(raw, d.envelope, d.id, d.priority, group=self.group,
+                                        consumer=self.consumer, reason=reason,
+                                        deliveries=deliveries, now_ms=now_ms)
             if enabled:
                 await self._move(d.partition, raw,
                                  lambda pipe, f=fields, k=part.dead_letter: pipe.xadd(k, f))

@@ -25,7 +25,7 @@ from ..metrics import GroupFigures
 from ..models import parse_duration
 from ..planning import conflicts, scaling
 from ..pollhub import PollResult, Quiet
-from ..redisgw import deadletters
+from ..redisgw import deadletters, functions, list_sweep
 from ..redisgw import groups as redis_groups
 from ..redisgw.errors import RedisError
 from ..redisgw.poller import GroupTarget
@@ -143,24 +143,33 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
                   message=f"recreated group {ctx.group!r} on partitions "
                   f"{sorted(figures.missing_partitions)}")
 
-    # Poison messages to the DLQ, dead consumers removed: not every tick. (A List queue's
-    # consumers recover each other's messages and dead-letter them: no sweep.)
+    # The sweep, not every tick: what consumers do for each other, done whatever they are
+    # (docs/protocol.md 10): poison messages to the DLQ, due retries promoted; on a
+    # Stream dead consumers removed, on a List dead consumers' messages recovered.
     swept = 0
-    if (redis_ok and not ctx.is_list
-            and now - state.last_maintenance >= _sweep_interval(spec, figures)):
+    if redis_ok and now - state.last_maintenance >= _sweep_interval(spec, figures):
         state.last_maintenance = now
         client = await rt.redis.get(ctx.target)
-        res = await redis_groups.reclaim(
-            client, ctx.partitions, ctx.group,
-            int(parse_duration(spec.visibility_timeout) * 1000), ctx.max_deliveries)
-        # A gauge: entries past the timeout at this sweep, left for consumers to claim
-        # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
-        state.reclaimed = res.reclaimed
-        swept = res.dead_lettered
+        visibility_ms = int(parse_duration(spec.visibility_timeout) * 1000)
+        if ctx.is_list:
+            listed = await list_sweep.sweep(client, list_sweep.ListQueue(
+                ctx.partitions, ctx.group, ctx.queue_spec.priority_levels, visibility_ms,
+                ctx.max_deliveries, ctx.queue_spec.dead_letter.enabled), int(now * 1000))
+            state.reclaimed = listed.recovered
+            swept = listed.dead_lettered
+        else:
+            res = await redis_groups.reclaim(client, ctx.partitions, ctx.group, visibility_ms,
+                                             ctx.max_deliveries)
+            # A gauge: entries past the timeout at this sweep, left for consumers to claim
+            # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
+            state.reclaimed = res.reclaimed
+            swept = res.dead_lettered
+            for part in ctx.partitions:  # retries of consumers that never promote
+                await functions.promote(client, part, int(now * 1000), functions.PROMOTE_MAX)
+            await redis_groups.remove_dead_consumers(
+                client, ctx.partitions, ctx.group,
+                int(parse_duration(spec.dead_consumer_timeout) * 1000))
         state.dlq_scan_due = True  # also a periodic recount, whatever the sweep did
-        await redis_groups.remove_dead_consumers(
-            client, ctx.partitions, ctx.group,
-            int(parse_duration(spec.dead_consumer_timeout) * 1000))
 
     # Dead letters: the sweep's and the consumers' own (nack on the last delivery,
     # malformed entries), counted from the dead-letter streams when they changed.
@@ -292,10 +301,11 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
 
 
 def _sweep_interval(spec: Any, figures: Any) -> float:
-    """Half the visibility timeout while entries are pending (they may expire); with
-    nothing pending only dead consumers can need removing: once a minute is plenty."""
+    """Half the visibility timeout while entries are pending (they may expire) or retries
+    are due (to promote); otherwise only dead consumers can need removing: once a minute
+    is plenty."""
     half = max(1.0, parse_duration(spec.visibility_timeout) / 2)
-    return half if figures.pending else max(half, IDLE_SWEEP_S)
+    return half if figures.pending or figures.due_retries else max(half, IDLE_SWEEP_S)
 
 
 def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
