@@ -12,6 +12,7 @@ import pytest
 from redis.exceptions import ResponseError
 
 from agentqueue.planning.lag import LagSource
+from agentqueue.planning.sweep import over_limit
 from agentqueue.redisgw import functions, groups, poller
 from agentqueue.redisgw.connection import RedisClient
 from agentqueue.redisgw.poller import GroupTarget, LagPoller
@@ -158,7 +159,7 @@ async def test_entries_over_the_limit_are_dead_lettered_however_recently_claimed
     assert (await groups.reclaim(lib, [P0], G, 60_000, 2)).dead_lettered == 0  # 1 + 1
     await lib.xclaim(P0.queue_key, G, "c2", 0, [again])
     assert (await groups.reclaim(lib, [P0], G, 60_000, 2)).dead_lettered == 1  # 2 + 1
-    assert groups.over_limit(2, 0, 2) is False and groups.over_limit(2, 1, 2) is True
+    assert over_limit(2, 0, 2) is False and over_limit(2, 1, 2) is True
 
 
 async def test_poison_does_not_block_the_rest(lib: RedisClient) -> None:

@@ -77,6 +77,7 @@ MODULES = [
     "operator/agentqueue/planning/conflicts.py",
     "operator/agentqueue/planning/deletion.py",
     "operator/agentqueue/planning/list_groups.py",
+    "operator/agentqueue/planning/sweep.py",
     "clients/python/agentqueue_client/errors.py",
 ]
 
@@ -98,6 +99,7 @@ TESTS = [
     "tests/test_hostile_planning.py",
     "tests/test_list_groups.py",
     "tests/test_error_kinds.py",
+    "tests/test_sweep_plan.py",
 ]
 
 # Tests inside those files that need a real server.

@@ -47,6 +47,7 @@ from agentqueue_client import calls
 from agentqueue_client.keys import PartitionKeys
 from agentqueue_client.text import as_text
 
+from ..planning.sweep import TIMEOUT_ERROR, exceeded_reason, over_limit
 from .errors import classify, is_busygroup, translate_errors
 
 __all__ = [
@@ -61,7 +62,6 @@ __all__ = [
 SWEEP_PAGE = 100
 SWEEP_PAGES = 10
 """At most SWEEP_PAGE × SWEEP_PAGES expired entries per partition per sweep."""
-TIMEOUT_ERROR = "aq: not acknowledged within the visibility timeout"
 
 
 def start_id(start_from: str) -> str:
@@ -205,7 +205,7 @@ async def reclaim(client: Any, partitions: Sequence[PartitionKeys], group: str,
     def exceeded(e: _Expired, attempts: int) -> str | None:
         if not over_limit(e.deliveries, attempts, max_deliveries):
             return None
-        return f"aq: exceeded maxDeliveries ({e.deliveries + attempts} > {max_deliveries})"
+        return exceeded_reason(e.deliveries + attempts, max_deliveries)
 
     with translate_errors(f"sweep group {group!r}"):
         await _sweep(client, partitions, group, max(0, visibility_timeout_ms), 1, expired,
@@ -215,12 +215,6 @@ async def reclaim(client: Any, partitions: Sequence[PartitionKeys], group: str,
         # above never sees it idle. Only redelivered entries can be over the limit.
         await _sweep(client, partitions, group, None, 2, exceeded, result)
     return result
-
-
-def over_limit(times_delivered: int, attempts: int, max_deliveries: int) -> bool:
-    """Delivered more often than allowed: the consumer that holds it should have
-    dead-lettered it on reading (the SDK does; a client of another language may not)."""
-    return times_delivered + attempts > max_deliveries
 
 
 async def _sweep(client: Any, partitions: Sequence[PartitionKeys], group: str,

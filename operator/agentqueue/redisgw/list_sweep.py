@@ -20,7 +20,6 @@ in the heartbeat set until its list is empty).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,13 +27,11 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from agentqueue_client._lists import consumers_key, dead_letter_fields
-from agentqueue_client.codec import Envelope, decode_element, encode_element
-from agentqueue_client.errors import DecodeError
 from agentqueue_client.keys import PartitionKeys
 from agentqueue_client.text import as_text
 
+from ..planning.sweep import TIMEOUT_ERROR, ListVerdict, promoted, recovered
 from .errors import translate_errors
-from .groups import TIMEOUT_ERROR, over_limit
 
 DEAD_CONSUMERS = 100
 RECOVER_BATCH = 100
@@ -64,54 +61,7 @@ class ListQueue:
     dead_letter: bool
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    """Where one element goes: back onto `level` as `element`, or to the dead-letter
-    stream with `reason` after `deliveries`."""
-
-    level: int
-    element: bytes | None = None
-    reason: str | None = None
-    deliveries: int = 0
-    message_id: str = ""
-    envelope: Envelope | None = None
-
-
-def _level(priority: int, levels: int) -> int:
-    return max(0, min(priority, levels - 1))
-
-
-def recovered(raw: bytes, owner: str, q: ListQueue) -> _Verdict:
-    """An element of a dead consumer's processing list: its delivery `1 + a` timed out."""
-    try:
-        msg_id, priority, env = decode_element(raw)
-    except DecodeError as exc:
-        return _Verdict(0, reason=f"malformed entry: {exc.reason}", deliveries=1)
-    delivered = 1 + env.attempt
-    if delivered >= q.max_deliveries:
-        # As on a Stream; `x.consumer` names the consumer, the envelope keeps `e`.
-        return _Verdict(_level(priority, q.levels), reason=TIMEOUT_ERROR,
-                        deliveries=delivered, message_id=msg_id, envelope=env)
-    back = dataclasses.replace(env, attempt=env.attempt + 1,
-                               error=f"consumer {owner} timed out (visibility timeout)")
-    return _Verdict(_level(priority, q.levels), element=encode_element(back, msg_id, priority))
-
-
-def promoted(raw: bytes, q: ListQueue) -> _Verdict:
-    """A due retry (its `a` already counts the failed delivery): its next delivery is
-    `1 + a`."""
-    try:
-        msg_id, priority, env = decode_element(raw)
-    except DecodeError:
-        return _Verdict(0, element=raw)  # the reader dead-letters it, with its reason
-    if over_limit(1, env.attempt, q.max_deliveries):
-        return _Verdict(_level(priority, q.levels), deliveries=1 + env.attempt,
-                        reason=f"aq: exceeded maxDeliveries ({1 + env.attempt} > "
-                               f"{q.max_deliveries})", message_id=msg_id, envelope=env)
-    return _Verdict(_level(priority, q.levels), element=raw)
-
-
-def _queue_verdict(pipe: Any, part: PartitionKeys, q: ListQueue, raw: bytes, v: _Verdict,
+def _queue_verdict(pipe: Any, part: PartitionKeys, q: ListQueue, raw: bytes, v: ListVerdict,
                    consumer: str, now_ms: int, *, head: bool) -> bool:
     """Queue the move of `raw` per `v` in a MULTI; True when it is dead-lettered."""
     if v.element is not None:
@@ -146,7 +96,7 @@ async def _recover_list(client: Any, part: PartitionKeys, owner: str, q: ListQue
                 dead = 0
                 for raw in elements:  # newest first: the oldest ends at the head
                     pipe.lrem(proc, 1, raw)
-                    dead += _queue_verdict(pipe, part, q, raw, recovered(raw, owner, q),
+                    dead += _queue_verdict(pipe, part, q, raw, recovered(raw, owner, q.levels, q.max_deliveries),
                                            owner, now_ms, head=True)
                 await pipe.execute()
                 batches += 1
@@ -171,7 +121,7 @@ async def _promote(client: Any, part: PartitionKeys, q: ListQueue, now_ms: int,
                 pipe.zrem(part.retry, *due)
                 dead = 0
                 for raw in due:
-                    dead += _queue_verdict(pipe, part, q, raw, promoted(raw, q), SWEEPER,
+                    dead += _queue_verdict(pipe, part, q, raw, promoted(raw, q.levels, q.max_deliveries), SWEEPER,
                                            now_ms, head=False)
                 await pipe.execute()
                 result.promoted += len(due) - dead
