@@ -160,12 +160,16 @@ def prepare(work: Path, modules: list[str]) -> str:
     only = [to_src(m) for m in modules]
     for module in only:
         # mutmut copies every source into mutants/ but mutates only `only_mutate`: a module
-        # newly listed has a plain copy there, newer than its source, so mutmut would never
-        # mutate it. Drop that copy, and the coverage stats recorded without its mutants
-        # (tests would count as "no tests" for it); mutmut rebuilds both.
+        # newly listed, or one whose source changed during a run `--only` other modules,
+        # has a plain copy there, newer than its source, so mutmut would never mutate it
+        # (and verdicts kept from before name mutants it no longer has). Drop that copy,
+        # its verdicts and the coverage stats recorded without its mutants (tests would
+        # count as "no tests" for it); mutmut rebuilds them.
         copy = work / "mutants" / module
-        if copy.is_file() and not copy.with_name(copy.name + ".meta").is_file():
+        meta = copy.with_name(copy.name + ".meta")
+        if copy.is_file() and (not meta.is_file() or b"mutmut" not in copy.read_bytes()):
             copy.unlink()
+            meta.unlink(missing_ok=True)
             (work / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     args = ["-p", "no:cacheprovider", "-q", *(f"--deselect={d}" for d in DESELECT)]
     config = (
