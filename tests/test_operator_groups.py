@@ -375,3 +375,20 @@ def test_stream_retries_come_back_without_a_consumer_promoting(
              interval=0.05, what="the due retry promoted")
     [(_, fields)] = r.xrange(p0.queue_key, f"({entry_id}", "+")
     assert (fields["d"], fields["a"], fields["e"]) == ('{"n": 1}', "1", "flaky")
+
+
+def test_a_group_made_before_its_queue_turns_ready_within_a_second_of_it(
+        operator: Any, kubectl: Any, namespace: str) -> None:
+    """Events, not timers: a ConsumerGroup waiting for its queue (absent, then not Ready)
+    retries as soon as the queue's handlers have run. Bound: 1 s (issue 15) + MARGIN_S
+    for the two kubectl reads that observe it."""
+    apply(kubectl, namespace, group("early", queueRef={"name": "later"}))
+    wait_reason(kubectl, "consumergroups", "early", namespace, "QueueNotFound")
+    time.sleep(1.0)  # now inside its retry wait (10 s by the old timer)
+    apply(kubectl, namespace, queue("later"))
+    wait_ready(kubectl, "agentqueues", "later", namespace)
+    queue_ready = time.monotonic()
+    wait_ready(kubectl, "consumergroups", "early", namespace, timeout=10)
+    took = time.monotonic() - queue_ready
+    print(f"group Ready {took:.2f}s after its queue")
+    assert took <= 1.0 + MARGIN_S, took

@@ -161,6 +161,9 @@ class Runtime:
     """Per Redis target: when its settings were last judged, and the data-loss risks."""
     figures_events: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     """Per queue: set when one of its ConsumerGroups has new figures from the poll."""
+    queue_waiters: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    """Per AgentQueue a ConsumerGroup waits for (to appear or become Ready): set when the
+    queue's handlers have run, so the group retries at once instead of after a delay."""
 
     def parsed_spec(self, kind: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
         """`parse(body.spec)`, cached per object and generation (the API server bumps the
@@ -182,6 +185,30 @@ class Runtime:
     def queue_changed(self, namespace: str, queue: str) -> None:
         key = (namespace, queue)
         self.queue_versions[key] = self.queue_versions.get(key, 0) + 1
+        waiter = self.queue_waiters.pop(key, None)
+        if waiter is not None:
+            waiter.set()
+
+    def queue_seen(self, namespace: str, queue: str) -> tuple[tuple[str, str], int]:
+        """The queue's version now (see `wait_queue_changed`)."""
+        key = (namespace, queue)
+        return key, self.queue_versions.get(key, 0)
+
+    async def wait_queue_changed(self, seen: tuple[tuple[str, str], int],
+                                 timeout: float) -> bool:
+        """Wait until the queue's handlers run after `seen` was taken (at once if they
+        did since), at most `timeout` seconds; True when they did."""
+        key, version = seen
+        if self.queue_versions.get(key, 0) != version:
+            return True
+        waiter = self.queue_waiters.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            if self.queue_waiters.get(key) is waiter and not waiter.is_set():
+                del self.queue_waiters[key]  # no entry left behind for a queue never made
+            return False
+        return True
 
     def group_figures_updated(self, namespace: str, queue: str) -> None:
         """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): wake the

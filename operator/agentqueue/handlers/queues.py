@@ -67,6 +67,12 @@ async def _reconcile(rt: Runtime, body: dict[str, Any], logger: kopf.Logger,
                                   extra)
         status["conditions"] = _risk_condition(body, status["conditions"], outcome.risks)
         await _write_merged(rt, body, status)
+        if drift and outcome.problem is None and (get_condition(
+                (body.get("status") or {}).get("conditions"), reasons.READY) or {}
+                ).get("status") != "True":
+            # Ready again (Redis came back): its waiting ConsumerGroups retry now. The
+            # event handlers do this in their own `finally`.
+            rt.queue_changed(meta["namespace"], meta["name"])
         if not meta.get("deletionTimestamp"):  # a deleted queue's series stay deleted
             counters = outcome.slo_sample.counters if outcome.slo_sample else None
             retries = counters.retries if counters is not None else {}

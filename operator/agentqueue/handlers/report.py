@@ -21,6 +21,8 @@ from ..runtime import Runtime
 from ..services.errors import SpecProblem, Waiting
 
 T = TypeVar("T")
+RETRY_NOW_S = 0.1
+"""kopf's retry delay after a wait that already took the time."""
 log = logging.getLogger("agentqueue.report")
 
 
@@ -85,13 +87,16 @@ async def run_reconcile(
     makes kopf retry (transient) or stop (invalid spec). Returns fn's result."""
     started = time.monotonic()
     reason, message, delay, permanent = "", "", 0.0, False
+    depends_on = None
     try:
         return await fn()
     except SpecProblem as exc:
         reason, message = exc.reason, exc.message
         permanent, delay = exc.retry_after is None, exc.retry_after or 0.0
+        depends_on = exc.depends_on
     except Waiting as exc:
         reason, message, delay = exc.reason, exc.message, exc.delay
+        depends_on = exc.depends_on
     except RedisUnavailable as exc:
         rt.metrics.redis_up.inc()
         reason, message, delay = reasons.REDIS_UNAVAILABLE, str(exc), 10.0
@@ -114,4 +119,9 @@ async def run_reconcile(
         return None
     if permanent:
         raise kopf.PermanentError(f"{reason}: {message}")
+    if depends_on is not None:
+        # Waiting for a queue (to appear, to be Ready): retry as soon as its handlers
+        # have run, at the latest after `delay` (events, not timers).
+        await rt.wait_queue_changed(depends_on, delay)
+        delay = RETRY_NOW_S
     raise kopf.TemporaryError(f"{reason}: {message}", delay=delay)

@@ -88,18 +88,21 @@ async def resolve(rt: Runtime, body: dict[str, Any], *,
                           f"ConsumerGroup {rival.name!r} (created first); this one neither "
                           "changes nor deletes it. Give it another spec.groupName",
                           retry_after=30.0)
+    # Read before the queue: a change after it wakes the retry (report.run_reconcile).
+    seen = rt.queue_seen(ns, spec.queue_ref.name)
     queue = await rt.kube.get_object("agentqueues", ns, spec.queue_ref.name)
     if queue is None:
         raise SpecProblem(reasons.QUEUE_NOT_FOUND,
                           f"AgentQueue {spec.queue_ref.name!r} does not exist in {ns}",
-                          retry_after=10.0)
+                          retry_after=10.0, depends_on=seen)
     queue_spec = parse_queue_spec(queue.get("spec") or {}, rt.config.max_schema_bytes)
     check_queue_type(spec, spec.queue_ref.name, queue_spec.type, check_fields)
     ready = next((c for c in (queue.get("status") or {}).get("conditions") or []
                   if c.get("type") == reasons.READY), None)
     if not ready or ready.get("status") != "True":
         raise Waiting(reasons.QUEUE_NOT_READY,
-                      f"waiting for AgentQueue {spec.queue_ref.name!r} to be Ready", delay=3.0)
+                      f"waiting for AgentQueue {spec.queue_ref.name!r} to be Ready", delay=3.0,
+                      depends_on=seen)
     secret_ref = queue_spec.redis.secret_ref.name if queue_spec.redis else None
     target = await rt.target_for(ns, secret_ref)
     return GroupContext(ns, name, spec.group_name or name, spec, queue_spec, target,
