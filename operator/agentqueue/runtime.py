@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -13,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
@@ -38,6 +39,39 @@ from .redisgw.server_info import server_facts
 
 log = logging.getLogger("agentqueue.runtime")
 T = TypeVar("T")
+K = TypeVar("K")
+
+
+class Waits(Generic[K]):
+    """Any number of waiters per key, all woken by `fire(key)`; a key nobody waits for
+    any more holds nothing (a tenant naming queues that never come leaves no entries)."""
+
+    def __init__(self) -> None:
+        self._events: dict[K, asyncio.Event] = {}
+        self._waiting: collections.Counter[K] = collections.Counter()
+
+    def fire(self, key: K) -> None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, key: K, timeout: float) -> bool:
+        """True when `key` was fired within `timeout` seconds."""
+        event = self._events.setdefault(key, asyncio.Event())
+        self._waiting[key] += 1
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key]
+                self._events.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._events)
 
 
 @dataclass
@@ -161,9 +195,9 @@ class Runtime:
     """Per Redis target: when its settings were last judged, and the data-loss risks."""
     figures_events: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     """Per queue: set when one of its ConsumerGroups has new figures from the poll."""
-    queue_waiters: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    """Per AgentQueue a ConsumerGroup waits for (to appear or become Ready): set when the
-    queue's handlers have run, so the group retries at once instead of after a delay."""
+    queue_waits: Waits[tuple[str, str]] = field(default_factory=lambda: Waits())
+    """Per AgentQueue ConsumerGroups wait for (to appear or become Ready): fired when the
+    queue's handlers have run, so the groups retry at once instead of after a delay."""
 
     def parsed_spec(self, kind: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
         """`parse(body.spec)`, cached per object and generation (the API server bumps the
@@ -185,9 +219,7 @@ class Runtime:
     def queue_changed(self, namespace: str, queue: str) -> None:
         key = (namespace, queue)
         self.queue_versions[key] = self.queue_versions.get(key, 0) + 1
-        waiter = self.queue_waiters.pop(key, None)
-        if waiter is not None:
-            waiter.set()
+        self.queue_waits.fire(key)
 
     def queue_seen(self, namespace: str, queue: str) -> tuple[tuple[str, str], int]:
         """The queue's version now (see `wait_queue_changed`)."""
@@ -201,14 +233,7 @@ class Runtime:
         key, version = seen
         if self.queue_versions.get(key, 0) != version:
             return True
-        waiter = self.queue_waiters.setdefault(key, asyncio.Event())
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except TimeoutError:
-            if self.queue_waiters.get(key) is waiter and not waiter.is_set():
-                del self.queue_waiters[key]  # no entry left behind for a queue never made
-            return False
-        return True
+        return await self.queue_waits.wait(key, timeout)
 
     def group_figures_updated(self, namespace: str, queue: str) -> None:
         """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): wake the

@@ -30,7 +30,7 @@ from agentqueue_client._lists import consumers_key, dead_letter_fields
 from agentqueue_client.keys import PartitionKeys
 from agentqueue_client.text import as_text
 
-from ..planning.sweep import TIMEOUT_ERROR, ListVerdict, promoted, recovered
+from ..planning.sweep import ListVerdict, promoted, recovered
 from .errors import translate_errors
 
 DEAD_CONSUMERS = 100
@@ -71,7 +71,7 @@ def _queue_verdict(pipe: Any, part: PartitionKeys, q: ListQueue, raw: bytes, v: 
     if q.dead_letter:
         pipe.xadd(part.dead_letter, dead_letter_fields(
             raw, v.envelope, v.message_id, v.level, group=q.group, consumer=consumer,
-            reason=v.reason or TIMEOUT_ERROR, deliveries=v.deliveries, now_ms=now_ms))
+            reason=v.reason, deliveries=v.deliveries, now_ms=now_ms))
     return True
 
 
@@ -96,8 +96,9 @@ async def _recover_list(client: Any, part: PartitionKeys, owner: str, q: ListQue
                 dead = 0
                 for raw in elements:  # newest first: the oldest ends at the head
                     pipe.lrem(proc, 1, raw)
-                    dead += _queue_verdict(pipe, part, q, raw, recovered(raw, owner, q.levels, q.max_deliveries),
-                                           owner, now_ms, head=True)
+                    verdict = recovered(raw, owner, q.levels, q.max_deliveries)
+                    dead += _queue_verdict(pipe, part, q, raw, verdict, owner, now_ms,
+                                           head=True)
                 await pipe.execute()
                 batches += 1
                 result.recovered += len(elements) - dead
@@ -121,8 +122,9 @@ async def _promote(client: Any, part: PartitionKeys, q: ListQueue, now_ms: int,
                 pipe.zrem(part.retry, *due)
                 dead = 0
                 for raw in due:
-                    dead += _queue_verdict(pipe, part, q, raw, promoted(raw, q.levels, q.max_deliveries), SWEEPER,
-                                           now_ms, head=False)
+                    verdict = promoted(raw, q.levels, q.max_deliveries)
+                    dead += _queue_verdict(pipe, part, q, raw, verdict, SWEEPER, now_ms,
+                                           head=False)
                 await pipe.execute()
                 result.promoted += len(due) - dead
                 result.dead_lettered += dead
