@@ -293,3 +293,21 @@ async def test_functions_in_cluster(redis_cluster_client: RedisClient) -> None:
         assert await functions.nack(client, p, GROUP, entry, due_ms=1, error="e")
         assert await client.hget(p.stats, "retries") == "1"  # same slot as the stream
         assert await functions.promote(client, p, now_ms=2) == 1
+
+
+async def test_promote_due_moves_every_partitions_due_retries_in_one_call(
+        lib: RedisClient) -> None:
+    """The operator's sweep: all partitions of a queue at once; an error is raised, never
+    counted as moved."""
+    parts = [P, PartitionKeys(P.namespace, P.queue, 1)]
+    for part in parts:
+        for i in range(2):
+            await functions.enqueue(lib, part, {"d": f"m{i}"})
+    for part, due in ((parts[0], 100), (parts[0], 5_000), (parts[1], 100)):
+        assert await functions.nack(lib, part, GROUP, await _deliver(lib, part), due_ms=due,
+                                    error="e")
+    assert await functions.promote_due(lib, parts, now_ms=1_000) == 2
+    assert [await lib.zcard(p.retry) for p in parts] == [1, 0]
+    await lib.set(parts[1].retry, "not a sorted set")
+    with pytest.raises(RedisSpecError):
+        await functions.promote_due(lib, parts, now_ms=10_000)

@@ -9,7 +9,7 @@ here, so there is one place to bump.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aredis
@@ -35,6 +35,7 @@ __all__ = [
     "library_versions",
     "nack",
     "promote",
+    "promote_due",
 ]
 
 
@@ -127,6 +128,23 @@ async def promote(client: RedisClient, keys: PartitionKeys, now_ms: int,
     with translate_errors("aq_promote"):
         res = await calls.promote(keys, now_ms, limit).on(client)
     return int(res)
+
+
+async def promote_due(client: RedisClient, partitions: Sequence[PartitionKeys],
+                      now_ms: int) -> int:
+    """`aq_promote` on every partition in one pipelined round trip (up to PROMOTE_MAX
+    each); returns how many retries moved."""
+    with translate_errors("aq_promote"):
+        pipe = client.pipeline(transaction=False)
+        for part in partitions:
+            calls.promote(part, now_ms, PROMOTE_MAX).on(pipe)
+        results = await pipe.execute(raise_on_error=False)
+    moved = 0
+    for r in results:
+        if isinstance(r, Exception):
+            raise classify(r) from None
+        moved += int(r)
+    return moved
 
 
 async def deadletter(client: RedisClient, keys: PartitionKeys, group: str, entry_id: str,

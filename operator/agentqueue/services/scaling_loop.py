@@ -164,8 +164,8 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
             # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
             state.reclaimed = res.reclaimed
             swept = res.dead_lettered
-            for part in ctx.partitions:  # retries of consumers that never promote
-                await functions.promote(client, part, int(now * 1000), functions.PROMOTE_MAX)
+            # Retries of consumers that never promote.
+            await functions.promote_due(client, ctx.partitions, int(now * 1000))
             await redis_groups.remove_dead_consumers(
                 client, ctx.partitions, ctx.group,
                 int(parse_duration(spec.dead_consumer_timeout) * 1000))
