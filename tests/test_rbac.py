@@ -373,20 +373,40 @@ def rbac_denials(op: OperatorProcess, namespace: str | None = None) -> list[str]
     apiserver's RBAC message ("User ... cannot <verb> resource ..."), kopf's "Not enough
     permissions", or a Forbidden about an object of `namespace`. (Other namespaces of the
     shared test cluster may be terminating, which is refused as Forbidden too.)"""
-    out = []
-    for line in op.log_text().splitlines():
-        if "being terminated" in line:
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = {}
-        obj = record.get("object") if isinstance(record, dict) else None
-        ours = bool(namespace) and isinstance(obj, dict) and obj.get("namespace") == namespace
-        if re.search(r"cannot \w+ resource", line) or "Not enough permissions" in line or \
-                (ours and re.search(r"[Ff]orbidden|\b403\b", line)):
-            out.append(line)
-    return out
+    return [line for line in op.log_text().splitlines() if is_denial(line, namespace)]
+
+
+# A 403 as a status code ("code": 403, 403 Forbidden, (403)), not any 403 in a line: a
+# debug line quoting a patch's resourceVersion '403' was once counted as a denial.
+_STATUS_403 = re.compile(r"[Ff]orbidden|\bcode\W{0,3}:\s*403\b|\b403 Forbidden|\(403\)")
+
+
+def is_denial(line: str, namespace: str | None) -> bool:
+    if "being terminated" in line:
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = {}
+    obj = record.get("object") if isinstance(record, dict) else None
+    ours = bool(namespace) and isinstance(obj, dict) and obj.get("namespace") == namespace
+    return bool(re.search(r"cannot \w+ resource", line) or "Not enough permissions" in line
+                or (ours and _STATUS_403.search(line)))
+
+
+@pytest.mark.parametrize(("message", "denied"), [
+    ("JSON-patching the resource with: [{'op': 'test', 'path': '/metadata/resourceVersion', "
+     "'value': '403'}]", False),
+    ("APIForbiddenError('agentqueues is forbidden', {'code': 403})", True),
+    ('Patching failed: {"kind": "Status", "code": 403}', True),
+    ("Request failed: 403 Forbidden", True),
+    ("HTTP error (403) on patch", True),
+    ("patched status of 403 partitions", False),
+])
+def test_a_denial_is_told_from_a_403_in_other_words(message: str, denied: bool) -> None:
+    line = json.dumps({"message": message, "object": {"namespace": "ns1"}})
+    assert is_denial(line, "ns1") is denied
+    assert is_denial(line, "ns2") is False  # another namespace's: not ours to judge
 
 
 def assert_never_forbidden(op: OperatorProcess, namespace: str | None = None) -> None:
