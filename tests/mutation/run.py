@@ -78,6 +78,9 @@ MODULES = [
     "operator/agentqueue/planning/deletion.py",
     "operator/agentqueue/planning/list_groups.py",
     "operator/agentqueue/planning/sweep.py",
+    "operator/agentqueue/planning/slo_announce.py",
+    "operator/agentqueue/planning/risk_condition.py",
+    "operator/agentqueue/planning/pause.py",
     "clients/python/agentqueue_client/errors.py",
 ]
 
@@ -100,6 +103,9 @@ TESTS = [
     "tests/test_list_groups.py",
     "tests/test_error_kinds.py",
     "tests/test_sweep_plan.py",
+    "tests/test_slo_announce.py",
+    "tests/test_risk_condition.py",
+    "tests/test_pause_plan.py",
 ]
 
 # Tests inside those files that need a real server.
