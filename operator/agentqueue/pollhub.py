@@ -1,9 +1,10 @@
 """One polling loop per Redis server for all consumer groups on it.
 
-Each ConsumerGroup daemon subscribes its group; the hub reads lag/pending for every
-subscribed group on a server in one pipelined round trip per tick and hands each
-daemon its figures. Metrics and status come from the same numbers, so there is no
-second polling loop.
+The group keeper (keepers/groups.py) subscribes each group with a callback; the hub
+reads lag/pending for every subscribed group on a server in one pipelined round trip
+per tick and hands each group's figures to its callback (once: a group re-subscribes
+after handling them). Metrics and status come from the same numbers, so there is no
+second polling loop, and no task per group.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class _Sub:
     request: Any
     interval: float
     next_due: float = 0.0
-    waiter: asyncio.Future[Any] | None = None
+    deliver: Callable[[PollResult], None] | None = None
+    """Armed: called with the next result worth delivering, then disarmed."""
     quiet: Quiet | None = None
 
 
@@ -38,8 +40,8 @@ class _Sub:
 class Quiet:
     """A subscriber's wish not to be woken while nothing changes: until `until`
     (monotonic), a result whose figures equal `figures` goes to `touch` (cheap, e.g.
-    refresh an observed-at time) instead of waking the waiter. An idle fleet then costs
-    one poll per server per tick, not one daemon wake-up per group."""
+    refresh an observed-at time) instead of the subscriber's callback. An idle fleet
+    then costs one poll per server per tick, not one group tick per group."""
 
     figures: Any
     until: float
@@ -74,12 +76,16 @@ class _ServerLoop:
             # Subscribers due within a little while ride along: groups that joined at
             # different moments share ticks instead of each costing a round trip.
             due = {k: s for k, s in self.subs.items()
-                   if s.waiter and s.next_due <= now + min(0.1, s.interval / 4)}
+                   if s.deliver and s.next_due <= now + min(0.1, s.interval / 4)}
             if not due:
-                next_at = min((s.next_due for s in self.subs.values()), default=now + 0.1)
+                # Only armed subscribers set the pace: one handling its last figures
+                # re-arms with subscribe(), which sets `wake`.
+                next_at = min((s.next_due for s in self.subs.values() if s.deliver),
+                              default=None)
                 self.wake.clear()
+                timeout = None if next_at is None else max(0.0, next_at - now) + 0.001
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), max(0.0, next_at - now) + 0.001)
+                    await asyncio.wait_for(self.wake.wait(), timeout)
                 continue
             started = time.monotonic()
             try:
@@ -100,8 +106,12 @@ class _ServerLoop:
                     if quiet.touch is not None:
                         quiet.touch(result)
                     continue
-                if sub.waiter and not sub.waiter.done():
-                    sub.waiter.set_result(result)
+                deliver, sub.deliver, sub.quiet = sub.deliver, None, None
+                if deliver is not None:
+                    try:
+                        deliver(result)
+                    except Exception:  # noqa: BLE001 - one subscriber never stops the loop
+                        log.exception("poll subscriber failed")
 
 
 class PollHub(Generic[K]):
@@ -109,24 +119,39 @@ class PollHub(Generic[K]):
         self.poll = poll
         self.loops: dict[str, _ServerLoop] = {}
 
-    async def next(self, server_key: str, get_client: Callable[[], Awaitable[Any]], key: K,
-                   request: Any, interval: float, quiet: Quiet | None = None) -> PollResult:
-        """Wait for this group's figures from the next tick of its server's loop (with
-        `quiet`: from the first tick whose figures differ, or after `quiet.until`)."""
+    def subscribe(self, server_key: str, get_client: Callable[[], Awaitable[Any]], key: K,
+                  request: Any, interval: float, quiet: Quiet | None,
+                  deliver: Callable[[PollResult], None]) -> None:
+        """Hand this group's figures from the next tick of its server's loop to
+        `deliver` (with `quiet`: from the first tick whose figures differ, or after
+        `quiet.until`). One delivery per call: the subscriber calls again when it has
+        handled it. A group that moved to another server leaves its old loop."""
+        for other_key, other in self.loops.items():
+            if other_key != server_key:
+                other.subs.pop(key, None)
         loop = self.loops.get(server_key)
         if loop is None:
             loop = self.loops[server_key] = _ServerLoop(server_key, get_client, self.poll)
         sub = loop.subs.get(key)
         if sub is None:
             sub = loop.subs[key] = _Sub(request, interval)
-        sub.request, sub.interval, sub.quiet = request, interval, quiet
-        sub.waiter = asyncio.get_running_loop().create_future()
+        sub.request, sub.interval, sub.quiet, sub.deliver = request, interval, quiet, deliver
         loop.wake.set()
-        try:
-            return await sub.waiter
-        finally:
-            sub.waiter = None
-            sub.quiet = None
+
+    async def next(self, server_key: str, get_client: Callable[[], Awaitable[Any]], key: K,
+                   request: Any, interval: float, quiet: Quiet | None = None) -> PollResult:
+        """`subscribe`, awaited."""
+        waiter: asyncio.Future[PollResult] = asyncio.get_running_loop().create_future()
+
+        def deliver(result: PollResult) -> None:
+            if not waiter.done():
+                waiter.set_result(result)
+
+        self.subscribe(server_key, get_client, key, request, interval, quiet, deliver)
+        return await waiter
+
+    def subscribers(self) -> int:
+        return sum(len(loop.subs) for loop in self.loops.values())
 
     def poke(self, key: K) -> None:
         """Deliver the next tick to this subscriber even if nothing changed (its spec
@@ -135,6 +160,8 @@ class PollHub(Generic[K]):
             sub = loop.subs.get(key)
             if sub is not None:
                 sub.quiet = None
+                sub.next_due = 0.0
+                loop.wake.set()
 
     def forget(self, key: K) -> None:
         for loop in self.loops.values():

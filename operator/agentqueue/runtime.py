@@ -14,13 +14,14 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 from kubernetes import client as k8s
 
 from . import tracing
 from .config import OperatorConfig
+from .keepers.objects import Objects
 from .kube import KubeGateway
 from .metrics import Metrics
 from .planning import address_policy
@@ -36,6 +37,11 @@ from .redisgw.connection import (
 from .redisgw.errors import RedisError
 from .redisgw.list_work import poll_all
 from .redisgw.server_info import server_facts
+
+if TYPE_CHECKING:
+    from .keepers.groups import GroupKeeper
+    from .keepers.queues import QueueKeeper
+    from .keepers.retention import RetentionKeeper
 
 log = logging.getLogger("agentqueue.runtime")
 T = TypeVar("T")
@@ -193,11 +199,24 @@ class Runtime:
     ConsumerGroups that cache what they resolved from it re-resolve at once."""
     risks: dict[str, tuple[float, list[Risk]]] = field(default_factory=dict)
     """Per Redis target: when its settings were last judged, and the data-loss risks."""
-    figures_events: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    """Per queue: set when one of its ConsumerGroups has new figures from the poll."""
     queue_waits: Waits[tuple[str, str]] = field(default_factory=lambda: Waits())
     """Per AgentQueue ConsumerGroups wait for (to appear or become Ready): fired when the
     queue's handlers have run, so the groups retry at once instead of after a delay."""
+    objects: Objects = field(default_factory=Objects)
+    """The latest (trimmed) body of every object of our kinds, from the watch."""
+    groups: GroupKeeper = field(init=False)
+    queues: QueueKeeper = field(init=False)
+    retention: RetentionKeeper = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The keepers call the services, which use this module.
+        from .keepers.groups import GroupKeeper
+        from .keepers.queues import QueueKeeper
+        from .keepers.retention import RetentionKeeper
+
+        self.groups = GroupKeeper(self)
+        self.queues = QueueKeeper(self)
+        self.retention = RetentionKeeper(self)
 
     def parsed_spec(self, kind: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
         """`parse(body.spec)`, cached per object and generation (the API server bumps the
@@ -220,6 +239,7 @@ class Runtime:
         key = (namespace, queue)
         self.queue_versions[key] = self.queue_versions.get(key, 0) + 1
         self.queue_waits.fire(key)
+        self.retention.queue_changed(namespace)
 
     def queue_seen(self, namespace: str, queue: str) -> tuple[tuple[str, str], int]:
         """The queue's version now (see `wait_queue_changed`)."""
@@ -236,17 +256,9 @@ class Runtime:
         return await self.queue_waits.wait(key, timeout)
 
     def group_figures_updated(self, namespace: str, queue: str) -> None:
-        """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): wake the
-        queue's keeper, which re-evaluates the SLO from them without touching Redis."""
-        event = self.figures_events.get((namespace, queue))
-        if event is not None:
-            event.set()
-
-    def watch_group_figures(self, namespace: str, queue: str) -> asyncio.Event:
-        return self.figures_events.setdefault((namespace, queue), asyncio.Event())
-
-    def unwatch_group_figures(self, namespace: str, queue: str) -> None:
-        self.figures_events.pop((namespace, queue), None)
+        """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): the queue
+        keeper re-evaluates the queue's SLO from them without touching Redis."""
+        self.queues.figures_updated(namespace, queue)
 
     @classmethod
     def create(cls, config: OperatorConfig, api: k8s.ApiClient) -> Runtime:
@@ -273,6 +285,9 @@ class Runtime:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
     async def close(self) -> None:
+        await self.groups.close()
+        await self.queues.close()
+        await self.retention.close()
         await self.watcher.stop()
         await self.hub.close()
         await self.redis.close_all()

@@ -1,3 +1,3 @@
 """kopf handlers: thin glue from events to the services (observe → plan → apply → status)."""
 
-from . import groups, lifecycle, queues, retention  # noqa: F401
+from . import groups, lifecycle, queues, retention, watch  # noqa: F401

@@ -1,5 +1,6 @@
-"""ConsumerGroup handlers: ensure the group, then one daemon per group that polls (via
-the shared PollHub), decides (pure) and scales the target's /scale subresource."""
+"""ConsumerGroup handlers: ensure the group, then hand it to the group keeper
+(keepers/groups.py), which polls (via the shared PollHub), decides (pure) and scales
+the target's /scale subresource."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from .. import GROUP, VERSION, events, reasons
 from ..conditions import now_iso, set_condition
 from ..runtime import Runtime
 from ..services import groups as svc
-from ..services import scaling_loop
-from .report import ready_status, run_reconcile, snapshot, write_status
+from ..services.report import ready_status, run_reconcile, snapshot, write_status
 
 PLURAL = "consumergroups"
 KIND = "ConsumerGroup"
@@ -29,7 +29,16 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     rt: Runtime = memo.runtime
     plain = _plain(body)
     meta = plain["metadata"]
-    rt.hub.poke((meta["namespace"], meta["name"]))  # the scaler loop sees the new spec now
+    try:
+        await _reconcile(rt, plain, logger)
+    finally:
+        # Whatever the outcome (Redis down: the keeper applies fallbackReplicas; a spec
+        # problem: its ticks wait), the keeper sees the new spec at its next tick.
+        rt.groups.track(meta["namespace"], meta["name"])
+
+
+async def _reconcile(rt: Runtime, plain: dict[str, Any], logger: kopf.Logger) -> None:
+    meta = plain["metadata"]
     async with rt.locked(KIND, meta["namespace"], meta["name"]):
         ctx = await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.reconcile_group(rt, plain))
         assert ctx is not None
@@ -59,19 +68,11 @@ async def reconcile(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         logger.info("consumer group reconciled", extra={"group": ctx.group})
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=2.0)
-async def scaler(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
-                 logger: kopf.Logger, **_: Any) -> None:
-    """Poll → decide → scale, every pollInterval, until the group is deleted."""
-    rt: Runtime = memo.runtime
-    await scaling_loop.run(rt, lambda: _plain(body), stopped, logger)
-
-
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     rt: Runtime = memo.runtime
     plain = _plain(body)
     meta = plain["metadata"]
-    rt.hub.forget((meta["namespace"], meta["name"]))
+    rt.groups.untrack(meta["namespace"], meta["name"])
     await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.delete_group(rt, plain))
 

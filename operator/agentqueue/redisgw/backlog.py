@@ -35,7 +35,7 @@ from ..planning.slo import RetryCounters
 from .errors import classify, translate_errors
 from .poller import BatchScript
 
-__all__ = ["oldest_waiting_age", "retry_counters"]
+__all__ = ["oldest_waiting_age", "oldest_waiting_ages", "retry_counters", "retry_counters_many"]
 
 # Reply {server now ms, oldest waiting ms | -1}.
 _STREAM = r"""#!lua flags=no-writes
@@ -111,26 +111,41 @@ async def oldest_waiting_age(client: Any, parts: Sequence[PartitionKeys], queue_
                              priority_levels: int = 1) -> float | None:
     """Seconds the oldest waiting message has waited, over all partitions: 0.0 when
     nothing waits, None for a PubSub channel (nothing is stored)."""
-    if queue_type == "PubSub":
-        return None
-    calls: list[tuple[list[str], list[Any]]]
-    if queue_type == "List":
-        script = LIST
-        calls = [([p.priority_key(level) for level in range(priority_levels)], [])
-                 for p in parts]
-    else:
-        script = STREAM
-        calls = [([p.queue_key], []) for p in parts]
+    return (await oldest_waiting_ages(client, [(parts, queue_type, priority_levels)]))[0]
+
+
+async def oldest_waiting_ages(client: Any,
+                              queues: Sequence[tuple[Sequence[PartitionKeys], str, int]]
+                              ) -> list[float | None]:
+    """`oldest_waiting_age` of many queues (parts, type, priority levels) of one server:
+    one pipeline per script for all of them."""
+    stream_calls: list[tuple[list[str], list[Any]]] = []
+    list_calls: list[tuple[list[str], list[Any]]] = []
+    for parts, queue_type, levels in queues:
+        if queue_type == "List":
+            list_calls += [([p.priority_key(level) for level in range(levels)], [])
+                           for p in parts]
+        elif queue_type != "PubSub":
+            stream_calls += [([p.queue_key], []) for p in parts]
     with translate_errors("read the oldest waiting message"):
-        results = await script.run_batched(client, calls)
-    age = 0.0
-    for result in results:
-        if isinstance(result, Exception):
-            raise classify(result) from None
-        now, oldest = (int(x) for x in result)
-        if oldest >= 0:
-            age = max(age, (now - oldest) / 1000)
-    return age
+        streams = iter(await STREAM.run_batched(client, stream_calls))
+        lists = iter(await LIST.run_batched(client, list_calls))
+    out: list[float | None] = []
+    for parts, queue_type, _ in queues:
+        if queue_type == "PubSub":
+            out.append(None)
+            continue
+        source = lists if queue_type == "List" else streams
+        age = 0.0
+        for _ in parts:
+            result = next(source)
+            if isinstance(result, Exception):
+                raise classify(result) from None
+            now, oldest = (int(x) for x in result)
+            if oldest >= 0:
+                age = max(age, (now - oldest) / 1000)
+        out.append(age)
+    return out
 
 
 async def retry_counters(client: Any, parts: Sequence[PartitionKeys],
@@ -138,28 +153,42 @@ async def retry_counters(client: Any, parts: Sequence[PartitionKeys],
     """The cumulative retry and delivery counters of every partition; None for a PubSub
     channel (nothing is stored, nothing retried). A Stream's deliveries are its groups'
     ``entries-read`` (None where Redis cannot tell), a List's the SDK's count."""
-    if queue_type == "PubSub":
-        return None
-    stream = queue_type == "Stream"
+    return (await retry_counters_many(client, [(parts, queue_type)]))[0]
+
+
+async def retry_counters_many(client: Any,
+                              queues: Sequence[tuple[Sequence[PartitionKeys], str]]
+                              ) -> list[RetryCounters | None]:
+    """`retry_counters` of many queues of one server: one pipeline for all of them."""
     calls: list[tuple[list[str], list[Any]]] = [
-        ([p.stats, p.queue_key] if stream else [p.stats], []) for p in parts]
+        ([p.stats, p.queue_key] if queue_type == "Stream" else [p.stats], [])
+        for parts, queue_type in queues if queue_type != "PubSub" for p in parts]
     with translate_errors("read the retry counters"):
-        results = await COUNTERS.run_batched(client, calls)
-    retries: dict[int, int] = {}
-    deliveries: dict[tuple[int, str], int | None] = {}
-    positions: dict[tuple[int, str], str] = {}
-    for p, result in zip(parts, results, strict=True):
-        if isinstance(result, Exception):
-            raise classify(result) from None
-        # Consumers may HINCRBY these by any amount: a negative count is not a count
-        # (0; the SLO window takes a decrease for a reset).
-        retries[p.partition] = max(0, int(result[0]))
-        if not stream:
-            deliveries[(p.partition, "")] = max(0, int(result[1]))
+        results = iter(await COUNTERS.run_batched(client, calls))
+    out: list[RetryCounters | None] = []
+    for parts, queue_type in queues:
+        if queue_type == "PubSub":
+            out.append(None)
             continue
-        groups = result[2:]
-        for name, read, last in zip(groups[0::3], groups[1::3], groups[2::3], strict=True):
-            key = (p.partition, as_text(name, errors="strict"))
-            deliveries[key] = int(read) if int(read) >= 0 else None
-            positions[key] = as_text(last, errors="strict")
-    return RetryCounters(retries, deliveries, positions)
+        stream = queue_type == "Stream"
+        retries: dict[int, int] = {}
+        deliveries: dict[tuple[int, str], int | None] = {}
+        positions: dict[tuple[int, str], str] = {}
+        for p in parts:
+            result = next(results)
+            if isinstance(result, Exception):
+                raise classify(result) from None
+            # Consumers may HINCRBY these by any amount: a negative count is not a count
+            # (0; the SLO window takes a decrease for a reset).
+            retries[p.partition] = max(0, int(result[0]))
+            if not stream:
+                deliveries[(p.partition, "")] = max(0, int(result[1]))
+                continue
+            groups = result[2:]
+            for name, read, last in zip(groups[0::3], groups[1::3], groups[2::3],
+                                        strict=True):
+                key = (p.partition, as_text(name, errors="strict"))
+                deliveries[key] = int(read) if int(read) >= 0 else None
+                positions[key] = as_text(last, errors="strict")
+        out.append(RetryCounters(retries, deliveries, positions))
+    return out

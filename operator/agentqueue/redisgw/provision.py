@@ -32,7 +32,7 @@ from . import functions, users
 from .connection import RedisClient, primaries
 from .errors import classify, is_busygroup, translate_errors
 
-__all__ = ["apply", "delete_queue_data", "figures", "observe_queue"]
+__all__ = ["apply", "delete_queue_data", "figures", "observe_queue", "observe_queues"]
 
 #: Placeholder group used only to create an empty stream (see planning.queue_plan).
 PROVISION_GROUP = "aq.provision"
@@ -60,37 +60,38 @@ def _raise_unexpected(results: Sequence[Any]) -> None:
 async def observe_queue(client: RedisClient, namespace: str, name: str,
                         spec: AgentQueueSpec) -> ObservedQueue:
     """Types, lengths, memory and metadata of every partition, and the library version."""
-    qtype = QueueType(spec.type)
-    parts = keys.partition_keys(namespace, name, spec.partitions)
-    levels = spec.priority_levels if qtype is QueueType.LIST else 1
-    per_part = 0
-    with translate_errors(f"observe queue {namespace}/{name}"):
-        async with client.pipeline(transaction=False) as pipe:
-            for p in parts:
-                queue_keys = [p.priority_key(level) for level in range(levels)]
-                pipe.type(p.queue_key)
-                pipe.type(p.dead_letter)
-                pipe.type(p.retry)
-                pipe.hgetall(p.meta)
-                for k in queue_keys:
-                    if qtype is QueueType.LIST:
-                        pipe.llen(k)
-                    else:
-                        pipe.exists(k)  # placeholder keeps the layout fixed
-                if qtype is QueueType.STREAM:
-                    pipe.xlen(p.queue_key)
-                else:
-                    pipe.exists(p.queue_key)
-                pipe.xlen(p.dead_letter)
-                pipe.zcard(p.retry)
-                for k in [*queue_keys, p.dead_letter, p.retry, p.meta]:
-                    pipe.memory_usage(k)
-                per_part = 4 + len(queue_keys) + 3 + len(queue_keys) + 3
-            results = await pipe.execute(raise_on_error=False)
-        _raise_unexpected(results)
-        versions = (await functions.library_versions(client)
-                    if qtype is not QueueType.PUBSUB else {})
+    return (await observe_queues(client, [(namespace, name, spec)]))[0]
 
+
+def _queue_commands(pipe: Any, parts: Sequence[keys.PartitionKeys], qtype: QueueType,
+                    levels: int) -> int:
+    """Queue the observation of `parts` on `pipe`; returns the commands per partition."""
+    per_part = 0
+    for p in parts:
+        queue_keys = [p.priority_key(level) for level in range(levels)]
+        pipe.type(p.queue_key)
+        pipe.type(p.dead_letter)
+        pipe.type(p.retry)
+        pipe.hgetall(p.meta)
+        for k in queue_keys:
+            if qtype is QueueType.LIST:
+                pipe.llen(k)
+            else:
+                pipe.exists(k)  # placeholder keeps the layout fixed
+        if qtype is QueueType.STREAM:
+            pipe.xlen(p.queue_key)
+        else:
+            pipe.exists(p.queue_key)
+        pipe.xlen(p.dead_letter)
+        pipe.zcard(p.retry)
+        for k in [*queue_keys, p.dead_letter, p.retry, p.meta]:
+            pipe.memory_usage(k)
+        per_part = 4 + len(queue_keys) + 3 + len(queue_keys) + 3
+    return per_part
+
+
+def _parse_partitions(parts: Sequence[keys.PartitionKeys], qtype: QueueType, levels: int,
+                      results: Sequence[Any], per_part: int) -> tuple[ObservedPartition, ...]:
     observed = []
     for i, p in enumerate(parts):
         r = results[i * per_part:(i + 1) * per_part]
@@ -115,9 +116,41 @@ async def observe_queue(client: RedisClient, namespace: str, name: str,
             {as_text(k, errors="strict"): as_text(v, errors="strict")
              for k, v in (meta or {}).items()},
         ))
-    return ObservedQueue(namespace, name, str(qtype), tuple(observed),
-                         library_versions=versions,
-                         library_wanted=functions.LIBRARY_VERSION)
+    return tuple(observed)
+
+
+async def observe_queues(client: RedisClient,
+                         queues: Sequence[tuple[str, str, AgentQueueSpec]]
+                         ) -> list[ObservedQueue]:
+    """`observe_queue` for many queues of one server: one pipelined round trip for all
+    of them (the keeper's drift check), and the library version read once."""
+    if not queues:
+        return []
+    layout = []
+    with translate_errors(f"observe {len(queues)} queue(s)"):
+        async with client.pipeline(transaction=False) as pipe:
+            for namespace, name, spec in queues:
+                qtype = QueueType(spec.type)
+                parts = keys.partition_keys(namespace, name, spec.partitions)
+                levels = spec.priority_levels if qtype is QueueType.LIST else 1
+                layout.append((parts, qtype, levels, _queue_commands(pipe, parts, qtype,
+                                                                      levels)))
+            results = await pipe.execute(raise_on_error=False)
+        _raise_unexpected(results)
+        versions = (await functions.library_versions(client)
+                    if any(q[2].type != QueueType.PUBSUB for q in queues) else {})
+    out = []
+    at = 0
+    for (namespace, name, _), (parts, qtype, levels, per_part) in zip(queues, layout,
+                                                                       strict=True):
+        size = per_part * len(parts)
+        out.append(ObservedQueue(
+            namespace, name, str(qtype),
+            _parse_partitions(parts, qtype, levels, results[at:at + size], per_part),
+            library_versions=versions if qtype is not QueueType.PUBSUB else {},
+            library_wanted=functions.LIBRARY_VERSION))
+        at += size
+    return out
 
 
 STREAM_MAX_ID = "18446744073709551615-18446744073709551615"
@@ -126,21 +159,28 @@ STREAM_MAX_ID = "18446744073709551615-18446744073709551615"
 
 async def exhausted_streams(client: RedisClient, observed: ObservedQueue) -> list[str]:
     """The queue's and dead-letter streams that can take no more entries: their last
-    generated ID is the largest possible (someone added an entry with that ID). One
-    pipelined XINFO STREAM per existing stream."""
-    streams = [k for p in observed.partitions
-               for k, t in ((p.queue_key, p.queue_key_type),
-                            (keys.PartitionKeys(observed.namespace, observed.name,
-                                                p.index).dead_letter, p.dead_letter_type))
-               if t == "stream"]
+    generated ID is the largest possible (someone added an entry with that ID)."""
+    return (await exhausted_streams_many(client, [observed]))[0]
+
+
+async def exhausted_streams_many(client: RedisClient, queues: Sequence[ObservedQueue]
+                                 ) -> list[list[str]]:
+    """`exhausted_streams` of many queues: one pipelined XINFO STREAM per existing
+    stream of all of them."""
+    per_queue = [[k for p in observed.partitions
+                  for k, t in ((p.queue_key, p.queue_key_type),
+                               (keys.PartitionKeys(observed.namespace, observed.name,
+                                                   p.index).dead_letter, p.dead_letter_type))
+                  if t == "stream"] for observed in queues]
+    streams = [k for ks in per_queue for k in ks]
     if not streams:
-        return []
-    with translate_errors(f"observe queue {observed.namespace}/{observed.name}"):
+        return [[] for _ in queues]
+    with translate_errors("observe queue streams"):
         async with client.pipeline(transaction=False) as pipe:
             for k in streams:
                 pipe.execute_command("XINFO", "STREAM", k)
             results = await pipe.execute(raise_on_error=False)
-    out = []
+    full = set()
     for key, info in zip(streams, results, strict=True):
         if isinstance(info, Exception):
             continue  # deleted meanwhile
@@ -148,8 +188,8 @@ async def exhausted_streams(client: RedisClient, observed: ObservedQueue) -> lis
                                                               strict=False))
         last = fields.get("last-generated-id", fields.get(b"last-generated-id"))
         if last is not None and as_text(last, errors="strict") == STREAM_MAX_ID:
-            out.append(key)
-    return out
+            full.add(key)
+    return [[k for k in ks if k in full] for ks in per_queue]
 
 
 def figures(observed: ObservedQueue) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from .connection import RedisClient, node_name, primaries
 from .errors import translate_errors
 
 __all__ = [
+    "acl_digests",
     "delete_user",
     "ensure_user",
     "get_user",
@@ -157,3 +158,28 @@ async def list_usernames(client: RedisClient, prefix: str = "aq.") -> set[str]:
                 if text.startswith(prefix):
                     names.add(text)
     return names
+
+
+UserDigest = tuple[bytes | None, ...]
+"""A user's ACL LIST line on each primary (in the client's node order), hashed; None
+where the user does not exist."""
+
+
+async def acl_digests(client: RedisClient, prefix: str = "aq.") -> dict[str, UserDigest]:
+    """Every user whose name starts with `prefix`, by a digest of its ACL LIST line on
+    each primary: one ACL LIST per primary for all users (the keeper's drift check),
+    instead of an ACL GETUSER per user. The lines hold password hashes: only their
+    digests leave this function."""
+    nodes = await primaries(client)
+    found: dict[str, list[bytes | None]] = {}
+    marker = f"user {prefix}".encode()
+    with translate_errors("list ACL rules"):
+        for i, node in enumerate(nodes):
+            for raw in await node.execute_command("ACL", "LIST"):
+                line = raw if isinstance(raw, bytes) else str(raw).encode()
+                if not line.startswith(marker):
+                    continue
+                name = line.split(b" ", 2)[1].decode(errors="replace")
+                digests = found.setdefault(name, [None] * len(nodes))
+                digests[i] = hashlib.blake2b(line, digest_size=8).digest()
+    return {name: tuple(d) for name, d in found.items()}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,22 @@ STALE_FIGURES_MIN_S = 10.0
 
 
 @dataclass
+class PreObserved:
+    """What the queue keeper read of one queue in its batched round trips (one per
+    kind of read for every queue on the server), so a drift check that finds nothing
+    to repair costs this queue no Redis call of its own."""
+
+    observed: provision.ObservedQueue
+    counters: slo.RetryCounters | None
+    waiting_age: float | None
+    jammed: list[str]
+    user_ok: Callable[[str], bool]
+    """Whether a user's ACL rules are as last verified (their ACL LIST digest)."""
+    secret_reads: list[int] = field(default_factory=lambda: [1 << 30])
+    """The keeper's budget of Secret re-reads left this round (shared by its queues)."""
+
+
+@dataclass
 class QueueOutcome:
     status: dict[str, Any]
     repaired: list[str] = field(default_factory=list)
@@ -41,6 +59,9 @@ class QueueOutcome:
     """How the Redis server is configured to lose data (planning/server_risks)."""
     problem: tuple[str, str] | None = None
     """(reason, message) that makes the queue Ready=False although it is provisioned."""
+    verified_users: list[str] = field(default_factory=list)
+    """Users compared with ACL GETUSER and found as wanted (the keeper records their
+    ACL LIST digests)."""
 
 
 DEFAULT_MAX_SCHEMA_BYTES = 32 * 1024
@@ -146,8 +167,33 @@ needs no Kubernetes call), and a Secret deleted or edited by hand is rewritten a
 next re-read (5 min with the default 30 s interval)."""
 
 
+def secret_recheck_after(rt: Runtime, secret: str) -> float:
+    """Seconds between re-reads of a credentials Secret by the drift check: at most ten
+    drift intervals, spread down to five by the Secret's name so that queues created
+    together are not all re-read in the same round."""
+    spread = 1 - (zlib.crc32(secret.encode()) % 1000) / 2000
+    return SECRET_RECHECK_DRIFTS * rt.config.drift_interval * spread
+
+
+def time_due(rt: Runtime, body: dict[str, Any], spec: AgentQueueSpec, now: float) -> bool:
+    """Whether a drift check must reconcile the queue whatever it observed: credentials
+    to rotate, a grace period running or over, a credentials Secret to re-read."""
+    meta = body["metadata"]
+    creds = (body.get("status") or {}).get("credentials") or {}
+    if rotation_due(spec, meta.get("annotations") or {}, creds, now):
+        return True
+    if creds.get("previousExpires"):
+        return True
+    for _, entry in spec.access.entries():
+        sname = keys.secret_name(meta["name"], entry.name)
+        seen = rt.secrets_seen.get((meta["namespace"], sname))
+        if seen is None or now - seen[0] >= secret_recheck_after(rt, sname):
+            return True
+    return False
+
+
 async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
-                          drift: bool = False) -> QueueOutcome:
+                          drift: bool = False, pre: PreObserved | None = None) -> QueueOutcome:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec = rt.parsed_spec("AgentQueue", body, lambda raw: parse_spec(
@@ -159,7 +205,8 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
 
     # --- observe
     risks = await rt.server_risks(target, client)
-    observed = await provision.observe_queue(client, ns, name, spec)
+    observed = (pre.observed if pre is not None
+                else await provision.observe_queue(client, ns, name, spec))
     creds = dict(status.get("credentials") or {})
     rotate_reason = rotation_due(spec, meta.get("annotations") or {}, creds, now)
     previous_expires = _parse_time(creds.get("previousExpires"))
@@ -176,15 +223,24 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
 
     # --- users: one per access entry, passwords only in Secrets
     user_status = []
+    verified: list[str] = []
     for role, entry in spec.access.entries():
         username = keys.acl_username(ns, name, entry.name)
         sname = keys.secret_name(name, entry.name)
         rules = acl.acl_rules(role, ns, name, spec.type, spec.partitions)
         seen = rt.secrets_seen.get((ns, sname))
-        if (drift and seen is not None and not rotate_reason and not in_grace
-                and now - seen[0] < SECRET_RECHECK_DRIFTS * rt.config.drift_interval):
-            if await users.ensure_user(client, username, rules, [seen[1]]):
+        fresh = seen is not None and now - seen[0] < secret_recheck_after(rt, sname)
+        if (drift and seen is not None and not fresh and pre is not None
+                and not rotate_reason and not in_grace):
+            fresh = pre.secret_reads[0] <= 0  # over this round's budget: the next one
+            pre.secret_reads[0] -= 1
+        if drift and seen is not None and fresh and not rotate_reason and not in_grace:
+            if pre is not None and previous_expires is None and pre.user_ok(username):
+                pass  # its ACL LIST line is as verified: no GETUSER
+            elif await users.ensure_user(client, username, rules, [seen[1]]):
                 repaired.append(f"ACL user {username}")
+            else:
+                verified.append(username)
             user_status.append({"name": entry.name, "role": str(role), "username": username,
                                 "secretName": sname})
             continue
@@ -217,6 +273,8 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
         changed = await users.ensure_user(client, username, rules, hashes)
         if changed and existing is not None and not rotate_reason:
             repaired.append(f"ACL user {username}")
+        if not changed:
+            verified.append(username)
         # The Secret is written after Redis accepted the password, never before.
         await rt.kube.apply_secret(
             ns, sname, secret_data(target, ns, name, spec, role, username, password,
@@ -262,23 +320,26 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
     # The SLO's waiting age, read with this observation and only when it is asked for;
     # the retry counters every time (agentqueue_queue_retries_total, maxRetryRate).
     parts = keys.partition_keys(ns, name, spec.partitions)
-    waiting_age = None
-    if spec.slo is not None and spec.slo.max_waiting_age is not None:
-        waiting_age = await backlog.oldest_waiting_age(client, parts, str(spec.type),
-                                                       spec.priority_levels)
-    counters = await backlog.retry_counters(client, parts, str(spec.type))
+    if pre is not None and not actions:  # read by the keeper with everything else
+        waiting_age, counters, jammed = pre.waiting_age, pre.counters, pre.jammed
+    else:
+        waiting_age = None
+        if spec.slo is not None and spec.slo.max_waiting_age is not None:
+            waiting_age = await backlog.oldest_waiting_age(client, parts, str(spec.type),
+                                                           spec.priority_levels)
+        counters = await backlog.retry_counters(client, parts, str(spec.type))
+        jammed = (await provision.exhausted_streams(client, after)
+                  if spec.type == "Stream" else [])
     sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age,
                              counters=counters)
     problem = None
-    jammed = (await provision.exhausted_streams(client, after)
-              if spec.type == "Stream" else [])
     if jammed:
         problem = (reasons.QUEUE_EXHAUSTED,
                    f"stream(s) {', '.join(jammed)} can take no more entries: an entry with "
                    f"the largest possible ID ({provision.STREAM_MAX_ID}) was added; "
                    "sends fail until an administrator moves the entries to a new stream")
     return QueueOutcome(new_status, repaired, bool(rotate_reason), target, sample, risks,
-                        problem)
+                        problem, verified)
 
 
 async def _provisioned_entries(client: Any, namespace: str, queue: str) -> list[str]:

@@ -88,8 +88,14 @@ async def apply_policy(rt: Runtime, body: dict[str, Any]) -> PolicyOutcome:
     spec = parse_spec(body.get("spec") or {})
     settings = RetentionSettings.from_spec(spec)
     previous = body.get("status") or {}
-    queues = await rt.kube.list_objects("agentqueues", ns)
-    policies = await rt.kube.list_objects("retentionpolicies", ns)
+    # From the watch (keepers/objects.py), not a LIST per run: a namespace with 10,000
+    # queues would otherwise cost a 10,000-item read every interval per policy.
+    queues = [q for q in rt.objects.of_kind("AgentQueue")
+              if q["metadata"]["namespace"] == ns and not q["metadata"].get("deletionTimestamp")]
+    policies = [p for p in rt.objects.of_kind("RetentionPolicy")
+                if p["metadata"]["namespace"] == ns]
+    if not any(p["metadata"]["name"] == name for p in policies):
+        policies.append(body)  # its own watch event may not have been stored yet
     refs = [(p["metadata"]["name"], p["metadata"].get("creationTimestamp", ""),
              (p.get("spec") or {}).get("selector")) for p in policies]
     matched: list[str] = []
@@ -149,3 +155,26 @@ async def apply_policy(rt: Runtime, body: dict[str, Any]) -> PolicyOutcome:
         events.warn(body, reasons.POLICY_CONFLICT, "; ".join(conflicts))
 
     return PolicyOutcome(status)
+
+
+async def apply_and_report(rt: Runtime, plain: dict[str, Any], raise_errors: bool) -> None:
+    """Apply the policy once and write its status (handlers and the retention keeper)."""
+    from .report import ready_status, run_reconcile, write_status
+
+    meta = plain["metadata"]
+    async with rt.locked("RetentionPolicy", meta["namespace"], meta["name"]):
+        outcome = await run_reconcile(rt, "RetentionPolicy", "retentionpolicies", plain,
+                                      lambda: apply_policy(rt, plain),
+                                      raise_errors=raise_errors)
+        if outcome is None:
+            return
+        msg = (f"applies to {len(outcome.status['matchedQueues'])} queue(s)"
+               + (f"; {len(outcome.status['conflicts'])} conflict(s)"
+                  if outcome.status["conflicts"] else ""))
+        status = ready_status(plain, True, reasons.ACTIVE, msg, outcome.status)
+        conflicts = outcome.status["conflicts"]
+        status["conditions"] = set_condition(
+            status["conditions"], reasons.POLICY_CONFLICT, bool(conflicts),
+            reasons.POLICY_CONFLICT if conflicts else reasons.NO_CONFLICT, "; ".join(conflicts),
+            meta.get("generation"))
+        await write_status(rt, "retentionpolicies", plain, status)

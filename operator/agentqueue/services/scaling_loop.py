@@ -1,4 +1,6 @@
-"""The per-ConsumerGroup loop: poll (shared hub) → decide (pure) → scale → status.
+"""A ConsumerGroup's tick: poll (shared hub) → decide (pure) → scale → status, in two
+halves around the poll (`prepare`, `settle`) that the group keeper (keepers/groups.py)
+calls from the poll's callbacks.
 
 Stream and List groups share it; a List group has no Redis group to sweep or recreate
 (its waiting work: redisgw/list_work.py).
@@ -8,7 +10,6 @@ waiting, for the cooldown) live in status, as KEDA does."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -16,11 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import kopf
-
 from .. import events, reasons
 from ..conditions import now_iso, set_condition
-from ..kube import KubeError, KubeNotFound
+from ..kube import KubeNotFound
 from ..metrics import GroupFigures
 from ..models import parse_duration
 from ..planning import conflicts, scaling
@@ -69,37 +68,33 @@ class LoopState:
     quiet: Quiet | None = None
 
 
-async def run(rt: Runtime, get_body: Callable[[], dict[str, Any]], stopped: kopf.DaemonStopped,
-              logger: kopf.Logger) -> None:
-    state = LoopState()
-    try:
-        while not stopped:
-            body = get_body()
-            try:
-                await tick(rt, body, state, logger)
-            except (SpecProblem, Waiting):
-                await asyncio.sleep(2.0)  # the create/update handler reports these
-            except (RedisError, KubeError) as exc:
-                logger.warning("scaling tick failed", extra={"error": str(exc)})
-                await asyncio.sleep(1.0)
-    finally:
-        meta = get_body()["metadata"]
-        if meta.get("deletionTimestamp"):
-            # The delete handler forgets the series too, but only when it can still
-            # resolve the queue; a group outliving its queue must not leave them behind.
-            rt.metrics.forget_group(meta["namespace"], meta["name"])
+@dataclass
+class PollRequest:
+    """What a group asks of its server's shared poll (pollhub) before its next tick."""
+
+    server: str
+    get_client: Callable[[], Any]
+    request: GroupTarget
+    interval: float
+    quiet: Quiet | None
 
 
-async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
-               logger: kopf.Logger) -> None:
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
+def _ready_condition(body: dict[str, Any]) -> dict[str, Any]:
     status = body.get("status") or {}
     ready = next((c for c in status.get("conditions") or [] if c.get("type") == reasons.READY),
                  None)
     if not ready or ready.get("reason") not in (reasons.ACTIVE, reasons.REDIS_UNAVAILABLE,
                                                  reasons.FALLBACK):
         raise Waiting(reasons.RECONCILING, "group not reconciled yet", 1.0)
+    return ready
+
+
+async def prepare(rt: Runtime, body: dict[str, Any], state: LoopState) -> PollRequest:
+    """Before a tick: the group's context (cached), and what to ask of the poll."""
+    meta = body["metadata"]
+    ns = meta["namespace"]
+    status = body.get("status") or {}
+    _ready_condition(body)
     if not state.loaded:
         state.dead_lettered = int(status.get("deadLettered") or 0)
         cursor = status.get("deadLetterCursor")
@@ -112,8 +107,7 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
     key = (meta.get("generation"), rt.queue_versions.get((ns, queue_ref), 0))
     if state.ctx is None or state.ctx_key != key or time.monotonic() - state.ctx_at > CTX_TTL_S:
         if state.ctx_key != key:
-            # The spec changed since the last tick chose to stay quiet (the handler's
-            # poke only reaches a loop already waiting in the hub): decide again now.
+            # The spec changed since the last tick chose to stay quiet: decide again now.
             state.quiet = None
         state.ctx = await svc.resolve(rt, body)
         state.ctx_key, state.ctx_at = key, time.monotonic()
@@ -124,8 +118,34 @@ async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
     request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions,
                           ctx.queue_spec.type, ctx.queue_spec.priority_levels,
                           int(parse_duration(spec.visibility_timeout) * 1000))
-    result = await rt.hub.next(ctx.target.key, lambda: rt.redis.get(ctx.target), (ns, name),
-                               request, interval, state.quiet)
+    target = ctx.target
+    return PollRequest(target.key, lambda: rt.redis.get(target), request, interval,
+                       state.quiet)
+
+
+async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
+               logger: Any) -> None:
+    """One whole tick, awaiting the poll (tests; the group keeper drives prepare and
+    settle from the poll's callbacks)."""
+    meta = body["metadata"]
+    ask = await prepare(rt, body, state)
+    result = await rt.hub.next(ask.server, ask.get_client, (meta["namespace"], meta["name"]),
+                               ask.request, ask.interval, ask.quiet)
+    await settle(rt, body, state, result, logger)
+
+
+async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: PollResult,
+                 logger: Any) -> None:
+    """After the poll: sweep, count dead letters, decide and scale, status and metrics."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    status = body.get("status") or {}
+    ready = _ready_condition(body)
+    ctx = state.ctx
+    if ctx is None:
+        raise Waiting(reasons.RECONCILING, "group not resolved yet", 1.0)
+    spec = ctx.spec
+    interval = max(parse_duration(spec.scaling.poll_interval), rt.config.min_poll_interval)
     state.quiet = None
     now = time.time()
     gen = meta.get("generation")

@@ -1,0 +1,26 @@
+"""Every watch event of our kinds updates the object store the keepers read
+(keepers/objects.py): the latest body of each object, without a daemon holding it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from .. import GROUP, VERSION
+from ..runtime import Runtime
+
+
+@kopf.on.event(GROUP, VERSION, "agentqueues")
+@kopf.on.event(GROUP, VERSION, "consumergroups")
+@kopf.on.event(GROUP, VERSION, "retentionpolicies")
+async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    rt: Runtime | None = getattr(memo, "runtime", None)
+    if rt is None:
+        return
+    kind = str(body.get("kind") or "")
+    if type == "DELETED":
+        meta = body["metadata"]
+        rt.objects.drop(kind, meta["namespace"], meta["name"])
+        return
+    rt.objects.put(kind, body)
