@@ -9,10 +9,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentqueue import reasons
 from agentqueue.conditions import merge_changed, set_condition
-from agentqueue.metrics import GroupFigures, Metrics
+from agentqueue.metrics import GroupReport, Metrics
 from agentqueue.models.queue import SLOSpec
 from agentqueue.planning import slo
 from agentqueue.planning.slo import GroupSample, QueueLoad, QueueSample, RetryCounters, RetryWindow
+from agentqueue.redisgw.poller import GroupFigures
 
 SLO = SLOSpec(max_depth=10, max_waiting_age="30s", max_retry_rate=0.02)
 
@@ -299,15 +300,18 @@ def test_group_figures_freshness_feeds_the_load() -> None:
     from agentqueue.models import AgentQueueSpec
     from agentqueue.services.queues import slo_load
 
-    m = Metrics()
     spec = AgentQueueSpec.from_wire({"slo": {"maxDepth": 1}})
-    m.groups[("ns", "fresh")] = GroupFigures(queue="q", lag=5, observed_at=1000.0)
-    m.groups[("ns", "old")] = GroupFigures(queue="q", lag=50, observed_at=900.0)
-    m.groups[("ns", "other")] = GroupFigures(queue="elsewhere", lag=70, observed_at=1000.0)
-    load = slo_load(m, "ns", "q", spec, QueueSample(0, None), ["fresh", "old", "other"],
-                    now=1001.0)
+    reports = {
+        ("ns", "fresh"): GroupReport("q", GroupFigures(lag=5, waiting=5), observed_at=1000.0),
+        ("ns", "old"): GroupReport("q", GroupFigures(lag=50, waiting=50), observed_at=900.0),
+        ("ns", "other"): GroupReport("elsewhere", GroupFigures(lag=70, waiting=70),
+                                     observed_at=1000.0),
+        ("ns", "unread"): GroupReport("q", None, observed_at=1000.0),
+    }
+    load = slo_load(reports, "ns", "q", spec, QueueSample(0, None),
+                    ["fresh", "old", "other", "unread"], now=1001.0)
     assert load.depth == 5
-    assert load.notes == ("no current figures from ConsumerGroup(s) old, other",)
+    assert load.notes == ("no current figures from ConsumerGroup(s) old, other, unread",)
 
 
 # --- conditions of two writers ------------------------------------------------------------

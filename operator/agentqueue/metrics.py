@@ -9,12 +9,14 @@ only labels are namespace, queue, group, partition).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from .redisgw.poller import GroupFigures as PolledFigures
 
 NS = "agentqueue"
 
@@ -29,20 +31,23 @@ class QueueFigures:
 
 
 @dataclass
-class GroupFigures:
+class GroupReport:
+    """What the group keeper last observed of a ConsumerGroup: the poller's figures as
+    they came (one type from the poll to status, the SLO and these metrics; nothing
+    copied field by field), and what the keeper did. Owned by the keeper
+    (keepers/groups.py `reports`); metrics only read it."""
+
     queue: str
-    lag: float = 0
-    pending: float = 0
-    due_retries: float = 0
-    oldest_pending_age_seconds: float = 0
-    consumers: float = 0
-    current_replicas: float | None = None
-    desired_replicas: float | None = None
-    reclaimed_total: float = 0
-    dead_lettered_total: float = 0
+    figures: PolledFigures | None = None
+    """As last read; kept (with `observed_at`) while Redis cannot be read, rather than
+    dropped to zero as if the work were done. None: never read."""
     observed_at: float | None = None
     """When Redis was last read for these figures (epoch seconds); None: never."""
     poll_interval_s: float = 1.0
+    current_replicas: int | None = None
+    desired_replicas: int | None = None
+    reclaimed_total: int = 0
+    dead_lettered_total: int = 0
 
 
 _QUEUE_GAUGES = {
@@ -108,12 +113,19 @@ class _SnapshotCollector(Collector):
                                       labels=glabels)
         dead = CounterMetricFamily(f"{NS}_group_dead_lettered",
                                    "Entries moved to the dead-letter queue.", labels=glabels)
-        for (ns, group), g in sorted(self.m.groups.items()):
+        for (ns, group), g in sorted(self.m.group_reports.items()):
             labels = [ns, g.queue, group]
+            f = g.figures
+            shown: dict[str, float | None] = {
+                "lag": f.lag if f else 0, "pending": f.pending if f else 0,
+                "due_retries": f.due_retries if f else 0,
+                "oldest_pending_age_seconds": f.oldest_pending_age_s if f else 0,
+                "consumers": f.consumers if f else 0,
+                "current_replicas": g.current_replicas, "desired_replicas": g.desired_replicas}
             for key, family in gfam.items():
-                value = getattr(g, key)
-                if value is not None:
-                    family.add_metric(labels, value)
+                shown_value = shown[key]
+                if shown_value is not None:
+                    family.add_metric(labels, shown_value)
             reclaimed.add_metric(labels, g.reclaimed_total)
             dead.add_metric(labels, g.dead_lettered_total)
         yield from gfam.values()
@@ -124,7 +136,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.queues: dict[tuple[str, str], QueueFigures] = {}
-        self.groups: dict[tuple[str, str], GroupFigures] = {}
+        self.group_reports: Mapping[tuple[str, str], GroupReport] = {}
+        """The group keeper's reports (set by the Runtime); read at each scrape."""
         self.reconcile_duration = Histogram(
             f"{NS}_reconcile_duration_seconds", "Time spent reconciling one object.",
             ["kind"], registry=self.registry,
@@ -168,5 +181,3 @@ class Metrics:
     def forget_queue(self, namespace: str, queue: str) -> None:
         self.queues.pop((namespace, queue), None)
 
-    def forget_group(self, namespace: str, group: str) -> None:
-        self.groups.pop((namespace, group), None)

@@ -42,8 +42,10 @@ if TYPE_CHECKING:
     from .keepers.groups import GroupKeeper
     from .keepers.queues import QueueKeeper
     from .keepers.retention import RetentionKeeper
+    from .status import StatusWriter
 
 log = logging.getLogger("agentqueue.runtime")
+LIST_SHARE_S = 2.0
 T = TypeVar("T")
 K = TypeVar("K")
 
@@ -202,21 +204,60 @@ class Runtime:
     queue_waits: Waits[tuple[str, str]] = field(default_factory=lambda: Waits())
     """Per AgentQueue ConsumerGroups wait for (to appear or become Ready): fired when the
     queue's handlers have run, so the groups retry at once instead of after a delay."""
+    _lists: dict[tuple[str, str], tuple[float, asyncio.Future[list[dict[str, Any]]]]] = field(
+        default_factory=dict)
     objects: Objects = field(default_factory=Objects)
     """The latest (trimmed) body of every object of our kinds, from the watch."""
     groups: GroupKeeper = field(init=False)
     queues: QueueKeeper = field(init=False)
     retention: RetentionKeeper = field(init=False)
+    status: StatusWriter = field(init=False)
+    """The one writer of every object's status (status.py)."""
 
     def __post_init__(self) -> None:
         # The keepers call the services, which use this module.
         from .keepers.groups import GroupKeeper
         from .keepers.queues import QueueKeeper
         from .keepers.retention import RetentionKeeper
+        from .status import StatusWriter
 
+        self.status = StatusWriter(self.kube, self.objects)
         self.groups = GroupKeeper(self)
+        self.metrics.group_reports = self.groups.reports
         self.queues = QueueKeeper(self)
         self.retention = RetentionKeeper(self)
+
+    async def list_including(self, plural: str, namespace: str, name: str
+                             ) -> list[dict[str, Any]]:
+        """The objects of `plural` in `namespace`, from one LIST shared by the callers of
+        the last LIST_SHARE_S seconds whose object it contains (a LIST that contains an
+        object was read after that object was created, so it has every object created
+        before it: what the creation-order conflict rules need). 1,000 ConsumerGroups
+        created at once then cost a few LISTs, not 1,000 LISTs of up to 1,000 items."""
+        key = (plural, namespace)
+        now = time.monotonic()
+        cached = self._lists.get(key)
+        if cached is not None:
+            at, pending = cached
+            if not pending.done() or now - at < LIST_SHARE_S:
+                try:
+                    items = await asyncio.shield(pending)
+                except Exception:  # noqa: BLE001 - the LIST below reports it
+                    items = None
+                if items is not None and any(o["metadata"]["name"] == name for o in items):
+                    return items
+        future: asyncio.Future[list[dict[str, Any]]] = (
+            asyncio.get_running_loop().create_future())
+        self._lists[key] = (time.monotonic(), future)
+        try:
+            items = await self.kube.list_objects(plural, namespace)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: no "never retrieved" warning
+            self._lists.pop(key, None)
+            raise
+        future.set_result(items)
+        return items
 
     def parsed_spec(self, kind: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
         """`parse(body.spec)`, cached per object and generation (the API server bumps the
@@ -256,7 +297,7 @@ class Runtime:
         return await self.queue_waits.wait(key, timeout)
 
     def group_figures_updated(self, namespace: str, queue: str) -> None:
-        """A ConsumerGroup of `queue` has fresh figures (see `metrics.groups`): the queue
+        """A ConsumerGroup of `queue` has fresh figures (`groups.reports`): the queue
         keeper re-evaluates the queue's SLO from them without touching Redis."""
         self.queues.figures_updated(namespace, queue)
 

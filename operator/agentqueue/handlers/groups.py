@@ -10,6 +10,7 @@ import kopf
 
 from .. import GROUP, VERSION, events, reasons
 from ..conditions import now_iso, set_condition
+from ..planning.pause import pause_status
 from ..runtime import Runtime
 from ..services import groups as svc
 from ..services.report import ready_status, run_reconcile, snapshot, write_status
@@ -43,27 +44,20 @@ async def _reconcile(rt: Runtime, plain: dict[str, Any], logger: kopf.Logger) ->
         ctx = await run_reconcile(rt, KIND, PLURAL, plain, lambda: svc.reconcile_group(rt, plain))
         assert ctx is not None
         status = plain.get("status") or {}
-        extra: dict[str, Any] = {"groupName": ctx.group}
-        conditions = status.get("conditions")
-        gen = meta.get("generation")
-        if ctx.spec.paused:
-            extra["pausedAt"] = status.get("pausedAt") or now_iso()
-            extra["pausedReason"] = ctx.spec.pause_reason or "paused in the ConsumerGroup spec"
-            conditions = set_condition(conditions, reasons.PAUSED, True, reasons.PAUSED_BY_SPEC,
-                                       extra["pausedReason"], gen)
-            if not status.get("pausedAt"):
-                events.info(plain, reason=reasons.PAUSED_BY_SPEC,
-                          message=f"paused: {extra['pausedReason']}")
-        else:
-            extra["pausedAt"] = None
-            extra["pausedReason"] = None
-            conditions = set_condition(conditions, reasons.PAUSED, False, reasons.NOT_PAUSED, "",
-                                       gen)
-        plain.setdefault("status", {})["conditions"] = conditions
+        pause = pause_status(ctx.spec.paused, ctx.spec.pause_reason, status.get("pausedAt"),
+                             now_iso())
+        extra: dict[str, Any] = {"groupName": ctx.group, "pausedAt": pause.paused_at,
+                                 "pausedReason": pause.paused_reason}
+        conditions = set_condition(status.get("conditions"), reasons.PAUSED, pause.paused,
+                                   pause.reason, pause.message, meta.get("generation"))
+        if pause.event is not None:
+            events.info(plain, reason=pause.event[0], message=pause.event[1])
+        paused = {**plain, "status": {**status, "conditions": conditions}}
         msg = (f"group {ctx.group!r} on {len(ctx.partitions)} partition(s)" if not ctx.is_list
                else f"settings of group {ctx.group!r} on List queue {ctx.spec.queue_ref.name!r}"
                f" ({len(ctx.partitions)} partition(s); no Redis group)")
-        await write_status(rt, PLURAL, plain, ready_status(plain, True, reasons.ACTIVE, msg,
+        # Written over `plain` (what it was computed from): Paused and Ready are changes.
+        await write_status(rt, PLURAL, plain, ready_status(paused, True, reasons.ACTIVE, msg,
                                                            extra))
         logger.info("consumer group reconciled", extra={"group": ctx.group})
 

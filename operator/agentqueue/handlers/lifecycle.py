@@ -11,6 +11,7 @@ from kubernetes import config as k8s_config
 
 from .. import tracing
 from ..config import OperatorConfig, default_redis_from_env
+from ..kube import API_THREADS
 from ..runtime import Runtime
 
 GROUP_PREFIX = "agentqueue.io"
@@ -50,7 +51,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
         k8s_config.load_incluster_config()
     except k8s_config.ConfigException:
         k8s_config.load_kube_config()
-    api = k8s.ApiClient()
+    configuration = k8s.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = API_THREADS  # one connection per API thread
+    api = k8s.ApiClient(configuration)
     memo.runtime = Runtime.create(config, api)
     await memo.runtime.start()
     logger.info("agentqueue operator started",

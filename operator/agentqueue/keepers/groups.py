@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import reasons
 from ..kube import KubeError
+from ..metrics import GroupReport
 from ..pollhub import PollResult
 from ..redisgw.errors import RedisError
 from ..services import scaling_loop
@@ -52,6 +53,9 @@ class GroupKeeper:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.entries: dict[tuple[str, str], _Entry] = {}
+        self.reports: dict[tuple[str, str], GroupReport] = {}
+        """Per group, what its last tick observed and did: read by status, the queue's
+        SLO and the metrics."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
@@ -79,7 +83,10 @@ class GroupKeeper:
             entry.retry.cancel()
         self.rt.hub.forget(key)
         if deleted:
-            self.rt.metrics.forget_group(namespace, name)
+            self.forget_report(namespace, name)
+
+    def forget_report(self, namespace: str, name: str) -> None:
+        self.reports.pop((namespace, name), None)
 
     def _spawn(self, key: tuple[str, str], result: PollResult | None) -> None:
         entry = self.entries.get(key)

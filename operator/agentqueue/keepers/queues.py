@@ -341,7 +341,7 @@ async def update_slo(rt: Runtime, body: dict[str, Any], state: SLOState,
             raw, rt.config.max_schema_bytes))
     except SpecProblem:
         return  # the handler reports it
-    load = svc.slo_load(rt.metrics, ns, name, spec, state.sample, groups, time.time(),
+    load = svc.slo_load(rt.groups.reports, ns, name, spec, state.sample, groups, time.time(),
                         state.retry)
     result = slo.assess(spec.slo, load)
     rt.metrics.set_slo(ns, name, result.gauges if result else {})
@@ -364,17 +364,11 @@ async def update_slo(rt: Runtime, body: dict[str, Any], state: SLOState,
 
 async def _write_slo_condition(rt: Runtime, body: dict[str, Any],
                                condition: tuple[str, str, str] | None) -> None:
-    """Set (or, for None, remove) SLOBreached on the object as it is now."""
-    meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
-    async with rt.locked(KIND, ns, name):
-        fresh = await rt.kube.get_object(PLURAL, ns, name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return
-        conditions = (fresh.get("status") or {}).get("conditions")
-        if condition is None:
-            conditions = remove_condition(conditions, reasons.SLO_BREACHED)
-        else:
-            conditions = set_condition(conditions, reasons.SLO_BREACHED, *condition,
-                                       fresh["metadata"].get("generation"))
-        await write_status(rt, PLURAL, fresh, {"conditions": conditions})
+    """Set (or, for None, remove) SLOBreached, through the status writer."""
+    conditions = (body.get("status") or {}).get("conditions")
+    if condition is None:
+        conditions = remove_condition(conditions, reasons.SLO_BREACHED)
+    else:
+        conditions = set_condition(conditions, reasons.SLO_BREACHED, *condition,
+                                   body["metadata"].get("generation"))
+    await write_status(rt, PLURAL, body, {"conditions": conditions})

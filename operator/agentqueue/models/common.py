@@ -68,6 +68,11 @@ class KubeModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    def to_patch(self) -> dict[str, Any]:
+        """The fields given when it was built, by their wire names (a field given as
+        None stays: in a status patch it deletes the field)."""
+        return self.model_dump(by_alias=True, exclude_unset=True, mode="json")
+
 
 class LocalObjectReference(KubeModel):
     """A reference to an object in the same namespace."""

@@ -67,7 +67,7 @@ async def group_name_claims(rt: Runtime, body: dict[str, Any],
                             spec: ConsumerGroupSpec) -> list[conflicts.Claim]:
     """Other ConsumerGroups (not being deleted) naming the same Redis group on the queue."""
     meta = body["metadata"]
-    others = await rt.kube.list_objects("consumergroups", meta["namespace"])
+    others = await rt.list_including("consumergroups", meta["namespace"], meta["name"])
     return [c for c in conflicts.claims_of(others, queue=spec.queue_ref.name,
                                            group_name=spec.group_name or meta["name"])
             if c.name != meta["name"]]
@@ -90,7 +90,9 @@ async def resolve(rt: Runtime, body: dict[str, Any], *,
                           retry_after=30.0)
     # Read before the queue: a change after it wakes the retry (report.run_reconcile).
     seen = rt.queue_seen(ns, spec.queue_ref.name)
-    queue = await rt.kube.get_object("agentqueues", ns, spec.queue_ref.name)
+    queue = rt.objects.get("AgentQueue", ns, spec.queue_ref.name)
+    if not _is_ready(queue):  # the watch may lag behind: ask the API before waiting
+        queue = await rt.kube.get_object("agentqueues", ns, spec.queue_ref.name)
     if queue is None:
         raise SpecProblem(reasons.QUEUE_NOT_FOUND,
                           f"AgentQueue {spec.queue_ref.name!r} does not exist in {ns}",
@@ -107,6 +109,12 @@ async def resolve(rt: Runtime, body: dict[str, Any], *,
     target = await rt.target_for(ns, secret_ref)
     return GroupContext(ns, name, spec.group_name or name, spec, queue_spec, target,
                         keys.partition_keys(ns, spec.queue_ref.name, queue_spec.partitions))
+
+
+def _is_ready(queue: dict[str, Any] | None) -> bool:
+    return queue is not None and any(
+        c.get("type") == reasons.READY and c.get("status") == "True"
+        for c in (queue.get("status") or {}).get("conditions") or [])
 
 
 def check_queue_type(spec: ConsumerGroupSpec, queue: str, queue_type: str,
@@ -175,7 +183,7 @@ async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
     if await group_name_claims(rt, body, ctx.spec):
         # Another ConsumerGroup names this Redis group: it takes over, with its pending
         # entries and position intact.
-        rt.metrics.forget_group(ctx.namespace, ctx.name)
+        rt.groups.forget_report(ctx.namespace, ctx.name)
         return
     client = await rt.redis.get(ctx.target)
     if not ctx.is_list:
@@ -183,4 +191,4 @@ async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
     await write_group_meta(
         client, ctx.partitions, {},
         [f"visibilityMs:{ctx.group}", f"maxDeliveries:{ctx.group}", f"paused:{ctx.group}"])
-    rt.metrics.forget_group(ctx.namespace, ctx.name)
+    rt.groups.forget_report(ctx.namespace, ctx.name)

@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 from .. import events, reasons
-from ..conditions import get_condition, merge_changed, now_iso, set_condition
+from ..conditions import get_condition, now_iso, set_condition
 from ..planning.risk_condition import risk_condition
 from ..runtime import Runtime
 from . import queues as svc
-from .report import changes_status, ready_status, run_reconcile, write_status
+from .report import ready_status, run_reconcile, write_status
 
 PLURAL = "agentqueues"
 KIND = "AgentQueue"
@@ -92,18 +92,6 @@ async def reconcile_and_report(rt: Runtime, body: dict[str, Any], logger: Any, *
 
 
 async def write_merged(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> None:
-    """Write `status` over the object as it is now: our body may be older than a
-    condition another part (the SLO, retention) set meanwhile, so only the conditions
-    we changed replace theirs. Nothing changed from what our body shows: no API call at
-    all (drift checks mostly find nothing). The caller holds the lock."""
-    if not changes_status(body, status):
-        return
-    meta = body["metadata"]
-    fresh = await rt.kube.get_object(PLURAL, meta["namespace"], meta["name"])
-    if fresh is None:
-        return  # deleted meanwhile
-    status = dict(status)
-    status["conditions"] = merge_changed((fresh.get("status") or {}).get("conditions"),
-                                         status.get("conditions"),
-                                         (body.get("status") or {}).get("conditions"))
-    await write_status(rt, PLURAL, fresh, status)  # skipped if fresh already says so
+    """Write `status` (computed from `body`) through the status writer: only the
+    conditions we changed replace the current ones. The caller holds the lock."""
+    await write_status(rt, PLURAL, body, status)

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import logging
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +17,9 @@ from agentqueue_client import keys
 
 from .. import reasons
 from ..kube import standard_labels
-from ..metrics import Metrics
-from ..models import AgentQueueSpec, Role, parse_duration
+from ..metrics import GroupReport
+from ..models import AgentQueueSpec, AgentQueueStatus, Role, parse_duration
+from ..models.queue import CredentialsStatus, PartitionStatus, UserStatus
 from ..planning import acl, queue_plan, slo
 from ..planning.server_risks import Risk
 from ..redisgw import backlog, provision, users
@@ -222,7 +223,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
     await provision.apply(client, actions)
 
     # --- users: one per access entry, passwords only in Secrets
-    user_status = []
+    user_status: list[UserStatus] = []
     verified: list[str] = []
     for role, entry in spec.access.entries():
         username = keys.acl_username(ns, name, entry.name)
@@ -241,8 +242,8 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                 repaired.append(f"ACL user {username}")
             else:
                 verified.append(username)
-            user_status.append({"name": entry.name, "role": str(role), "username": username,
-                                "secretName": sname})
+            user_status.append(UserStatus(name=entry.name, role=role, username=username,
+                                          secret_name=sname))
             continue
         found = await rt.kube.read_secret_owned(ns, sname)
         if found is not None and not found.owned_by(body):
@@ -281,11 +282,11 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                                    cluster=is_cluster(client)),
             owner=body, labels=standard_labels(name, "credentials"), current=existing)
         rt.secrets_seen[(ns, sname)] = (now, hashes[0])
-        user_status.append({"name": entry.name, "role": str(role), "username": username,
-                            "secretName": sname})
+        user_status.append(UserStatus(name=entry.name, role=role, username=username,
+                                      secret_name=sname))
 
     if not drift:  # entries leave the spec only with a spec change
-        wanted = {u["name"] for u in user_status}
+        wanted = {u.name for u in user_status}
         for entry_name in await _provisioned_entries(client, ns, name):
             if entry_name not in wanted:
                 await _remove_entry(rt, client, body, entry_name)
@@ -303,20 +304,24 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
 
     # --- status from what is there now
     after = await provision.observe_queue(client, ns, name, spec) if actions else observed
-    figures = provision.figures(after)
-    new_status: dict[str, Any] = {
-        "type": str(spec.type),
-        "partitions": figures,
-        "length": sum(p["length"] for p in figures),
-        "deadLetterLength": sum(p["deadLetterLength"] for p in figures),
-        "scheduledRetries": sum(p["scheduledRetries"] for p in figures),
-        "memoryBytes": sum(p["memoryBytes"] for p in figures),
-        "keyPattern": keys.queue_key_pattern(ns, name),
-        "users": user_status,
-        "credentials": creds,
-    }
+    parts_status = [PartitionStatus(index=p.index, key=p.queue_key, length=p.length,
+                                    dead_letter_length=p.dead_letter_length,
+                                    scheduled_retries=p.scheduled_retries,
+                                    memory_bytes=p.memory_bytes) for p in after.partitions]
+    model = AgentQueueStatus(
+        type=spec.type,
+        partitions=parts_status,
+        length=sum(p.length for p in parts_status),
+        dead_letter_length=sum(p.dead_letter_length for p in parts_status),
+        scheduled_retries=sum(p.scheduled_retries for p in parts_status),
+        memory_bytes=sum(p.memory_bytes for p in parts_status),
+        key_pattern=keys.queue_key_pattern(ns, name),
+        users=user_status,
+        credentials=CredentialsStatus.model_validate(creds),
+    )
     if spec.type == "PubSub":
-        new_status["channel"] = keys.channel_name(ns, name)
+        model.channel = keys.channel_name(ns, name)  # set: in the patch
+    new_status = model.to_patch()
     # The SLO's waiting age, read with this observation and only when it is asked for;
     # the retry counters every time (agentqueue_queue_retries_total, maxRetryRate).
     parts = keys.partition_keys(ns, name, spec.partitions)
@@ -368,22 +373,24 @@ async def _remove_entry(rt: Runtime, client: Any, body: dict[str, Any], entry: s
     await users.delete_user(client, keys.acl_username(ns, name, entry))
 
 
-def slo_load(metrics: Metrics, namespace: str, name: str, spec: AgentQueueSpec,
-             sample: slo.QueueSample | None, groups: list[str], now: float,
-             retry: slo.RetryWindow | None = None) -> slo.QueueLoad:
+def slo_load(reports: Mapping[tuple[str, str], GroupReport], namespace: str, name: str,
+             spec: AgentQueueSpec, sample: slo.QueueSample | None, groups: list[str],
+             now: float, retry: slo.RetryWindow | None = None) -> slo.QueueLoad:
     """The queue's load for its SLO, from what was observed: `sample` (the queue's own
     observation), `retry` (retries and deliveries between the keeper's last two
-    observations) and the figures the shared poll left in `metrics` for each of the
-    queue's ConsumerGroups `groups` (stale ones count as missing). No Redis access."""
+    observations) and the group keeper's `reports` for each of the queue's
+    ConsumerGroups `groups` (stale ones count as missing). No Redis access."""
     samples: dict[str, slo.GroupSample | None] = {}
     for group in groups:
-        fig = metrics.groups.get((namespace, group))
-        fresh = (fig is not None and fig.queue == name and fig.observed_at is not None
-                 and now - fig.observed_at <= max(STALE_FIGURES_MIN_S,
-                                                  3 * fig.poll_interval_s))
+        report = reports.get((namespace, group))
+        fig = report.figures if report is not None else None
+        fresh = (report is not None and fig is not None and report.queue == name
+                 and report.observed_at is not None
+                 and now - report.observed_at <= max(STALE_FIGURES_MIN_S,
+                                                      3 * report.poll_interval_s))
         samples[group] = slo.GroupSample(
-            int(fig.lag), int(fig.pending), int(fig.due_retries),
-            float(fig.oldest_pending_age_seconds)) if fresh and fig else None
+            fig.lag, fig.pending, fig.due_retries,
+            float(fig.oldest_pending_age_s)) if fresh and fig is not None else None
     return slo.queue_load(str(spec.type), sample, samples, retry)
 
 

@@ -4,7 +4,6 @@ into conditions, an Event and the right kopf error. Status is written explicitly
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import time
@@ -15,7 +14,7 @@ import kopf
 
 from .. import events, reasons
 from ..conditions import get_condition, set_condition
-from ..kube import KubeError, KubeNotFound, KubeUnavailable
+from ..kube import KubeError, KubeUnavailable
 from ..redisgw.errors import RedisAuthError, RedisUnavailable
 from ..runtime import Runtime
 from ..services.errors import SpecProblem, Waiting
@@ -56,16 +55,19 @@ def changes_status(body: dict[str, Any], status: dict[str, Any]) -> bool:
     return any(current.get(k) != v for k, v in status.items())
 
 
+KINDS = {"agentqueues": "AgentQueue", "consumergroups": "ConsumerGroup",
+         "retentionpolicies": "RetentionPolicy"}
+
+
 async def write_status(rt: Runtime, plural: str, body: dict[str, Any],
                        status: dict[str, Any]) -> None:
-    """Merge-patch status, unless nothing would change: drift checks and keepers
-    rewrite the same status every interval, and each patch is an API write and an
-    event to every watcher."""
-    if not changes_status(body, status):
-        return
+    """Hand `status` (computed from `body`'s) to the status writer (status.py): only
+    the conditions changed relative to `body` replace the current ones, and nothing is
+    sent when nothing would change (drift checks and keepers recompute the same status
+    every interval; each patch is an API write and an event to every watcher)."""
     meta = body["metadata"]
-    with contextlib.suppress(KubeNotFound):  # deleted meanwhile
-        await rt.kube.patch_status(plural, meta["namespace"], meta["name"], status)
+    await rt.status.write(KINDS[plural], meta["namespace"], meta["name"], status,
+                          body.get("status"), fallback=body.get("status") or {})
 
 
 def _event_worthy(body: dict[str, Any], reason: str) -> bool:

@@ -11,7 +11,6 @@ from agentqueue_client import keys
 
 from .. import events, reasons
 from ..conditions import get_condition, now_iso, set_condition
-from ..kube import KubeNotFound
 from ..metrics import QueueFigures
 from ..models import AgentQueueSpec, RetentionPolicySpec, parse_duration
 from ..planning.retention import RetentionSettings, effective_policy
@@ -59,27 +58,19 @@ async def _report_on_queue(rt: Runtime, queue: dict[str, Any], policy: str,
                            result: RetentionResult | None) -> None:
     meta = queue["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    async with rt.locked("AgentQueue", ns, name):
-        fresh = await rt.kube.get_object("agentqueues", ns, name)
-        if fresh is None:
-            return
-        status = fresh.get("status") or {}
-        conditions = status.get("conditions")
-        patch: dict[str, Any] = {"retentionPolicy": policy}
-        if result is not None:
-            blocked, reason, message = blocked_condition(result, policy)
-            before = get_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG)
-            conditions = set_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG, blocked,
-                                       reason, message, meta.get("generation"))
-            patch["conditions"] = conditions
-            if blocked and (before is None or before.get("status") != "True"):
-                events.warn(fresh, reasons.RETENTION_BLOCKED_BY_LAG, message)
-        if status.get("retentionPolicy") == policy and "conditions" not in patch:
-            return
-        try:
-            await rt.kube.patch_status("agentqueues", ns, name, patch)
-        except KubeNotFound:
-            return
+    status = rt.status.current("AgentQueue", ns, name)
+    if status is None:
+        return
+    conditions = status.get("conditions")
+    patch: dict[str, Any] = {"retentionPolicy": policy}
+    if result is not None:
+        blocked, reason, message = blocked_condition(result, policy)
+        before = get_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG)
+        patch["conditions"] = set_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG,
+                                            blocked, reason, message, meta.get("generation"))
+        if blocked and (before is None or before.get("status") != "True"):
+            events.warn(queue, reasons.RETENTION_BLOCKED_BY_LAG, message)
+    await rt.status.write("AgentQueue", ns, name, patch, {"conditions": conditions})
 
 
 async def apply_policy(rt: Runtime, body: dict[str, Any]) -> PolicyOutcome:

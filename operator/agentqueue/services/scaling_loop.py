@@ -20,7 +20,7 @@ from typing import Any
 from .. import events, reasons
 from ..conditions import now_iso, set_condition
 from ..kube import KubeNotFound
-from ..metrics import GroupFigures
+from ..metrics import GroupReport
 from ..models import parse_duration
 from ..planning import conflicts, scaling
 from ..pollhub import PollResult, Quiet
@@ -285,22 +285,18 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
         new["deadLetterCursor"] = {str(k): v for k, v in sorted(state.dlq_cursor.items())}
     if scaled:
         new["lastScaleTime"] = now_iso()
-    # Figures as last read: while Redis cannot be read they stay (with their time),
-    # rather than drop to zero as if the work were done.
-    before = rt.metrics.groups.get((ns, name))
-    fig = GroupFigures(queue=spec.queue_ref.name, poll_interval_s=interval)
+    # The keeper's report: figures as last read (while Redis cannot be read they stay,
+    # with their time, rather than drop to zero as if the work were done).
+    before = rt.groups.reports.get((ns, name))
+    report = GroupReport(queue=spec.queue_ref.name, poll_interval_s=interval,
+                         current_replicas=state.current, desired_replicas=desired,
+                         reclaimed_total=state.reclaimed,
+                         dead_lettered_total=state.dead_lettered)
     if redis_ok:
-        fig.lag, fig.pending, fig.due_retries = figures.lag, figures.pending, figures.due_retries
-        fig.oldest_pending_age_seconds = figures.oldest_pending_age_s
-        fig.consumers = figures.consumers
-        fig.observed_at = result.at
-    elif before is not None and before.queue == fig.queue:
-        fig.lag, fig.pending, fig.due_retries = before.lag, before.pending, before.due_retries
-        fig.oldest_pending_age_seconds = before.oldest_pending_age_seconds
-        fig.consumers, fig.observed_at = before.consumers, before.observed_at
-    fig.current_replicas, fig.desired_replicas = state.current, desired
-    fig.reclaimed_total, fig.dead_lettered_total = state.reclaimed, state.dead_lettered
-    rt.metrics.groups[(ns, name)] = fig
+        report.figures, report.observed_at = figures, result.at
+    elif before is not None and before.queue == report.queue:
+        report.figures, report.observed_at = before.figures, before.observed_at
+    rt.groups.reports[(ns, name)] = report
     rt.group_figures_updated(ns, spec.queue_ref.name)  # the queue's SLO follows
     state.quiet = _quiet(rt, ns, name, state, figures if redis_ok else None, ctx, desired,
                          scaled, now)
@@ -348,9 +344,9 @@ def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
                        SCALE_REFRESH_S if ref is not None else QUIET_MAX_S)
 
     def touch(result: PollResult) -> None:
-        fig = rt.metrics.groups.get((ns, name))
-        if fig is not None:
-            fig.observed_at = result.at
+        report = rt.groups.reports.get((ns, name))
+        if report is not None:
+            report.observed_at = result.at
 
     return Quiet(figures, until, touch)
 
@@ -382,24 +378,10 @@ async def _count_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupC
 
 async def _write_status(rt: Runtime, ns: str, name: str, new: dict[str, Any],
                         seen: list[dict[str, Any]] | None) -> bool:
-    """Patch status without clobbering conditions another writer set meanwhile.
-
-    The daemon's body can lag behind the create/update handler (which sets Paused and
-    Ready); a merge patch replaces the whole conditions list, so merge into the fresh
-    object, under the per-object lock, only the conditions this loop changed."""
-    ours = {c["type"]: c for c in new["conditions"] or []}
-    before = {c["type"]: c for c in seen or []}
-    changed = {t for t, c in ours.items() if before.get(t) != c}
-    async with rt.locked("ConsumerGroup", ns, name):
-        fresh = await rt.kube.get_object("consumergroups", ns, name)
-        if fresh is None:
-            return False
-        merged = [ours[c["type"]] if c.get("type") in changed else c
-                  for c in (fresh.get("status") or {}).get("conditions") or []]
-        present = {c.get("type") for c in merged}
-        merged += [c for t, c in ours.items() if t in changed and t not in present]
-        await rt.kube.patch_status("consumergroups", ns, name, {**new, "conditions": merged})
-    return True
+    """Through the status writer: the conditions this tick changed (relative to `seen`,
+    the body it started from) replace the current ones; the handler's (Paused) stay."""
+    await rt.status.write("ConsumerGroup", ns, name, new, {"conditions": seen})
+    return rt.objects.get("ConsumerGroup", ns, name) is not None
 
 
 async def scaling_conflict(rt: Runtime, body: dict[str, Any],
@@ -414,7 +396,7 @@ async def scaling_conflict(rt: Runtime, body: dict[str, Any],
     if other:
         return (reasons.HPA_CONFLICT,
                 f"{other} already scales {target}; agentqueue does not scale it")
-    groups = await rt.kube.list_objects("consumergroups", ns)
+    groups = await rt.list_including("consumergroups", ns, name)
     me = conflicts.Claim(str(meta.get("creationTimestamp") or ""), name)
     rival = conflicts.scale_target_rival(me, [
         c for c in conflicts.claims_of(groups, queue="", target=(ref.kind, ref.name))
