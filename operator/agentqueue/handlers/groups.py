@@ -10,6 +10,7 @@ import kopf
 
 from .. import GROUP, VERSION, events, reasons
 from ..conditions import now_iso, set_condition
+from ..models import ConsumerGroupStatus
 from ..planning.pause import pause_status
 from ..runtime import Runtime
 from ..services import groups as svc
@@ -46,8 +47,8 @@ async def _reconcile(rt: Runtime, plain: dict[str, Any], logger: kopf.Logger) ->
         status = plain.get("status") or {}
         pause = pause_status(ctx.spec.paused, ctx.spec.pause_reason, status.get("pausedAt"),
                              now_iso())
-        extra: dict[str, Any] = {"groupName": ctx.group, "pausedAt": pause.paused_at,
-                                 "pausedReason": pause.paused_reason}
+        extra = ConsumerGroupStatus(group_name=ctx.group, paused_at=pause.paused_at,
+                                    paused_reason=pause.paused_reason).to_patch()
         conditions = set_condition(status.get("conditions"), reasons.PAUSED, pause.paused,
                                    pause.reason, pause.message, meta.get("generation"))
         if pause.event is not None:

@@ -12,7 +12,12 @@ from agentqueue_client import keys
 from .. import events, reasons
 from ..conditions import get_condition, now_iso, set_condition
 from ..metrics import QueueFigures
-from ..models import AgentQueueSpec, RetentionPolicySpec, parse_duration
+from ..models import (
+    AgentQueueSpec,
+    RetentionPolicySpec,
+    RetentionPolicyStatus,
+    parse_duration,
+)
 from ..planning.retention import RetentionSettings, effective_policy
 from ..redisgw.errors import RedisError
 from ..redisgw.retention import RetentionResult, adjust_idempotency_ttl, apply_retention
@@ -134,14 +139,14 @@ async def apply_policy(rt: Runtime, body: dict[str, Any]) -> PolicyOutcome:
     if trimmed:
         events.info(body, reasons.TRIMMED, f"trimmed {trimmed} entries from "
                     f"{len(matched)} queue(s)")
-    status = {
-        "matchedQueues": matched,
-        "lastRun": now_iso(),
-        "trimmedTotal": int(previous.get("trimmedTotal") or 0) + trimmed,
-        "protectedTotal": protected,
-        "droppedUndeliveredTotal": int(previous.get("droppedUndeliveredTotal") or 0) + dropped,
-        "conflicts": conflicts,
-    }
+    status = RetentionPolicyStatus(
+        matched_queues=matched,
+        last_run=now_iso(),
+        trimmed_total=int(previous.get("trimmedTotal") or 0) + trimmed,
+        protected_total=protected,
+        dropped_undelivered_total=int(previous.get("droppedUndeliveredTotal") or 0) + dropped,
+        conflicts=conflicts,
+    ).to_patch()
     if conflicts and conflicts != previous.get("conflicts"):
         events.warn(body, reasons.POLICY_CONFLICT, "; ".join(conflicts))
 

@@ -21,7 +21,7 @@ from .. import events, reasons
 from ..conditions import now_iso, set_condition
 from ..kube import KubeNotFound
 from ..metrics import GroupReport
-from ..models import parse_duration
+from ..models import ConsumerGroupStatus, parse_duration
 from ..planning import conflicts, scaling
 from ..pollhub import PollResult, Quiet
 from ..redisgw import deadletters, functions, list_sweep
@@ -258,19 +258,13 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
                                    decision.reason, gen)
 
     # Status and metrics from what was observed
-    new: dict[str, Any] = {
-        "reclaimed": state.reclaimed,
-        "deadLettered": state.dead_lettered,
-        "currentReplicas": state.current,
-        "desiredReplicas": desired,
-    }
+    model = ConsumerGroupStatus(reclaimed=state.reclaimed, dead_lettered=state.dead_lettered,
+                                current_replicas=state.current, desired_replicas=desired)
     if redis_ok:
-        new.update({
-            "lag": figures.lag, "pending": figures.pending, "dueRetries": figures.due_retries,
-            "waiting": figures.waiting,
-            "oldestPendingAgeSeconds": round(figures.oldest_pending_age_s, 3),
-            "consumers": figures.consumers,
-        })
+        model.lag, model.pending = figures.lag, figures.pending
+        model.due_retries, model.waiting = figures.due_retries, figures.waiting
+        model.oldest_pending_age_seconds = round(figures.oldest_pending_age_s, 3)
+        model.consumers = figures.consumers
         if figures.waiting > 0:
             state.last_active = now
         if ready.get("reason") != reasons.ACTIVE:
@@ -282,9 +276,10 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
             else reasons.REDIS_UNAVAILABLE
         conditions = set_condition(conditions, reasons.READY, False, reason, msg, gen)
     if state.dlq_cursor is not None:
-        new["deadLetterCursor"] = {str(k): v for k, v in sorted(state.dlq_cursor.items())}
+        model.dead_letter_cursor = {str(k): v for k, v in sorted(state.dlq_cursor.items())}
     if scaled:
-        new["lastScaleTime"] = now_iso()
+        model.last_scale_time = now_iso()
+    new = model.to_patch()
     # The keeper's report: figures as last read (while Redis cannot be read they stay,
     # with their time, rather than drop to zero as if the work were done).
     before = rt.groups.reports.get((ns, name))
