@@ -131,6 +131,36 @@ def test_drift_is_repaired(operator: Any, kubectl: Any, namespace: str,
     assert "DriftRepaired" in events
 
 
+def test_drift_checks_compare_acl_digests_not_each_user(
+        operator: Any, kubectl: Any, namespace: str, operator_redis: Any) -> None:
+    """At rest the queue keepers compare users by one ACL LIST per round (their lines'
+    digests), not one ACL GETUSER per user per round. Over 5 drift rounds (2 s each),
+    with U of our users on the server, the only GETUSERs left are those of credentials-
+    Secret re-reads (2 per user each; one every 5-10 rounds, so at most 2 per user in
+    the window): at most 4U, where one per user per round would be at least 5U. MONITOR
+    does not show ACL commands, so the server's command counters are read."""
+    entries = [{"name": f"w{i}"} for i in range(4)]
+    apply(kubectl, namespace, queue("quiet", access={"consumers": entries}))
+    wait_ready(kubectl, "agentqueues", "quiet", namespace)
+    time.sleep(4)  # two drift rounds: the digests are recorded
+    r = admin(operator_redis)
+
+    def counts() -> tuple[int, int]:
+        stats = r.info("commandstats")
+        return (int((stats.get("cmdstat_acl|getuser") or {}).get("calls", 0)),
+                int((stats.get("cmdstat_acl|list") or {}).get("calls", 0)))
+
+    ours = len([u for u in r.acl_users() if u.startswith("aq.")])
+    getuser0, list0 = counts()
+    window_s = 5 * 2.0
+    time.sleep(window_s)
+    getuser1, list1 = counts()
+    print(f"in {window_s:g}s with {ours} users: {getuser1 - getuser0} GETUSER, "
+          f"{list1 - list0} ACL LIST")
+    assert list1 - list0 >= 4  # a round every 2 s reads the rules once
+    assert getuser1 - getuser0 <= 4 * ours < 5 * ours
+
+
 def test_missing_admin_secret_and_bad_schema(operator: Any, kubectl: Any,
                                              namespace: str) -> None:
     apply(kubectl, namespace, queue("nosecret", redis={"secretRef": {"name": "absent"}}))
