@@ -50,6 +50,39 @@ T = TypeVar("T")
 K = TypeVar("K")
 
 
+class PeeringPause(logging.Handler):
+    """Whether kopf has paused this replica: with peering, kopf pauses a replica while a
+    live peer has a higher priority (and resumes it when that peer is gone); its
+    handlers stop then, and so must the keepers (they act on their own timers). kopf
+    says so only in its log (its pause toggles are internal), so this handler listens
+    to the peering module's lines; tests/test_keepers_pause.py runs kopf's own peering
+    code to keep the two in step."""
+
+    LOGGER = "kopf._core.engines.peering"
+    PAUSE = ("Pausing operations in favour of", "Pausing all operators")
+    RESUME = "Resuming operations after the pause"
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.paused = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(self.PAUSE):
+            self.paused = True
+        elif message.startswith(self.RESUME):
+            self.paused = False
+
+    def install(self) -> None:
+        logger = logging.getLogger(self.LOGGER)
+        logger.addHandler(self)
+        if logger.getEffectiveLevel() > logging.INFO:  # its pause lines are INFO
+            logger.setLevel(logging.INFO)
+
+    def remove(self) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+
+
 class Waits(Generic[K]):
     """Any number of waiters per key, all woken by `fire(key)`; a key nobody waits for
     any more holds nothing (a tenant naming queues that never come leaves no entries)."""
@@ -207,6 +240,9 @@ class Runtime:
     _lists: dict[tuple[str, str], tuple[float, asyncio.Future[list[dict[str, Any]]]]] = field(
         default_factory=dict)
     objects: Objects = field(default_factory=Objects)
+    peering: PeeringPause = field(default_factory=PeeringPause)
+    """kopf paused this replica (a peer with a higher priority is active): the keepers
+    wait."""
     """The latest (trimmed) body of every object of our kinds, from the watch."""
     groups: GroupKeeper = field(init=False)
     queues: QueueKeeper = field(init=False)
@@ -320,12 +356,18 @@ class Runtime:
             hub=PollHub(_timed(poll_all, metrics)),
         )
 
+    @property
+    def paused(self) -> bool:
+        return self.peering.paused
+
     async def start(self) -> None:
+        self.peering.install()
         self.watcher.start()
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
     async def close(self) -> None:
+        self.peering.remove()
         await self.groups.close()
         await self.queues.close()
         await self.retention.close()

@@ -30,6 +30,7 @@ KIND = "ConsumerGroup"
 RETRY_SPEC_S = 2.0
 """A group whose spec or queue is not usable yet: its handler reports why; look again."""
 RETRY_ERROR_S = 1.0
+PAUSED_RECHECK_S = 1.0
 RETRY_UNSEEN_S = 0.2
 """The handler reconciled the group but the watch has not brought its status yet."""
 
@@ -114,13 +115,16 @@ class GroupKeeper:
             body = self.rt.objects.get(KIND, *key)
             if body is None or self.entries.get(key) is not entry:
                 return  # deleted or untracked meanwhile
-            if result is not None:
-                await scaling_loop.settle(self.rt, body, entry.state, result, logger)
-                body = self.rt.objects.get(KIND, *key) or body
-            ask = await scaling_loop.prepare(self.rt, body, entry.state)
-            if self.entries.get(key) is entry:
-                self.rt.hub.subscribe(ask.server, ask.get_client, key, ask.request,
-                                      ask.interval, ask.quiet, self._deliver(key))
+            if self.rt.paused:  # another replica is active: look again later
+                delay = PAUSED_RECHECK_S
+            else:
+                if result is not None:
+                    await scaling_loop.settle(self.rt, body, entry.state, result, logger)
+                    body = self.rt.objects.get(KIND, *key) or body
+                ask = await scaling_loop.prepare(self.rt, body, entry.state)
+                if self.entries.get(key) is entry:
+                    self.rt.hub.subscribe(ask.server, ask.get_client, key, ask.request,
+                                          ask.interval, ask.quiet, self._deliver(key))
         except Waiting as exc:
             delay = RETRY_UNSEEN_S if exc.reason == reasons.RECONCILING else RETRY_SPEC_S
         except SpecProblem:

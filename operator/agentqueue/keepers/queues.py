@@ -56,6 +56,7 @@ SECRET_READS_PER_ROUND = 200
 """Credentials Secrets re-read per server per drift round at most (the rest wait for the
 next round): 10,000 queues must not turn one round into 10,000 API reads."""
 FULL_CHECK_EVERY = 10
+PAUSED_RECHECK_S = 1.0
 """Rounds after which a queue is reconciled even if its observation did not change."""
 
 
@@ -111,6 +112,9 @@ class _Server:
                 restart = rt.watcher.watch(self.target)
             now = clock.time()
             queues = self.keeper.queues
+            if rt.paused:  # another replica is active: nothing is due here
+                await asyncio.sleep(PAUSED_RECHECK_S)
+                continue
             due = sorted(k for k in self.keys if restarted or queues[k].next_due <= now)
             if due:
                 await self.keeper.drift(self, due, restarted)

@@ -62,6 +62,9 @@ class RetentionKeeper:
         gate = asyncio.Semaphore(CONCURRENCY)
         while self.due:
             now = clock.time()
+            if self.rt.paused:  # another replica is active
+                await asyncio.sleep(1.0)
+                continue
             ready = [k for k, at in self.due.items() if at <= now]
             if ready:
                 await asyncio.gather(*(self._apply(k, gate) for k in ready))
