@@ -8,6 +8,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,8 +115,11 @@ class KubeGateway:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
+            # As asyncio.to_thread does: the call runs in the caller's context (its
+            # tracing span is the parent of the call's span).
+            context = contextvars.copy_context()
             return await asyncio.get_running_loop().run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs))
+                self._executor, functools.partial(context.run, fn, *args, **kwargs))
         except (ApiException, HTTPError) as exc:
             raise _classify(exc) from None
 
