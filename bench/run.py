@@ -5,6 +5,9 @@
     python -m bench.run --only polling,memory
     python -m bench.run --only pods         # real pods on the local node (~6 min)
     python -m bench.run --out results.md    # also write environment + table to a file
+    python -m bench.run --only scale --scale 3000 --baseline-ref main
+                                            # issue 15 (bench/scale.py): cut short, and
+                                            #   ratios against main's operator
 
 Exit status 1 when a benchmark failed (an 'error' row); a goal that is missed is a
 result, not a failure, and a missing optional package is a 'skipped' row.
@@ -13,12 +16,13 @@ result, not a failure, and a missing optional package is a 'skipped' row.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import dataplane, memory, pods, polling, reconcile, scaling
+from . import dataplane, memory, pods, polling, reconcile, scale, scaling
 from .common import Row, RunFn, environment, guarded, log, table
 
 BENCHMARKS: dict[str, RunFn] = {
@@ -27,6 +31,8 @@ BENCHMARKS: dict[str, RunFn] = {
     "memory": memory.run,
     "reconcile": reconcile.run,
     "scaling": scaling.run,
+    # Issue 15: 1,000 queues/groups Ready, at rest with 1,000 and 10,000 (--scale) each.
+    "scale": scale.run,
     # Real pods on the local node (`agentqueue dev up`): reuses a running node stack.
     "pods": pods.run,
 }
@@ -57,15 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", metavar="NAME[,NAME]",
                         help=f"run only these ({', '.join(BENCHMARKS)})")
     parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument("--scale", type=int, default=scale.DEFAULT_SCALE, metavar="N",
+                        help="scale: queues and groups at scale (default %(default)s)")
+    parser.add_argument("--baseline-ref", metavar="REF",
+                        help="scale: also run its 1,000 burst with the operator of this git "
+                             "ref (ratios in the table)")
     args = parser.parse_args(argv)
     names = parse_only(args.only)
+    benchmarks = dict(BENCHMARKS)
+    benchmarks["scale"] = functools.partial(scale.run, scale=args.scale,
+                                            baseline_ref=args.baseline_ref)
     env = environment()
     started = time.monotonic()
     rows: list[Row] = []
     for name in names:
         log(f"== {name}")
         t0 = time.monotonic()
-        rows.extend(guarded(name, BENCHMARKS[name], args.quick))
+        rows.extend(guarded(name, benchmarks[name], args.quick))
         log(f"== {name} done in {time.monotonic() - t0:.0f}s")
     text = report(env, rows, args.quick, time.monotonic() - started)
     print(text, flush=True)

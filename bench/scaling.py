@@ -66,11 +66,12 @@ def deployment(name: str) -> dict[str, Any]:
                                                            "image": "example/agent:1"}]}}}}
 
 
-def consumer_group(poll: str) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "ConsumerGroup", "metadata": {"name": CG},
-            "spec": {"queueRef": {"name": QUEUE},
+def consumer_group(poll: str, name: str = CG, queue: str = QUEUE,
+                   deploy: str = DEPLOY) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "ConsumerGroup", "metadata": {"name": name},
+            "spec": {"queueRef": {"name": queue},
                      "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                        "name": DEPLOY},
+                                        "name": deploy},
                      "scaling": {"minReplicas": 0, "maxReplicas": 10, "lagPerReplica": 10,
                                  "activationLag": 1, "pollInterval": poll, "cooldown": "0s",
                                  "scaleDown": {"stabilizationWindow": "0s",
@@ -78,38 +79,47 @@ def consumer_group(poll: str) -> dict[str, Any]:
 
 
 class Scaling:
-    def __init__(self, stack: LocalStack) -> None:
+    """One queue + group + Deployment (names overridable: bench/scale.py puts one busy
+    group among many idle ones)."""
+
+    def __init__(self, stack: LocalStack, ns: str = NS, queue: str = QUEUE, cg: str = CG,
+                 deploy: str = DEPLOY) -> None:
         from kubernetes import client
 
         self.stack = stack
+        self.ns, self.queue, self.cg, self.deploy = ns, queue, cg, deploy
         self.apps = client.AppsV1Api(stack.api)
         self.redis = stack.redis.client()
-        self.stream = f"aq:{{{NS}/{QUEUE}/0}}:q"
-        self.group = CG
+        self.stream = f"aq:{{{ns}/{queue}/0}}:q"
+        self.group = cg
 
-    def setup(self, poll: str) -> None:
-        stack = self.stack
-        stack.create_namespace(NS)
-        self.apps.create_namespaced_deployment(NS, deployment(DEPLOY))  # type: ignore[arg-type]
-        stack.create("agentqueues", NS, {"apiVersion": API_VERSION, "kind": "AgentQueue",
-                                         "metadata": {"name": QUEUE},
+    def setup(self, poll: str, create_namespace: bool = True, timeout: float = 120) -> None:
+        stack, ns = self.stack, self.ns
+        if create_namespace:
+            stack.create_namespace(ns)
+        body: Any = deployment(self.deploy)
+        self.apps.create_namespaced_deployment(ns, body)
+        stack.create("agentqueues", ns, {"apiVersion": API_VERSION, "kind": "AgentQueue",
+                                         "metadata": {"name": self.queue},
                                          "spec": {"type": "Stream", "partitions": 1}})
-        stack.wait_ready("agentqueues", NS, QUEUE, 120)
-        stack.create("consumergroups", NS, consumer_group(poll))
-        stack.wait_ready("consumergroups", NS, CG, 120)
-        status = stack.get("consumergroups", NS, CG).get("status") or {}
-        self.group = status.get("groupName") or CG
+        stack.wait_ready("agentqueues", ns, self.queue, timeout)
+        stack.create("consumergroups", ns,
+                     consumer_group(poll, self.cg, self.queue, self.deploy))
+        stack.wait_ready("consumergroups", ns, self.cg, timeout)
+        status = stack.get("consumergroups", ns, self.cg).get("status") or {}
+        self.group = status.get("groupName") or self.cg
 
     def set_poll(self, poll: str) -> None:
         from kubernetes import client
 
         api = client.CustomObjectsApi(self.stack.api)
-        api.patch_namespaced_custom_object("agentqueue.io", "v1alpha1", NS, "consumergroups",
-                                           CG, {"spec": {"scaling": {"pollInterval": poll}}})
-        self.stack.wait_ready("consumergroups", NS, CG, 60)
+        api.patch_namespaced_custom_object("agentqueue.io", "v1alpha1", self.ns,
+                                           "consumergroups", self.cg,
+                                           {"spec": {"scaling": {"pollInterval": poll}}})
+        self.stack.wait_ready("consumergroups", self.ns, self.cg, 60)
 
     def replicas(self) -> int:
-        scale = self.apps.read_namespaced_deployment_scale(DEPLOY, NS)
+        scale = self.apps.read_namespaced_deployment_scale(self.deploy, self.ns)
         return int(scale.spec.replicas or 0) if scale.spec is not None else 0
 
     def wait_replicas(self, pred: Any, timeout: float) -> float:
@@ -121,7 +131,7 @@ class Scaling:
                 return now
             if now > deadline:
                 self.stack.check_operator()
-                cg = self.stack.get("consumergroups", NS, CG).get("status") or {}
+                cg = self.stack.get("consumergroups", self.ns, self.cg).get("status") or {}
                 raise TimeoutError(f"replicas still {n} after {timeout:.0f}s; group status: "
                                    f"waiting={cg.get('waiting')} "
                                    f"desired={cg.get('desiredReplicas')} "

@@ -5,6 +5,7 @@ production. Nothing but loopback; everything lives in one temp dir, removed on e
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -18,26 +19,47 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
 
-from .common import ROOT, MissingPrerequisite, log
+from .common import ROOT, MissingPrerequisite, free_port, log
 
 GROUP, VERSION = "agentqueue.io", "v1alpha1"
+TRACEMALLOC_ENV = "AQ_TRACEMALLOC_DIR"
+# Starts tracing before anything is imported (agentqueue.memtrace.install_from_env is
+# idempotent, so an operator that calls it at startup as well is fine), then runs the CLI.
+_TRACED_BOOT = ("import sys; from agentqueue import memtrace; memtrace.install_from_env(); "
+                "from agentqueue.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
-def _ready(obj: dict[str, Any]) -> bool:
+def _ready(obj: dict[str, Any], reason: str | None = None) -> bool:
+    """Ready=True at ``observedGeneration == generation`` (and with ``reason``, when
+    given: a ConsumerGroup is ready with reason ``Active``)."""
     status = obj.get("status") or {}
     if status.get("observedGeneration") != (obj.get("metadata") or {}).get("generation"):
         return False
     return any(c.get("type") == "Ready" and c.get("status") == "True"
+               and (reason is None or c.get("reason") == reason)
                for c in status.get("conditions") or [])
 
 
 class LocalStack:
     """``with LocalStack() as stack:`` gives ``stack.api`` (kubernetes ApiClient),
-    ``stack.redis`` (devcluster RedisServer) and ``stack.operator_pid``."""
+    ``stack.redis`` (devcluster RedisServer) and ``stack.operator_pid``.
 
-    def __init__(self, *, drift_interval: str = "30s", log_level: str = "INFO") -> None:
+    ``operator_root``: run the operator (and apply the CRDs) from another checkout, e.g.
+    a git worktree of a baseline ref; its ``operator/`` and ``clients/python/`` are the
+    operator's whole PYTHONPATH. ``metrics=True``: the operator serves Prometheus metrics
+    on a free port (``stack.metrics_url``); off by default (``--metrics-port 0``).
+    ``tracemalloc_dir``: trace the operator's memory (agentqueue.memtrace; SIGUSR2 writes
+    a snapshot summary there). Without it ``AQ_TRACEMALLOC_DIR`` is removed from the
+    operator's environment, so no other benchmark is ever traced by accident."""
+
+    def __init__(self, *, drift_interval: str = "30s", log_level: str = "INFO",
+                 operator_root: Path | None = None, metrics: bool = False,
+                 tracemalloc_dir: Path | None = None) -> None:
         self.drift_interval = drift_interval
         self.log_level = log_level
+        self.operator_root = operator_root
+        self.metrics_port = free_port() if metrics else 0
+        self.tracemalloc_dir = tracemalloc_dir
         self.tmp = Path(tempfile.mkdtemp(prefix="aq-bench-stack-"))
         self.redis: Any = None
         self.plane: Any = None
@@ -79,7 +101,8 @@ class LocalStack:
         started = time.monotonic()
         self.redis = RedisServer(self.tmp / "redis").start()
         self.plane = ControlPlane(self.tmp / "k8s", binaries, progress=log).start()
-        self.run_kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        self.run_kubectl("apply", "--server-side", "-f",
+                         str((self.operator_root or ROOT) / "crds"))
         self.run_kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd",
                          "-l", "app.kubernetes.io/part-of=agentqueue")
         cfg = client.Configuration()
@@ -93,21 +116,41 @@ class LocalStack:
 
     def start_operator(self) -> None:
         env = dict(os.environ)
+        env.pop(TRACEMALLOC_ENV, None)
+        if self.operator_root is not None:
+            # Only the other checkout's two source roots: nothing of this one leaks in.
+            path = os.pathsep.join(str(self.operator_root / p)
+                                   for p in ("operator", "clients/python"))
+        else:
+            path = os.pathsep.join(filter(None, [str(ROOT / "operator"),
+                                                 str(ROOT / "clients" / "python"),
+                                                 str(ROOT / "devtools"),
+                                                 env.get("PYTHONPATH")]))
         env.update({
             "KUBECONFIG": str(self.plane.kubeconfig),
             "AGENTQUEUE_REDIS_URL": self.redis.url,
             "AGENTQUEUE_REDIS_USERNAME": self.redis.admin_username,
             "AGENTQUEUE_REDIS_PASSWORD": self.redis.admin_password,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "operator"), str(ROOT / "clients" / "python"), str(ROOT / "devtools"),
-                                                        env.get("PYTHONPATH")])),
+            "PYTHONPATH": path,
         })
+        command = [sys.executable, "-m", "agentqueue.cli"]
+        if self.tracemalloc_dir is not None:
+            env[TRACEMALLOC_ENV] = str(self.tracemalloc_dir)
+            command = [sys.executable, "-c", _TRACED_BOOT]
         self._log_file = open(self.tmp / "operator.log", "ab")  # noqa: SIM115 - the child's
         self.operator = subprocess.Popen(
-            [sys.executable, "-m", "agentqueue.cli", "run", "--metrics-port", "0",
+            [*command, "run", "--metrics-port", str(self.metrics_port),
              "--liveness", "", "--drift-interval", self.drift_interval,
              "--log-level", self.log_level],
-            env=env, cwd=ROOT, stdout=self._log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+            env=env, cwd=self.operator_root or ROOT, stdout=self._log_file,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    @property
+    def metrics_url(self) -> str:
+        """The operator's Prometheus endpoint (loopback); needs ``metrics=True``."""
+        if not self.metrics_port:
+            raise RuntimeError("the stack was started without metrics=True")
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     @property
     def operator_pid(self) -> int:
@@ -192,10 +235,12 @@ class ReadyWatch:
     """Watches one namespace's objects of one kind in a thread and records, per name,
     the first moment (time.monotonic) it was Ready at its current generation."""
 
-    def __init__(self, stack: LocalStack, plural: str, namespace: str) -> None:
+    def __init__(self, stack: LocalStack, plural: str, namespace: str,
+                 reason: str | None = None) -> None:
         self.stack = stack
         self.plural = plural
         self.namespace = namespace
+        self.reason = reason
         self.ready_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -228,7 +273,7 @@ class ReadyWatch:
                     now = time.monotonic()
                     obj = event["object"]
                     version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                    if event["type"] in ("ADDED", "MODIFIED") and _ready(obj):
+                    if event["type"] in ("ADDED", "MODIFIED") and _ready(obj, self.reason):
                         name = obj["metadata"]["name"]
                         with self._lock:
                             self.ready_at.setdefault(name, now)
@@ -251,13 +296,27 @@ class ReadyWatch:
             return sum(1 for n in names if n in self.ready_at)
 
     def wait(self, names: set[str], timeout: float,
-             on_tick: Callable[[], None] | None = None) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count(names) < len(names):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(names) - self.count(names)} of {len(names)} "
+             on_tick: Callable[[], None] | None = None,
+             progress_every: float | None = None) -> None:
+        """Until every name was Ready; ``progress_every`` seconds: a progress line."""
+        start = time.monotonic()
+        deadline = start + timeout
+        remaining = set(names)
+        next_log = start + progress_every if progress_every else math.inf
+        while True:
+            with self._lock:
+                remaining = {n for n in remaining if n not in self.ready_at}
+            if not remaining:
+                return
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"{len(remaining)} of {len(names)} "
                                    f"{self.plural} not Ready within {timeout:.0f}s"
                                    + (f" (watch error: {self._error})" if self._error else ""))
+            if now >= next_log:
+                log(f"  {len(names) - len(remaining):,} of {len(names):,} {self.plural} "
+                    f"Ready after {now - start:.0f}s")
+                next_log = now + (progress_every or math.inf)
             if on_tick is not None:
                 on_tick()
-            time.sleep(0.02)
+            time.sleep(0.02 if len(remaining) < 2000 else 0.2)
