@@ -138,7 +138,16 @@ class StatusWriter:
                 return False  # deleted meanwhile
             self.patches += 1
             self._own[key] = (time.monotonic(), new)
+            if self.patches % 1000 == 0:
+                self._expire()
             return True
+
+    def _expire(self) -> None:
+        """Drop own writes the watch has long shown (they would otherwise stay until
+        the object's next write)."""
+        cutoff = time.monotonic() - OWN_WRITE_TTL_S
+        for key in [k for k, (at, _) in self._own.items() if at < cutoff]:
+            del self._own[key]
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)

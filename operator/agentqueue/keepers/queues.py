@@ -91,6 +91,12 @@ class _Queue:
     unchanged_rounds: int = 0
     verified: dict[str, users.UserDigest] = field(default_factory=dict)
     """Username -> its ACL LIST digests when last compared with GETUSER and found right."""
+    streams_seen: tuple[Any, ...] | None = None
+    """The stream lengths at the last exhaustion check, and what it found: a stream
+    becomes exhausted by an XADD, which mostly changes its length (one trimmed to a
+    constant length, or an entry deleted again, is caught by the check every
+    FULL_CHECK_EVERY rounds)."""
+    streams_rounds: int = 0
 
 
 class _Server:
@@ -301,9 +307,29 @@ class QueueKeeper:
         ages = dict(zip(aged, await backlog.oldest_waiting_ages(
             client, [(parts[i], str(items[i][2].type), items[i][2].priority_levels)
                      for i in aged]), strict=True))
-        streams = [i for i, (_, _, spec) in enumerate(items) if spec.type == "Stream"]
-        jammed = dict(zip(streams, await provision.exhausted_streams_many(
-            client, [observed[i] for i in streams]), strict=True))
+        jammed: dict[int, list[str]] = {}
+        lengths = {}
+        check = []
+        for i, (key, _, spec) in enumerate(items):
+            if spec.type != "Stream":
+                continue
+            lengths[i] = tuple((p.length, p.dead_letter_length, p.queue_key_type,
+                                p.dead_letter_type) for p in observed[i].partitions)
+            entry = self.queues.get(key)
+            seen = entry.streams_seen if entry is not None else None
+            if entry is not None:
+                entry.streams_rounds += 1
+            if (seen is not None and seen[0] == lengths[i] and entry is not None
+                    and entry.streams_rounds < FULL_CHECK_EVERY):
+                jammed[i] = list(seen[1])  # no stream changed: as found last time
+            else:
+                check.append(i)
+        found = await provision.exhausted_streams_many(client, [observed[i] for i in check])
+        for i, streams in zip(check, found, strict=True):
+            jammed[i] = streams
+            entry = self.queues.get(items[i][0])
+            if entry is not None:
+                entry.streams_seen, entry.streams_rounds = (lengths[i], tuple(streams)), 0
         digests = await users.acl_digests(client)
         out = {}
         for i, (key, _, _) in enumerate(items):

@@ -97,7 +97,9 @@ async def resolve(rt: Runtime, body: dict[str, Any], *,
         raise SpecProblem(reasons.QUEUE_NOT_FOUND,
                           f"AgentQueue {spec.queue_ref.name!r} does not exist in {ns}",
                           retry_after=10.0, depends_on=seen)
-    queue_spec = parse_queue_spec(queue.get("spec") or {}, rt.config.max_schema_bytes)
+    # The queue's parsed spec, shared with the queue's own reconciles (one per generation).
+    queue_spec = rt.parsed_spec("AgentQueue", queue, lambda raw: parse_queue_spec(
+        raw, rt.config.max_schema_bytes))
     check_queue_type(spec, spec.queue_ref.name, queue_spec.type, check_fields)
     ready = next((c for c in (queue.get("status") or {}).get("conditions") or []
                   if c.get("type") == reasons.READY), None)
