@@ -103,7 +103,9 @@ def test_the_store_keeps_bodies_trimmed_and_groups_by_queue() -> None:
                               "agentqueue.io/last-handled-configuration": "{...}",
                               "agentqueue.io/rotate-credentials": "1", "team": "a"}},
              "spec": {"queueRef": {"name": "q1"}}}
-    stored = objects.put("ConsumerGroup", group)
+    objects.put("ConsumerGroup", group)
+    stored = objects.get("ConsumerGroup", "ns", "g")
+    assert stored is not None
     assert "managedFields" not in stored["metadata"]
     assert stored["metadata"]["annotations"] == {"agentqueue.io/rotate-credentials": "1",
                                                  "team": "a"}
@@ -111,7 +113,8 @@ def test_the_store_keeps_bodies_trimmed_and_groups_by_queue() -> None:
         "agentqueue.io/x": "1"}}})["metadata"] == {}
     assert objects.groups_of("ns", "q1") == ["g"]
     group["spec"]["queueRef"]["name"] = "q2"  # the store holds a copy
-    assert objects.get("ConsumerGroup", "ns", "g")["spec"]["queueRef"]["name"] == "q1"
+    stored["spec"]["queueRef"]["name"] = "q3"  # and hands out copies
+    assert (objects.get("ConsumerGroup", "ns", "g") or {})["spec"]["queueRef"]["name"] == "q1"
     objects.put("ConsumerGroup", group)
     assert objects.groups_of("ns", "q1") == [] and objects.groups_of("ns", "q2") == ["g"]
     objects.drop("ConsumerGroup", "ns", "g")

@@ -272,6 +272,9 @@ class Runtime:
         created at once then cost a few LISTs, not 1,000 LISTs of up to 1,000 items."""
         key = (plural, namespace)
         now = time.monotonic()
+        for stale in [k for k, (at, f) in self._lists.items()
+                      if f.done() and now - at >= LIST_SHARE_S]:
+            del self._lists[stale]  # a LIST of 10,000 objects is tens of MB: not kept
         cached = self._lists.get(key)
         if cached is not None:
             at, pending = cached

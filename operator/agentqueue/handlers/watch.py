@@ -14,13 +14,15 @@ from ..runtime import Runtime
 @kopf.on.event(GROUP, VERSION, "agentqueues")
 @kopf.on.event(GROUP, VERSION, "consumergroups")
 @kopf.on.event(GROUP, VERSION, "retentionpolicies")
-async def remember(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def remember(type: str | None, event: kopf.RawEvent, memo: kopf.Memo,
+                   **_: Any) -> None:
     rt: Runtime | None = getattr(memo, "runtime", None)
     if rt is None:
         return
-    kind = str(body.get("kind") or "")
+    raw = event["object"]  # the plain dict (kopf's Body is a live view)
+    kind = str(raw.get("kind") or "")
     if type == "DELETED":
-        meta = body["metadata"]
+        meta = raw["metadata"]
         rt.objects.drop(kind, meta["namespace"], meta["name"])
         return
-    rt.objects.put(kind, body)
+    rt.objects.put(kind, raw)

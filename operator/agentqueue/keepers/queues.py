@@ -265,7 +265,7 @@ class QueueKeeper:
                         and not svc.time_due(rt, body, spec, now)):
                     entry.unchanged_rounds += 1
                     entry.slo.observe(entry.slo.sample)  # the same observation again
-                    entry.slo_dirty = entry.slo_dirty or spec.slo is not None
+                    entry.slo_dirty = entry.slo_dirty or _has_slo(spec, body)
                     return
             async with gate:
                 logger = ObjectLog(log, {"object": {"namespace": key[0], "name": key[1],
@@ -279,7 +279,7 @@ class QueueKeeper:
                     outcome = None
             entry.slo.observe(outcome.slo_sample if outcome is not None else None)
             entry.slo.observed = entry.slo.observed or outcome is not None
-            entry.slo_dirty = entry.slo_dirty or spec.slo is not None
+            entry.slo_dirty = entry.slo_dirty or _has_slo(spec, body)
             entry.unchanged_rounds = 0
             clean = (outcome is not None and not outcome.repaired and outcome.problem is None
                      and not outcome.rotated)
@@ -356,6 +356,12 @@ class QueueKeeper:
         except KubeError as exc:  # the next evaluation tries again
             log.warning("could not write the SLO condition",
                         extra={"error": str(exc), "queue": f"{key[0]}/{key[1]}"})
+
+
+def _has_slo(spec: Any, body: dict[str, Any]) -> bool:
+    """The SLO is evaluated: it is set, or its condition is still there (to remove)."""
+    return spec.slo is not None or get_condition(
+        (body.get("status") or {}).get("conditions"), reasons.SLO_BREACHED) is not None
 
 
 async def update_slo(rt: Runtime, body: dict[str, Any], state: SLOState,
