@@ -155,9 +155,11 @@ class QueueKeeper:
     def __len__(self) -> int:
         return len(self.queues)
 
-    def track(self, namespace: str, name: str, target: RedisTarget) -> None:
+    def track(self, namespace: str, name: str, target: RedisTarget,
+              sample: slo.QueueSample | None = None) -> None:
         """Keep this queue from now on, on `target`'s loop (idempotent; a queue whose
-        Redis changed moves to the other loop)."""
+        Redis changed moves to the other loop). `sample`: the handler's observation,
+        the SLO's first (its next comes with the next drift round)."""
         key = (namespace, name)
         clock = asyncio.get_running_loop().time()
         entry = self.queues.get(key)
@@ -165,8 +167,16 @@ class QueueKeeper:
             self._leave(key, entry)
             entry = None
         if entry is None:
-            entry = self.queues[key] = _Queue(
-                target.key, clock + min(self.rt.config.drift_interval, FIRST_CHECK_MAX_S))
+            # The handler just observed and reconciled it: the next look is a drift
+            # interval away (at most FIRST_CHECK_MAX_S without the handler's sample).
+            first = self.rt.config.drift_interval
+            if sample is None:
+                first = min(first, FIRST_CHECK_MAX_S)
+            entry = self.queues[key] = _Queue(target.key, clock + first)
+        if sample is not None:
+            entry.slo.observe(sample)
+            entry.slo.observed = True
+            entry.slo_dirty = True
         entry.fingerprint = None  # the handler changed something: reconcile next round
         server = self.servers.get(target.key)
         if server is None or server.task.done():
@@ -351,8 +361,12 @@ class QueueKeeper:
         body = self.rt.objects.get(KIND, *key)
         if entry is None or body is None:
             return
+        groups = self.rt.objects.groups_of(*key)
+        if any((key[0], g) in self.rt.groups.entries and (key[0], g) not in self.rt.groups.reports
+               for g in groups):
+            return  # a new group's first figures are coming: its report wakes us then
         try:
-            await update_slo(self.rt, body, entry.slo, self.rt.objects.groups_of(*key))
+            await update_slo(self.rt, body, entry.slo, groups)
         except KubeError as exc:  # the next evaluation tries again
             log.warning("could not write the SLO condition",
                         extra={"error": str(exc), "queue": f"{key[0]}/{key[1]}"})

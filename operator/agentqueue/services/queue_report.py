@@ -5,12 +5,18 @@ path (`write_merged`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from typing import Any
 
+import kopf
+
+from agentqueue_client import keys
+
 from .. import events, reasons
 from ..conditions import get_condition, now_iso, set_condition
+from ..planning import deletion
 from ..planning.risk_condition import risk_condition
 from ..runtime import Runtime
 from . import queues as svc
@@ -95,3 +101,71 @@ async def write_merged(rt: Runtime, body: dict[str, Any], status: dict[str, Any]
     """Write `status` (computed from `body`) through the status writer: only the
     conditions we changed replace the current ones. The caller holds the lock."""
     await write_status(rt, PLURAL, body, status)
+
+
+async def delete_and_report(rt: Runtime, plain: dict[str, Any]) -> None:
+    """The queue's clean-up (its users; its keys with deletionPolicy Delete), with
+    `Ready=False (Deleting)` first; a failed clean-up retries until the operator's
+    deletion timeout (planning/deletion.py), then the queue is released with an Event
+    saying what stays in Redis."""
+
+    async def _delete() -> None:
+        await svc.delete_queue(rt, plain)
+
+    rt.queue_changed(plain["metadata"]["namespace"], plain["metadata"]["name"])
+    status = ready_status(plain, False, reasons.DELETING, "removing ACL users"
+                          + (" and keys" if plain.get("spec", {}).get("deletionPolicy") == "Delete"
+                             else "; keys are retained"))
+    meta = plain["metadata"]
+    try:
+        await write_status(rt, PLURAL, plain, status)
+        try:
+            await run_reconcile(rt, KIND, PLURAL, plain, _delete)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:
+            step = deletion.after_failed_cleanup(
+                _provisioned(plain), _since_deletion(meta), rt.config.deletion_timeout)
+            if not step.release:
+                raise kopf.TemporaryError(str(exc), delay=step.retry_in) from None
+            _abandon_event(rt, plain, str(exc))
+    finally:
+        # Always (also when the spec never validated): the queue's series go with it.
+        # Under the lock, so a reconcile still running cannot put them back after.
+        async with rt.locked(KIND, meta["namespace"], meta["name"]):
+            rt.metrics.forget_queue(meta["namespace"], meta["name"])
+
+
+def _provisioned(body: dict[str, Any]) -> bool:
+    """Whether the queue ever reached Redis (a reconcile succeeded once)."""
+    status = body.get("status") or {}
+    return bool(status.get("users") or status.get("partitions") or status.get("keyPattern"))
+
+
+def _since_deletion(meta: dict[str, Any]) -> float:
+    stamp = meta.get("deletionTimestamp")
+    if not stamp:
+        return 0.0
+    try:
+        return time.time() - dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _abandon_event(rt: Runtime, body: dict[str, Any], error: str) -> None:
+    """The queue is released without its clean-up: say what stays in Redis."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = body.get("spec") or {}
+    access = spec.get("access") or {}
+    entries = sorted({str(e["name"]) for role in ("producers", "consumers", "observers")
+                      for e in (access.get(role) or []) if isinstance(e, dict)
+                      and isinstance(e.get("name"), str)})
+    if not _provisioned(body):
+        events.info(body, reason=reasons.DELETION_ABANDONED,
+                    message=f"released at once: the queue never reached Redis ({error[:300]})")
+        return
+    what = deletion.left_behind([keys.acl_username(ns, name, e) for e in entries],
+                                spec.get("deletionPolicy") == "Delete",
+                                keys.queue_key_pattern(ns, name))
+    events.warn(body, reason=reasons.DELETION_ABANDONED,
+                message=(f"released after {rt.config.deletion_timeout:.0f}s without reaching "
+                         f"Redis ({error[:300]}); left behind: {what}")[:1000])

@@ -111,7 +111,7 @@ async def prepare(rt: Runtime, body: dict[str, Any], state: LoopState) -> PollRe
         if state.ctx_key != key:
             # The spec changed since the last tick chose to stay quiet: decide again now.
             state.quiet = None
-        state.ctx = await svc.resolve(rt, body)
+        state.ctx = await svc.resolve(rt, body, check_rivals=False)
         state.ctx_key, state.ctx_at = key, time.monotonic()
     ctx = state.ctx
     spec = ctx.spec
