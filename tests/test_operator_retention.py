@@ -119,3 +119,21 @@ def test_conflicts_reported_in_both(operator: Any, kubectl: Any, namespace: str)
                                       tier="x", team="a"))
     wait_for(lambda: status_of(kubectl, "retentionpolicies", "newer", namespace)
              .get("matchedQueues") == ["shared"], timeout=15, what="explicit ref wins")
+
+
+def test_a_policy_takes_a_new_queue_at_once(operator: Any, kubectl: Any,
+                                            namespace: str) -> None:
+    """Events, not timers: a queue appearing makes its namespace's policies run (the
+    retention keeper, 0.5 s after the queue's handler), not their interval (1 h here).
+    Bound: the queue's Ready + 0.5 s + a run + 2.5 s margin."""
+    apply(kubectl, namespace, policy("hourly", interval="1h",
+                                     selector={"matchLabels": {"tier": "h"}}, maxLength=100))
+    wait_for(lambda: status_of(kubectl, "retentionpolicies", "hourly", namespace)
+             .get("lastRun"), timeout=10, what="the policy's first run")
+    apply(kubectl, namespace, labeled(queue("late"), tier="h"))
+    wait_ready(kubectl, "agentqueues", "late", namespace)
+    t0 = time.monotonic()
+    wait_for(lambda: status_of(kubectl, "retentionpolicies", "hourly", namespace)
+             .get("matchedQueues") == ["late"], timeout=3, interval=0.1,
+             what="the new queue matched")
+    print(f"matched {time.monotonic() - t0:.2f}s after the queue was Ready")

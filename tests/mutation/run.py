@@ -81,6 +81,7 @@ MODULES = [
     "operator/agentqueue/planning/slo_announce.py",
     "operator/agentqueue/planning/risk_condition.py",
     "operator/agentqueue/planning/pause.py",
+    "operator/agentqueue/planning/group_status.py",
     "clients/python/agentqueue_client/errors.py",
 ]
 
@@ -106,6 +107,7 @@ TESTS = [
     "tests/test_slo_announce.py",
     "tests/test_risk_condition.py",
     "tests/test_pause_plan.py",
+    "tests/test_group_status_plan.py",
 ]
 
 # Tests inside those files that need a real server.

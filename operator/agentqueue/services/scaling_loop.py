@@ -22,7 +22,7 @@ from ..conditions import now_iso, set_condition
 from ..kube import KubeNotFound
 from ..metrics import GroupReport
 from ..models import ConsumerGroupStatus, parse_duration
-from ..planning import conflicts, scaling
+from ..planning import conflicts, group_status, scaling
 from ..pollhub import PollResult, Quiet
 from ..redisgw import deadletters, functions, list_sweep
 from ..redisgw import groups as redis_groups
@@ -237,27 +237,20 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
             ),
             state.history, now, paused=spec.paused)
         desired = decision.desired
-        if state.conflict:
-            conditions = set_condition(conditions, reasons.SCALING_CONFLICT, True,
-                                       state.conflict[0], state.conflict[1], gen)
-        else:
-            conditions = set_condition(conditions, reasons.SCALING_CONFLICT, False,
-                                       reasons.NO_CONFLICT, "", gen)
-            if decision.desired != state.current:
-                await rt.kube.set_scale(ref.api_version, ref.kind, ns, ref.name,
-                                        decision.desired)
-                direction = "up" if decision.desired > (state.current or 0) else "down"
-                rt.metrics.scale_events.labels(ns, name, direction).inc()
-                events.info(body, reason=reasons.SCALED,
-                          message=f"scaled {ref.kind}/{ref.name} from {state.current} to "
-                          f"{decision.desired}: {decision.reason}")
-                logger.info("scaled", extra={"from": state.current, "to": decision.desired,
-                                             "why": decision.reason})
-                state.current = decision.desired
-                scaled = True
-        conditions = set_condition(conditions, reasons.SCALING_ACTIVE, not state.conflict,
-                                   reasons.SCALED if not state.conflict else state.conflict[0],
-                                   decision.reason, gen)
+        for cond in group_status.scaling_conditions(state.conflict, decision.reason):
+            conditions = set_condition(conditions, *cond, gen)
+        if not state.conflict and decision.desired != state.current:
+            await rt.kube.set_scale(ref.api_version, ref.kind, ns, ref.name,
+                                    decision.desired)
+            direction = "up" if decision.desired > (state.current or 0) else "down"
+            rt.metrics.scale_events.labels(ns, name, direction).inc()
+            events.info(body, reason=reasons.SCALED,
+                      message=f"scaled {ref.kind}/{ref.name} from {state.current} to "
+                      f"{decision.desired}: {decision.reason}")
+            logger.info("scaled", extra={"from": state.current, "to": decision.desired,
+                                         "why": decision.reason})
+            state.current = decision.desired
+            scaled = True
 
     # Status and metrics from what was observed
     model = ConsumerGroupStatus(reclaimed=state.reclaimed, dead_lettered=state.dead_lettered,
@@ -269,14 +262,11 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
         model.consumers = figures.consumers
         if figures.waiting > 0:
             state.last_active = now
-        if ready.get("reason") != reasons.ACTIVE:
-            conditions = set_condition(conditions, reasons.READY, True, reasons.ACTIVE,
-                                       f"group {ctx.group!r} readable again", gen)
-    else:
-        msg = f"cannot read Redis: {result.error}"
-        reason = reasons.FALLBACK if (ref and spec.scaling.fallback_replicas is not None) \
-            else reasons.REDIS_UNAVAILABLE
-        conditions = set_condition(conditions, reasons.READY, False, reason, msg, gen)
+    readiness = group_status.readiness(
+        redis_ok, ready.get("reason"), ctx.group, str(result.error), ref is not None,
+        spec.scaling.fallback_replicas is not None)
+    if readiness is not None:
+        conditions = set_condition(conditions, *readiness, gen)
     if state.dlq_cursor is not None:
         model.dead_letter_cursor = {str(k): v for k, v in sorted(state.dlq_cursor.items())}
     if scaled:
