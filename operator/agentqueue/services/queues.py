@@ -240,6 +240,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                 pass  # its ACL LIST line is as verified: no GETUSER
             elif await users.ensure_user(client, username, rules, [seen[1]]):
                 repaired.append(f"ACL user {username}")
+                rt.user_index.added(target.key, username)
             else:
                 verified.append(username)
             user_status.append(UserStatus(name=entry.name, role=role, username=username,
@@ -272,6 +273,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                 hashes += [h for h in await users.password_hashes(client, username)
                            if h not in hashes]
         changed = await users.ensure_user(client, username, rules, hashes)
+        rt.user_index.added(target.key, username)
         if changed and existing is not None and not rotate_reason:
             repaired.append(f"ACL user {username}")
         if not changed:
@@ -287,9 +289,10 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
 
     if not drift:  # entries leave the spec only with a spec change
         wanted = {u.name for u in user_status}
-        for entry_name in await _provisioned_entries(client, ns, name):
+        for entry_name in await _provisioned_entries(rt, target, client, ns, name):
             if entry_name not in wanted:
                 await _remove_entry(rt, client, body, entry_name)
+                rt.user_index.removed(target.key, keys.acl_username(ns, name, entry_name))
 
     if rotate_reason:
         creds["lastRotation"] = _iso(now)
@@ -347,14 +350,15 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                         problem, verified)
 
 
-async def _provisioned_entries(client: Any, namespace: str, queue: str) -> list[str]:
+async def _provisioned_entries(rt: Runtime, target: RedisTarget, client: Any,
+                               namespace: str, queue: str) -> list[str]:
     """Access entries that have a Redis user of this queue, from the user names the
     operator generates (``aq.<namespace>.<queue>.<entry>``): an entry name is a DNS
     label (no dot), so another queue's users (``<queue>.x`` is a valid queue name) never
-    match."""
+    match. From the runtime's index of users (one ACL USERS per server per few seconds,
+    kept current with our own changes)."""
     prefix = keys.acl_username(namespace, queue, "")
-    return sorted(u[len(prefix):] for u in await users.list_usernames(client, prefix)
-                  if u[len(prefix):] and "." not in u[len(prefix):])
+    return sorted(e for e in await rt.user_index.entries(target.key, client, prefix) if e)
 
 
 async def _remove_entry(rt: Runtime, client: Any, body: dict[str, Any], entry: str) -> None:
@@ -410,9 +414,10 @@ async def delete_queue(rt: Runtime, body: dict[str, Any]) -> None:
     # What to delete comes from the spec and the names the operator generates, never
     # from status (whoever can write status could name another queue's user).
     entries = {entry.name for _, entry in spec.access.entries()}
-    entries |= set(await _provisioned_entries(client, ns, name))
+    entries |= set(await _provisioned_entries(rt, target, client, ns, name))
     for entry_name in sorted(entries):
         await users.delete_user(client, keys.acl_username(ns, name, entry_name))
+        rt.user_index.removed(target.key, keys.acl_username(ns, name, entry_name))
         rt.secrets_seen.pop((ns, keys.secret_name(name, entry_name)), None)
     rt.forget_spec("AgentQueue", ns, name)
     if spec.deletion_policy == "Delete":
