@@ -304,26 +304,36 @@ class Runtime:
 
     async def list_including(self, plural: str, namespace: str, name: str
                              ) -> list[dict[str, Any]]:
-        """The objects of `plural` in `namespace`, from one LIST shared by the callers of
-        the last LIST_SHARE_S seconds whose object it contains (a LIST that contains an
-        object was read after that object was created, so it has every object created
-        before it: what the creation-order conflict rules need). 1,000 ConsumerGroups
-        created at once then cost a few LISTs, not 1,000 LISTs of up to 1,000 items."""
+        """The objects of `plural` in `namespace`, from a LIST that contains `name` (a
+        LIST that contains an object was read after that object was created, so it has
+        every object created before it: what the creation-order conflict rules need).
+
+        Shared: a recent LIST (LIST_SHARE_S) that contains the object serves it; else a
+        LIST started after the call began (it must contain the object) is awaited; at
+        most one LIST per namespace is in flight, and the callers arriving meanwhile
+        share the next one. 10,000 ConsumerGroups created at once cost a LIST per
+        LIST's duration, not one LIST of up to 10,000 items each."""
         key = (plural, namespace)
-        now = time.monotonic()
+        arrived = time.monotonic()
+        now = arrived
         for stale in [k for k, (at, f) in self._lists.items()
                       if f.done() and now - at >= LIST_SHARE_S]:
             del self._lists[stale]  # a LIST of 10,000 objects is tens of MB: not kept
-        cached = self._lists.get(key)
-        if cached is not None:
-            at, pending = cached
-            if not pending.done() or now - at < LIST_SHARE_S:
-                try:
-                    items = await asyncio.shield(pending)
-                except Exception:  # noqa: BLE001 - the LIST below reports it
-                    items = None
-                if items is not None and any(o["metadata"]["name"] == name for o in items):
-                    return items
+        while True:
+            slot = self._lists.get(key)
+            if slot is None:
+                break
+            started, pending = slot
+            try:
+                items = await asyncio.shield(pending)
+            except Exception:  # noqa: BLE001 - a LIST of our own reports it
+                if self._lists.get(key) is slot:
+                    break
+                continue
+            if started >= arrived or any(o["metadata"]["name"] == name for o in items):
+                return items
+            if self._lists.get(key) is slot:
+                break  # nobody started the next LIST yet: this caller does
         future: asyncio.Future[list[dict[str, Any]]] = (
             asyncio.get_running_loop().create_future())
         self._lists[key] = (time.monotonic(), future)
@@ -332,7 +342,6 @@ class Runtime:
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: no "never retrieved" warning
-            self._lists.pop(key, None)
             raise
         future.set_result(items)
         return items
