@@ -150,9 +150,6 @@ class PollHub(Generic[K]):
         self.subscribe(server_key, get_client, key, request, interval, quiet, deliver)
         return await waiter
 
-    def subscribers(self) -> int:
-        return sum(len(loop.subs) for loop in self.loops.values())
-
     def poke(self, key: K) -> None:
         """Deliver the next tick to this subscriber even if nothing changed (its spec
         did)."""

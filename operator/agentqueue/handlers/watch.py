@@ -24,5 +24,7 @@ async def remember(type: str | None, event: kopf.RawEvent, memo: kopf.Memo,
     if type == "DELETED":
         meta = raw["metadata"]
         rt.objects.drop(kind, meta["namespace"], meta["name"])
+        rt.status.forget(kind, meta["namespace"], meta["name"])  # its lock, its last write
+        rt.forget_spec(kind, meta["namespace"], meta["name"])
         return
     rt.objects.put(kind, raw)

@@ -48,13 +48,6 @@ def ready_status(body: dict[str, Any], ok: bool, reason: str, message: str,
     return out
 
 
-def changes_status(body: dict[str, Any], status: dict[str, Any]) -> bool:
-    """Whether merge-patching `status` would change the body's status (a key set to None
-    deletes it, so a missing key equals None)."""
-    current = body.get("status") or {}
-    return any(current.get(k) != v for k, v in status.items())
-
-
 KINDS = {"agentqueues": "AgentQueue", "consumergroups": "ConsumerGroup",
          "retentionpolicies": "RetentionPolicy"}
 

@@ -125,17 +125,6 @@ async def prepare(rt: Runtime, body: dict[str, Any], state: LoopState) -> PollRe
                        state.quiet)
 
 
-async def tick(rt: Runtime, body: dict[str, Any], state: LoopState,
-               logger: Any) -> None:
-    """One whole tick, awaiting the poll (tests; the group keeper drives prepare and
-    settle from the poll's callbacks)."""
-    meta = body["metadata"]
-    ask = await prepare(rt, body, state)
-    result = await rt.hub.next(ask.server, ask.get_client, (meta["namespace"], meta["name"]),
-                               ask.request, ask.interval, ask.quiet)
-    await settle(rt, body, state, result, logger)
-
-
 async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: PollResult,
                  logger: Any) -> None:
     """After the poll: sweep, count dead letters, decide and scale, status and metrics."""
