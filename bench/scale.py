@@ -37,6 +37,10 @@ operator SIGUSR2 (only when /proc shows it catches SIGUSR2: the default action w
 it), waits for ``<dir>/tracemalloc-<pid>-<n>.txt`` and logs its bytes-per-package table
 and top lines; a row per point gives RSS / traced Python heap. Tracing costs CPU and
 memory: never publish CPU or RSS figures from a traced run (the rows say "traced").
+With ``AQ_TRACEMALLOC_FRAMES=0`` nothing is traced: each point writes a census of the
+live Python objects by type instead (``agentqueue.memtrace.census``), and the CPU and RSS
+rows stay comparable (the census runs after each idle window; its walk briefly takes
+memory of its own, which the next RSS reading may still hold).
 
 **Baseline** (``--baseline-ref <git ref>``, default none): the operator of that ref,
 checked out with ``git worktree add --detach`` into a temp dir and run with only its
@@ -90,6 +94,8 @@ from .common import (
 from .reconcile import finish_profiler, start_profiler
 from .scaling import Scaling
 from .stack import TRACEMALLOC_ENV, LocalStack, ReadyWatch
+
+FRAMES_ENV = "AQ_TRACEMALLOC_FRAMES"
 
 NAME = "scale"
 API_VERSION = "agentqueue.io/v1alpha1"
@@ -347,8 +353,9 @@ def memory_point(stack: LocalStack, label: str, timeout: float = 900.0) -> Memor
 
 
 def traced_bytes(text: str) -> int | None:
+    """The traced heap, or in the census mode the live Python objects' bytes."""
     for line in text.splitlines():
-        if line.startswith("traced_bytes:"):
+        if line.startswith(("traced_bytes:", "census_bytes:")):
             return int(line.split(":", 1)[1])
     return None
 
@@ -356,8 +363,9 @@ def traced_bytes(text: str) -> int | None:
 def summary_lines(text: str, top: int = 12) -> list[str]:
     """The package table and the top lines of a memtrace summary, for the log."""
     lines = text.splitlines()
-    out = [x for x in lines if x.startswith(("package ", "traced_", "tracemalloc_"))]
-    out += [x for x in lines if x.startswith("line ")][:top]
+    out = [x for x in lines if x.startswith(("package ", "traced_", "tracemalloc_", "census_",
+                                             "module "))]
+    out += [x for x in lines if x.startswith(("line ", "type "))][:top]
     return out
 
 
@@ -472,7 +480,7 @@ def _mb(x: float) -> str:
 
 
 def rows_for(b: Burst, base: Burst | None, commit: str, s: AtScale | None,
-             memory: list[MemoryPoint], traced: bool) -> list[Row]:
+             memory: list[MemoryPoint], traced: bool, census: bool = False) -> list[Row]:
     n = b.n
     tag = " (traced: not comparable)" if traced else ""
     rows: list[Row] = []
@@ -516,7 +524,8 @@ def rows_for(b: Burst, base: Burst | None, commit: str, s: AtScale | None,
                             met(p95 <= REACTION_P95_GOAL_S)))
     for m in memory:
         heap = f"{m.traced / 2**20:.1f} MiB" if m.traced is not None else f"— ({m.note})"
-        rows.append(Row(NAME, f"operator memory at {m.label}: RSS / traced Python heap",
+        heap_name = "Python objects (census)" if census else "traced Python heap"
+        rows.append(Row(NAME, f"operator memory at {m.label}: RSS / {heap_name}",
                         f"{_mb(m.rss)} / {heap}"))
     return rows
 
@@ -554,7 +563,9 @@ def run(quick: bool, scale: int = DEFAULT_SCALE, baseline_ref: str | None = None
         t0 = time.monotonic()
         base, commit = baseline_burst(baseline_ref, plan)
         log(f"scale: baseline done in {time.monotonic() - t0:.0f}s")
-    return rows_for(b, base, commit, s, memory, trace_dir is not None)
+    census = os.environ.get(FRAMES_ENV) == "0"
+    return rows_for(b, base, commit, s, memory, trace_dir is not None and not census,
+                    census)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

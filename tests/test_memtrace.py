@@ -124,3 +124,20 @@ def test_classifier_rule() -> None:
         print("ok")
     """, {})
     assert result.returncode == 0, result.stderr
+
+
+def test_frames_zero_is_a_census_without_tracing(tmp_path: Path) -> None:
+    code = SIGNAL_SELF.replace("print(len(keep))", """
+    import tracemalloc
+    assert not tracemalloc.is_tracing()
+    print(len(keep))""")
+    result = _run(code, {"AQ_TRACEMALLOC_DIR": str(tmp_path), "AQ_TRACEMALLOC_FRAMES": "0"})
+    assert result.returncode == 0, result.stderr
+    text = next(tmp_path.glob("tracemalloc-*.txt")).read_text()
+    fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line
+                  and line.startswith("census_"))
+    # 3,000 kept strings of 2,000 characters (counted once each, from untracked dicts).
+    assert 3000 * 2000 < int(fields["census_bytes"]) < 200 * 2**20
+    top = next(line for line in text.splitlines() if line.startswith("type   1."))
+    assert top.endswith("builtins.str"), top
+    assert any(line.startswith("module builtins") for line in text.splitlines())

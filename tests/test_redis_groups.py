@@ -234,6 +234,38 @@ async def test_poller_figures_sum_over_partitions(redis_client: RedisClient) -> 
     assert ghost.missing_partitions == [0] and ghost.waiting == 0
 
 
+async def test_an_unchanged_fleet_is_neither_parsed_nor_rebuilt(redis_client: RedisClient) -> None:
+    r = redis_client
+    lp = LagPoller()
+    await groups.ensure_group(r, PARTS, G, "Beginning")
+    await add(r, P0.queue_key, 3)
+    [first] = await lp.poll(r, [GroupTarget(NS, Q, G, 3)])
+    [second] = await lp.poll(r, [GroupTarget(NS, Q, G, 3)])  # an equal, new target
+    assert first.lag == 3 and second is first  # "unchanged" replies: nothing rebuilt
+    # From then on the same calls go out (with the same digests): packed once.
+    packed = dict(poller.OBSERVE._packed)
+    assert (await lp.poll(r, [GroupTarget(NS, Q, G, 3)]))[0] is first
+    assert all(poller.OBSERVE._packed[k][1] is v[1] for k, v in packed.items())
+    [state] = await poller.observe_partitions(r, [(P0, [G])])
+    assert (await poller.observe_partitions(r, [(P0, [G])]))[0] is state and state.steady
+    await add(r, PARTS[1].queue_key, 2)
+    [third] = await lp.poll(r, [GroupTarget(NS, Q, G, 3)])
+    assert third is not first and third.lag == 5
+    assert (await lp.poll(r, [GroupTarget(NS, Q, G, 3)]))[0] is third
+    # A pending entry's idle time changes with the clock: rebuilt every tick.
+    await read(r, P0.queue_key, "c1", 1)
+    [a] = await lp.poll(r, [GroupTarget(NS, Q, G, 3)])
+    await asyncio.sleep(0.02)
+    [b] = await lp.poll(r, [GroupTarget(NS, Q, G, 3)])
+    assert b is not a and b.oldest_pending_age_s > a.oldest_pending_age_s
+    assert (b.lag, b.pending) == (4, 1)
+    # A retry falls due by the server's clock.
+    await r.zadd(PARTS[2].retry, {"soon": int(time.time() * 1000) + 300})
+    assert (await lp.poll(r, [GroupTarget(NS, Q, G, 3)]))[0].due_retries == 0
+    await asyncio.sleep(0.4)
+    assert (await lp.poll(r, [GroupTarget(NS, Q, G, 3)]))[0].due_retries == 1
+
+
 async def test_poller_flags_partitions_whose_stream_is_gone(redis_client: RedisClient) -> None:
     await groups.ensure_group(redis_client, PARTS, G)
     await redis_client.delete(PARTS[1].queue_key)

@@ -42,7 +42,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from agentqueue import tracing
-from agentqueue.kube import KubeGateway
+from agentqueue.kube import KubeGateway, login
 from agentqueue.models.queue import QueueType, Role
 from agentqueue.planning.acl import acl_rules
 from agentqueue.redisgw import users
@@ -186,6 +186,13 @@ def test_the_image_lock_can_trace() -> None:
 # --- in process: real redis-server and apiserver, in-memory exporter -------------------------
 
 @pytest.fixture
+def kube_login(kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The operator's own login (agentqueue.kube.login) on the test cluster's kubeconfig."""
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    return login()
+
+
+@pytest.fixture
 def secret_owner(kube: Any, namespace: str) -> dict[str, Any]:
     """An object that exists, to own the test's Secret: an ownerReference to an absent uid
     lets the garbage collector delete the Secret between its POST and the GET after it (a
@@ -198,12 +205,12 @@ def secret_owner(kube: Any, namespace: str) -> dict[str, Any]:
 
 @pytest.mark.k8s
 async def test_redis_and_kube_calls_become_spans_without_secrets(
-        redis_client: Any, redis_server: RedisServer, kube: Any, namespace: str,
+        redis_client: Any, redis_server: RedisServer, kube_login: Any, namespace: str,
         secret_owner: dict[str, Any], spans: InMemorySpanExporter) -> None:
     # `spans` last: the fixtures' own Redis and Kubernetes calls happen before it.
     hashed_password, plain_password = users.new_password(), users.new_password()
     rules = acl_rules(Role.PRODUCER, namespace, "billing", QueueType.STREAM, 1)
-    gateway = KubeGateway(kube)
+    gateway = KubeGateway(kube_login)
     owner = secret_owner
     unauthenticated = aredis.Redis(host=redis_server.host, port=redis_server.port, protocol=2)
     try:
@@ -224,6 +231,7 @@ async def test_redis_and_kube_calls_become_spans_without_secrets(
             await gateway.read_secret(namespace, "billing.intake")
     finally:
         await unauthenticated.aclose()
+        await gateway.close()
 
     finished = spans.get_finished_spans()
     reconcile = [s for s in finished if s.name == "reconcile AgentQueue"]
@@ -252,13 +260,12 @@ async def test_redis_and_kube_calls_become_spans_without_secrets(
     assert any((s.attributes or {}).get("db.redis.pipeline_length") == 2 for s in redis_spans)
 
     # apply_secret GETs (404: absent) and then POSTs (201); read_secret GETs (200). (Not
-    # by order: a span ends when urllib3 releases its response, which for the 404 may come
-    # after the later calls.)
+    # by order: a span ends when its response is released.)
     def status(span: ReadableSpan) -> Any:
         attrs = span.attributes or {}
         return attrs.get("http.status_code", attrs.get("http.response.status_code"))
 
-    kube = by_scope[URLLIB3_SCOPE]
+    kube = by_scope[AIOHTTP_SCOPE]
     posts = [s for s in kube if s.name == "POST /api/v1/namespaces/{namespace}/secrets"]
     gets = [s for s in kube if s.name == "GET /api/v1/namespaces/{namespace}/secrets/{name}"]
     assert sorted(status(s) for s in posts) == [201]
@@ -422,8 +429,8 @@ def test_operator_sends_its_spans_over_otlp_http(plane: Plane, plane_redis: Redi
             found = collector.spans()
             names = {(s["scope"], s["name"]) for s in found}
             wanted = {
-                # The KubeGateway (kubernetes client, urllib3): the credential Secrets.
-                (URLLIB3_SCOPE, "POST /api/v1/namespaces/{namespace}/secrets"),
+                # The KubeGateway (aiohttp, like kopf): the credential Secrets.
+                (AIOHTTP_SCOPE, "POST /api/v1/namespaces/{namespace}/secrets"),
                 # kopf (aiohttp): its watch of the namespace's AgentQueues.
                 (AIOHTTP_SCOPE, "GET /apis/agentqueue.io/v1alpha1/namespaces/{namespace}"
                                 "/agentqueues"),

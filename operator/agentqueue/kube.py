@@ -1,32 +1,37 @@
 """The Kubernetes gateway: Secrets, custom-object status, the /scale subresource, and
-the autoscalers we must not fight. The official client is synchronous, so every call
-runs in a worker thread; errors are classified once, here."""
+the autoscalers we must not fight. Plain HTTP on aiohttp (kopf's own client library):
+the official client's generated API classes cost ~25 MB of RSS and a thread per call in
+flight. Credentials come from kopf's own login functions (service account, kubeconfig);
+errors are classified once, here."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
-import contextvars
-import functools
+import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any
+from urllib.parse import quote
 
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
-from urllib3.exceptions import HTTPError
+import aiohttp
+import kopf
 
 from . import GROUP, VERSION
 
-T = TypeVar("T")
 MANAGED_BY = "agentqueue-operator"
-API_THREADS = 24
-"""Kubernetes API calls in flight at most (the client is synchronous: one thread each;
-lifecycle.startup sizes the client's connection pool to match)."""
+API_CONNECTIONS = 24
+"""Kubernetes API calls in flight at most (connections in the pool)."""
+REQUEST_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
+RELOGIN_S = 300.0
+"""Credentials are read again this often (a service account's token file is rotated by
+the kubelet) and at once after a 401."""
+DISCOVERY_TTL_S = 300.0
+MERGE_PATCH = "application/merge-patch+json"
 
 
 class KubeError(Exception):
@@ -45,11 +50,7 @@ class KubeForbidden(KubeError):
     """RBAC denies the call: a deployment problem, not a transient one."""
 
 
-def _classify(exc: ApiException | HTTPError) -> KubeError:
-    if isinstance(exc, HTTPError):
-        return KubeUnavailable(f"apiserver unreachable: {type(exc).__name__}")
-    status = exc.status or 0
-    reason = exc.reason or ""
+def _classify(status: int, reason: str) -> KubeError:
     if status == 404:
         return KubeNotFound(reason)
     if status == 403:
@@ -57,6 +58,37 @@ def _classify(exc: ApiException | HTTPError) -> KubeError:
     if status in (409, 429) or status >= 500:
         return KubeUnavailable(f"apiserver answered {status} {reason}")
     return KubeError(f"apiserver answered {status} {reason}")
+
+
+def login() -> kopf.ConnectionInfo:
+    """The operator's credentials: in a pod its service account (the apiserver by the
+    KUBERNETES_SERVICE_HOST/PORT the kubelet sets, as the official client does), else
+    the kubeconfig (KUBECONFIG or ~/.kube/config), else what the official client makes
+    of it (exec plugins, auth providers) when it is installed."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings)
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get(
+        "KUBERNETES_SERVICE_PORT")
+    if info is not None and host and port:
+        host = f"[{host}]" if ":" in host else host
+        return kopf.ConnectionInfo(server=f"https://{host}:{port}", ca_path=info.ca_path,
+                                   token=info.token,
+                                   default_namespace=info.default_namespace)
+    if info is None:
+        with contextlib.suppress(Exception):
+            info = kopf.login_with_kubeconfig(settings=settings)
+    if info is None or not (info.token or info.certificate_data or info.certificate_path
+                            or info.username):
+        try:
+            client_info = kopf.login_via_client(logger=logging.getLogger("agentqueue.kube"),
+                                                settings=settings)
+        except Exception:  # noqa: BLE001 - not installed, or nothing to log in with
+            client_info = None
+        info = client_info or info
+    if info is None:
+        raise KubeError("no Kubernetes credentials: neither a service account nor a "
+                        "kubeconfig (KUBECONFIG, ~/.kube/config)")
+    return info
 
 
 @dataclass(frozen=True)
@@ -101,47 +133,81 @@ UNREAD = Unread()
 
 
 class KubeGateway:
-    def __init__(self, api: k8s.ApiClient) -> None:
-        self.api = api
-        self.core = k8s.CoreV1Api(api)
-        self.custom = k8s.CustomObjectsApi(api)
-        self.autoscaling = k8s.AutoscalingV2Api(api)
-        self._dynamic: DynamicClient | None = None
-        # Its own threads: the default executor has min(32, cores + 4) (6 on 2 cores),
-        # which capped the operator at 6 API calls in flight when 1,000 objects came.
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=API_THREADS, thread_name_prefix="kube")
-        self._lock = asyncio.Lock()
+    def __init__(self, info: kopf.ConnectionInfo,
+                 relogin: Callable[[], kopf.ConnectionInfo] | None = None) -> None:
+        self.info = info
+        self.server = info.server.rstrip("/")
+        self._relogin = relogin
+        self._logged_in = time.monotonic()
+        self._session: aiohttp.ClientSession | None = None
+        self._discovery: dict[str, tuple[float, dict[str, dict[str, Any]] | None]] = {}
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=API_CONNECTIONS,
+                                               ssl=self.info.as_ssl_context()),
+                headers=self.info.as_http_headers(),
+                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S,
+                                              sock_connect=CONNECT_TIMEOUT_S),
+                trust_env=self.info.trust_env)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _login_again(self) -> bool:
+        if self._relogin is None:
+            return False
         try:
-            # As asyncio.to_thread does: the call runs in the caller's context (its
-            # tracing span is the parent of the call's span).
-            context = contextvars.copy_context()
-            return await asyncio.get_running_loop().run_in_executor(
-                self._executor, functools.partial(context.run, fn, *args, **kwargs))
-        except (ApiException, HTTPError) as exc:
-            raise _classify(exc) from None
+            info = await asyncio.to_thread(self._relogin)
+        except Exception:  # noqa: BLE001 - keep the credentials we have
+            return False
+        self._logged_in = time.monotonic()
+        if info == self.info:
+            return False
+        old, self.info, self._session = self._session, info, None
+        if old is not None:
+            await old.close()
+        return True
+
+    async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
+                       body: Any = None, content_type: str | None = None) -> Any:
+        """The JSON answer of one API call; errors classified (KubeError subclasses)."""
+        if time.monotonic() - self._logged_in > RELOGIN_S:
+            await self._login_again()
+        for attempt in (0, 1):
+            headers = {"Content-Type": content_type} if content_type else None
+            try:
+                async with self._open().request(method, self.server + path, params=params,
+                                                json=body, headers=headers) as resp:
+                    if resp.status == 401 and attempt == 0 and await self._login_again():
+                        continue
+                    if resp.status >= 400:
+                        raise _classify(resp.status, resp.reason or "")
+                    return await resp.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise KubeUnavailable(f"apiserver unreachable: {type(exc).__name__}") from None
+        raise KubeError("apiserver answered 401 Unauthorized")
 
     # --- Secrets -------------------------------------------------------------------------
     async def read_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        try:
-            obj = await self._call(self.core.read_namespaced_secret, name, namespace)
-        except KubeNotFound:
-            return None
-        return {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
+        found = await self.read_secret_owned(namespace, name)
+        return found.data if found is not None else None
 
     async def read_secret_owned(self, namespace: str, name: str) -> SecretRead | None:
         """The Secret with its ownership (None: absent)."""
         try:
-            obj = await self._call(self.core.read_namespaced_secret, name, namespace)
+            obj = await self._request("GET", _secret_path(namespace, name))
         except KubeNotFound:
             return None
-        meta = obj.metadata
-        controller = next((ref.uid for ref in (meta.owner_references or [])
-                           if ref.controller), None) if meta else None
-        labels = (meta.labels or {}) if meta else {}
-        return SecretRead({k: base64.b64decode(v) for k, v in (obj.data or {}).items()},
+        meta = obj.get("metadata") or {}
+        controller = next((ref.get("uid") for ref in (meta.get("ownerReferences") or [])
+                           if ref.get("controller")), None)
+        labels = meta.get("labels") or {}
+        return SecretRead({k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()},
                           controller, labels.get("app.kubernetes.io/managed-by"))
 
     async def apply_secret(
@@ -176,87 +242,110 @@ class KubeGateway:
             "stringData": data,
         }
         if current is None:
-            await self._call(self.core.create_namespaced_secret, namespace, body)
+            await self._request("POST", _secret_path(namespace), body=body)
         else:
             # Replace, not patch: keys the operator no longer writes must go.
             body["data"] = {}
-            await self._call(self.core.replace_namespaced_secret, name, namespace, body)
+            await self._request("PUT", _secret_path(namespace, name), body=body)
         return True
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         with contextlib.suppress(KubeNotFound):
-            await self._call(self.core.delete_namespaced_secret, name, namespace)
+            await self._request("DELETE", _secret_path(namespace, name))
 
     # --- custom objects ------------------------------------------------------------------
     async def patch_status(self, plural: str, namespace: str, name: str,
                            status: dict[str, Any]) -> None:
         """Merge-patch status (lists such as conditions are replaced whole)."""
-        await self._call(self.custom.patch_namespaced_custom_object_status,
-                         GROUP, VERSION, namespace, plural, name, {"status": status})
+        await self._request("PATCH", _object_path(plural, namespace, name) + "/status",
+                            body={"status": status}, content_type=MERGE_PATCH)
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            obj = await self._call(self.custom.get_namespaced_custom_object,
-                                   GROUP, VERSION, namespace, plural, name)
+            obj = await self._request("GET", _object_path(plural, namespace, name))
         except KubeNotFound:
             return None
-        return cast(dict[str, Any], obj)
+        return obj if isinstance(obj, dict) else None
 
-    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        out = cast(dict[str, Any], await self._call(self.custom.list_namespaced_custom_object,
-                                                    GROUP, VERSION, namespace, plural))
-        return list(out.get("items", []))
+    async def object_keys(self, plural: str, namespaces: tuple[str, ...]
+                          ) -> set[tuple[str, str]]:
+        """(namespace, name) of every object of ours of `plural` in `namespaces` (all
+        when empty), read in pages of 500 (a LIST of 10,000 whole objects is tens of MB)."""
+        keys: set[tuple[str, str]] = set()
+        for ns in namespaces or (None,):
+            token: str | None = None
+            while True:
+                params: dict[str, Any] = {"limit": "500"}
+                if token:
+                    params["continue"] = token
+                page = await self._request("GET", _object_path(plural, ns), params=params)
+                for item in page.get("items", []):
+                    meta = item.get("metadata") or {}
+                    keys.add((str(meta.get("namespace")), str(meta.get("name"))))
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+        return keys
 
     # --- /scale --------------------------------------------------------------------------
-    async def _scale_resource(self, api_version: str, kind: str) -> Any:
-        async with self._lock:
-            if self._dynamic is None:
-                self._dynamic = await self._call(DynamicClient, self.api)
-        try:
-            resource = await asyncio.to_thread(
-                self._dynamic.resources.get, api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            raise KubeNotFound(f"no API serves {kind} in {api_version}") from None
-        scale = resource.subresources.get("scale")
-        if scale is None:
+    async def _resource(self, api_version: str, kind: str) -> dict[str, Any]:
+        """The discovery entry of `kind` in `api_version` (its plural, whether it has
+        /scale), from the API's discovery document (kept DISCOVERY_TTL_S)."""
+        now = time.monotonic()
+        cached = self._discovery.get(api_version)
+        if cached is None or now - cached[0] > DISCOVERY_TTL_S:
+            base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            try:
+                doc = await self._request("GET", base)
+                kinds: dict[str, dict[str, Any]] | None = {}
+                names = {r.get("name") for r in doc.get("resources") or []}
+                for res in doc.get("resources") or []:
+                    plural = str(res.get("name") or "")
+                    if "/" in plural or not res.get("kind"):
+                        continue
+                    kinds[str(res["kind"])] = {  # type: ignore[index]
+                        "base": base, "plural": plural,
+                        "scale": f"{plural}/scale" in names}
+            except KubeNotFound:
+                kinds = None
+            cached = self._discovery[api_version] = (now, kinds)
+        found = (cached[1] or {}).get(kind)
+        if found is None:
+            raise KubeNotFound(f"no API serves {kind} in {api_version}")
+        return found
+
+    async def _scale_path(self, api_version: str, kind: str, namespace: str,
+                          name: str) -> str:
+        res = await self._resource(api_version, kind)
+        if not res["scale"]:
             raise KubeNotFound(f"{kind} in {api_version} has no /scale subresource")
-        return scale
+        return _path(res["base"], res["plural"], namespace, name) + "/scale"
 
     async def get_scale(self, api_version: str, kind: str, namespace: str,
                         name: str) -> ScaleInfo:
-        scale = await self._scale_resource(api_version, kind)
-        assert self._dynamic is not None
-        obj = await self._call(self._dynamic.get, scale, name=name, namespace=namespace)
-        return ScaleInfo(int(obj.spec.replicas or 0), int(obj.status.replicas or 0))
+        obj = await self._request("GET", await self._scale_path(api_version, kind, namespace,
+                                                                name))
+        return ScaleInfo(int((obj.get("spec") or {}).get("replicas") or 0),
+                         int((obj.get("status") or {}).get("replicas") or 0))
 
     async def set_scale(self, api_version: str, kind: str, namespace: str, name: str,
                         replicas: int) -> None:
         """Patch only /scale: the operator never writes the workload's spec otherwise."""
-        scale = await self._scale_resource(api_version, kind)
-        assert self._dynamic is not None
-        await self._call(self._dynamic.patch, scale, name=name, namespace=namespace,
-                         body={"spec": {"replicas": replicas}},
-                         content_type="application/merge-patch+json")
+        await self._request("PATCH", await self._scale_path(api_version, kind, namespace, name),
+                            body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
 
     async def workload_controller(self, api_version: str, kind: str, namespace: str,
                                   name: str) -> str | None:
         """`Kind/name` of the controller that owns the workload (an ownerReference with
         controller: true), if any: it would undo our /scale writes or fight them."""
-        async with self._lock:
-            if self._dynamic is None:
-                self._dynamic = await self._call(DynamicClient, self.api)
+        res = await self._resource(api_version, kind)
         try:
-            resource = await asyncio.to_thread(
-                self._dynamic.resources.get, api_version=api_version, kind=kind)
-        except ResourceNotFoundError:
-            raise KubeNotFound(f"no API serves {kind} in {api_version}") from None
-        try:
-            obj = await self._call(self._dynamic.get, resource, name=name, namespace=namespace)
+            obj = await self._request("GET", _path(res["base"], res["plural"], namespace,
+                                                   name))
         except (KubeNotFound, KubeForbidden):
             # Absent, or RBAC grants only its /scale (extraScaleTargets): cannot tell.
             return None
-        data = cast(dict[str, Any], obj.to_dict())
-        for ref in ((data.get("metadata") or {}).get("ownerReferences") or []):
+        for ref in ((obj.get("metadata") or {}).get("ownerReferences") or []):
             if ref.get("controller"):
                 return f"{ref.get('kind')}/{ref.get('name')}"
         return None
@@ -264,16 +353,15 @@ class KubeGateway:
     async def competing_autoscaler(self, namespace: str, api_version: str, kind: str,
                                    name: str) -> str | None:
         """Name of an HPA or KEDA ScaledObject already scaling this workload, if any."""
-        hpas = await self._call(self.autoscaling.list_namespaced_horizontal_pod_autoscaler,
-                                namespace)
-        for hpa in hpas.items:
-            ref = hpa.spec.scale_target_ref
-            if ref.kind == kind and ref.name == name:
-                return f"HorizontalPodAutoscaler/{hpa.metadata.name if hpa.metadata else '?'}"
+        hpas = await self._request(
+            "GET", _path("/apis/autoscaling/v2", "horizontalpodautoscalers", namespace))
+        for hpa in hpas.get("items") or []:
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if ref.get("kind") == kind and ref.get("name") == name:
+                return f"HorizontalPodAutoscaler/{(hpa.get('metadata') or {}).get('name', '?')}"
         try:
-            scaled = cast(dict[str, Any], await self._call(
-                self.custom.list_namespaced_custom_object,
-                "keda.sh", "v1alpha1", namespace, "scaledobjects"))
+            scaled = await self._request(
+                "GET", _path("/apis/keda.sh/v1alpha1", "scaledobjects", namespace))
         except KubeNotFound:
             return None
         for obj in scaled.get("items", []):
@@ -281,6 +369,25 @@ class KubeGateway:
             if ref.get("name") == name and ref.get("kind", "Deployment") == kind:
                 return f"ScaledObject/{obj['metadata']['name']}"
         return None
+
+
+def _path(base: str, plural: str, namespace: str | None = None, name: str | None = None
+          ) -> str:
+    out = base
+    if namespace is not None:
+        out += f"/namespaces/{quote(namespace, safe='')}"
+    out += f"/{plural}"
+    if name is not None:
+        out += f"/{quote(name, safe='')}"
+    return out
+
+
+def _secret_path(namespace: str, name: str | None = None) -> str:
+    return _path("/api/v1", "secrets", namespace, name)
+
+
+def _object_path(plural: str, namespace: str | None, name: str | None = None) -> str:
+    return _path(f"/apis/{GROUP}/{VERSION}", plural, namespace, name)
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,8 @@ class _ServerLoop:
                 result = outcome[k]
                 quiet = sub.quiet
                 if (quiet is not None and result.error is None and started < quiet.until
-                        and result.figures == quiet.figures):
+                        and (result.figures is quiet.figures
+                             or result.figures == quiet.figures)):
                     if quiet.touch is not None:
                         quiet.touch(result)
                     continue

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
-from kubernetes import client as k8s
-
 from . import tracing
 from .config import OperatorConfig
 from .keepers.objects import Objects
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
     from .status import StatusWriter
 
 log = logging.getLogger("agentqueue.runtime")
-LIST_SHARE_S = 2.0
 T = TypeVar("T")
 K = TypeVar("K")
 
@@ -215,12 +212,12 @@ def _timed(poll: Any, metrics: Metrics) -> Any:
     return timed
 
 
-def _api_endpoints(api: k8s.ApiClient) -> list[address_policy.Endpoint]:
+def _api_endpoints(server: str) -> list[address_policy.Endpoint]:
     """The cluster's API server as the operator reaches it (its kubeconfig or in-cluster
     host, and the `kubernetes` Service), by every address: tenants may not name it."""
     found: set[tuple[str, int]] = set()
     hosts: list[tuple[str, int]] = []
-    url = urlsplit(str(getattr(api.configuration, "host", "") or ""))
+    url = urlsplit(server)
     if url.hostname:
         hosts.append((url.hostname, url.port or (443 if url.scheme == "https" else 80)))
     env_host, env_port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get(
@@ -275,14 +272,14 @@ class Runtime:
     queue_waits: Waits[tuple[str, str]] = field(default_factory=lambda: Waits())
     """Per AgentQueue ConsumerGroups wait for (to appear or become Ready): fired when the
     queue's handlers have run, so the groups retry at once instead of after a delay."""
-    _lists: dict[tuple[str, str], tuple[float, asyncio.Future[list[dict[str, Any]]]]] = field(
-        default_factory=dict)
     objects: Objects = field(default_factory=Objects)
+    _startup_list: asyncio.Task[None] | None = None
+    """The latest (trimmed) body of every object of our kinds, from the watch, and the
+    ConsumerGroups' claim indexes (the conflict checks)."""
     user_index: UserIndex = field(default_factory=UserIndex)
     peering: PeeringPause = field(default_factory=PeeringPause)
     """kopf paused this replica (a peer with a higher priority is active): the keepers
     wait."""
-    """The latest (trimmed) body of every object of our kinds, from the watch."""
     groups: GroupKeeper = field(init=False)
     queues: QueueKeeper = field(init=False)
     retention: RetentionKeeper = field(init=False)
@@ -301,50 +298,6 @@ class Runtime:
         self.metrics.group_reports = self.groups.reports
         self.queues = QueueKeeper(self)
         self.retention = RetentionKeeper(self)
-
-    async def list_including(self, plural: str, namespace: str, name: str
-                             ) -> list[dict[str, Any]]:
-        """The objects of `plural` in `namespace`, from a LIST that contains `name` (a
-        LIST that contains an object was read after that object was created, so it has
-        every object created before it: what the creation-order conflict rules need).
-
-        Shared: a recent LIST (LIST_SHARE_S) that contains the object serves it; else a
-        LIST started after the call began (it must contain the object) is awaited; at
-        most one LIST per namespace is in flight, and the callers arriving meanwhile
-        share the next one. 10,000 ConsumerGroups created at once cost a LIST per
-        LIST's duration, not one LIST of up to 10,000 items each."""
-        key = (plural, namespace)
-        arrived = time.monotonic()
-        now = arrived
-        for stale in [k for k, (at, f) in self._lists.items()
-                      if f.done() and now - at >= LIST_SHARE_S]:
-            del self._lists[stale]  # a LIST of 10,000 objects is tens of MB: not kept
-        while True:
-            slot = self._lists.get(key)
-            if slot is None:
-                break
-            started, pending = slot
-            try:
-                items = await asyncio.shield(pending)
-            except Exception:  # noqa: BLE001 - a LIST of our own reports it
-                if self._lists.get(key) is slot:
-                    break
-                continue
-            if started >= arrived or any(o["metadata"]["name"] == name for o in items):
-                return items
-            if self._lists.get(key) is slot:
-                break  # nobody started the next LIST yet: this caller does
-        future: asyncio.Future[list[dict[str, Any]]] = (
-            asyncio.get_running_loop().create_future())
-        self._lists[key] = (time.monotonic(), future)
-        try:
-            items = await self.kube.list_objects(plural, namespace)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: no "never retrieved" warning
-            raise
-        future.set_result(items)
-        return items
 
     def parsed_spec(self, kind: str, body: dict[str, Any], parse: Callable[[Any], T]) -> T:
         """`parse(body.spec)`, cached per object and generation (the API server bumps the
@@ -389,10 +342,11 @@ class Runtime:
         self.queues.figures_updated(namespace, queue)
 
     @classmethod
-    def create(cls, config: OperatorConfig, api: k8s.ApiClient) -> Runtime:
+    def create(cls, config: OperatorConfig, kube: KubeGateway) -> Runtime:
         config = dataclasses.replace(config, address_policy=dataclasses.replace(
             config.address_policy,
-            api_endpoints=(*config.address_policy.api_endpoints, *_api_endpoints(api))))
+            api_endpoints=(*config.address_policy.api_endpoints,
+                           *_api_endpoints(kube.server))))
         # Only tenants' Secrets name sentinels (the default Redis is a URL): every primary
         # a sentinel names is vetted, at each failover too.
         pool = RedisPool(address_check=functools.partial(policy_refusal,
@@ -400,7 +354,7 @@ class Runtime:
         metrics = Metrics()
         return cls(
             config=config,
-            kube=KubeGateway(api),
+            kube=kube,
             redis=pool,
             watcher=RestartWatcher(pool, config.run_id_check_interval),
             metrics=metrics,
@@ -414,17 +368,33 @@ class Runtime:
     async def start(self) -> None:
         self.peering.install()
         self.watcher.start()
+        self.objects.begin_settling("ConsumerGroup")
+        self._startup_list = asyncio.get_running_loop().create_task(self._expect_groups())
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
+    async def _expect_groups(self) -> None:
+        """The ConsumerGroups that exist at startup: their conflict checks wait for all
+        of them to arrive from the watch (keepers/objects.py `settled`)."""
+        try:
+            keys = await self.kube.object_keys("consumergroups", self.config.namespaces)
+        except Exception as exc:  # noqa: BLE001 - then the checks do not wait
+            log.warning("could not list the ConsumerGroups at startup",
+                        extra={"error": str(exc)})
+            keys = None
+        self.objects.expect("ConsumerGroup", keys)
+
     async def close(self) -> None:
         self.peering.remove()
+        if self._startup_list is not None:
+            self._startup_list.cancel()
         await self.groups.close()
         await self.queues.close()
         await self.retention.close()
         await self.watcher.stop()
         await self.hub.close()
         await self.redis.close_all()
+        await self.kube.close()
 
     @contextlib.asynccontextmanager
     async def locked(self, kind: str, namespace: str, name: str) -> AsyncIterator[None]:

@@ -17,7 +17,8 @@ What is traced, by the maintained instrumentations rather than by hand:
   pipeline, named after the command (and subcommand: ``ACL SETUSER``). ``db.statement`` holds the command name with every
   argument replaced by ``?`` (the instrumentation sanitizes by default, 0.48b0 already did;
   the hooks below enforce it again), so ``ACL SETUSER`` hashes and ``AUTH`` passwords never leave the process.
-- Kubernetes: kopf's own calls (aiohttp) and the KubeGateway's (the official client, urllib3).
+- Kubernetes: kopf's own calls and the KubeGateway's (both aiohttp; urllib3 stays
+  instrumented for a login through the official client).
   Spans are named ``<METHOD> <path template>`` (``GET /api/v1/namespaces/{namespace}/secrets/
   {name}``) with ``k8s.namespace.name``; request and response bodies and headers are not
   recorded.

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 
 from .. import tracing
 from ..config import OperatorConfig, default_redis_from_env
-from ..kube import API_THREADS
+from ..kube import KubeGateway, login
 from ..runtime import Runtime
 
 GROUP_PREFIX = "agentqueue.io"
@@ -47,14 +46,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     settings.peering.lifetime = config.peering_lifetime
     # Done already by `agentqueue run` (a no-op then); this covers `kopf run`.
     tracing.setup()
-    try:
-        k8s_config.load_incluster_config()
-    except k8s_config.ConfigException:
-        k8s_config.load_kube_config()
-    configuration = k8s.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = API_THREADS  # one connection per API thread
-    api = k8s.ApiClient(configuration)
-    memo.runtime = Runtime.create(config, api)
+    info = await asyncio.to_thread(login)
+    memo.runtime = Runtime.create(config, KubeGateway(info, relogin=login))
     await memo.runtime.start()
     logger.info("agentqueue operator started",
                 extra={"default_redis": bool(config.default_redis),

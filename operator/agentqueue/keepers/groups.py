@@ -58,6 +58,7 @@ class GroupKeeper:
         """Per group, what its last tick observed and did: read by status, the queue's
         SLO and the metrics."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reconsidering: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -85,6 +86,40 @@ class GroupKeeper:
         self.rt.hub.forget(key)
         if deleted:
             self.forget_report(namespace, name)
+
+    def reconsider(self, namespace: str, names: list[str]) -> None:
+        """Reconcile these groups again, as their handler would: another group's arrival,
+        change or departure changed which of them keeps a Redis group name (the watch
+        brings objects in the order kopf's workers handle them, not strictly in creation
+        order, so a check at create time can miss an older rival by a moment)."""
+        for name in names:
+            key = (namespace, name)
+            if key in self._reconsidering:
+                continue
+            self._reconsidering.add(key)
+            task = asyncio.get_running_loop().create_task(self._reconsider(key),
+                                                          name=f"reconsider-{namespace}/{name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _reconsider(self, key: tuple[str, str]) -> None:
+        from ..services import group_report  # the report imports services that import us
+
+        logger = ObjectLog(log, {"object": {"namespace": key[0], "name": key[1],
+                                            "kind": KIND}})
+        try:
+            body = self.rt.objects.get(KIND, *key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            await group_report.reconcile_and_report(self.rt, body, logger, raise_errors=False)
+        except Exception:
+            log.exception("reconsidering a group failed", extra={"group": key})
+        finally:
+            self._reconsidering.discard(key)
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.state.conflict_checked_at = -1e9  # a scale target's claim may have moved
+            self.track(*key)
 
     def forget_report(self, namespace: str, name: str) -> None:
         self.reports.pop((namespace, name), None)

@@ -26,6 +26,10 @@ from ..runtime import Runtime
 from .errors import SpecProblem, Waiting
 from .queues import parse_spec as parse_queue_spec
 
+SETTLE_TIMEOUT_S = 30.0
+"""At startup the conflict checks wait for the ConsumerGroups that existed then to arrive
+from the watch; one deleted in between never does: this long at most."""
+
 
 @dataclass
 class GroupContext:
@@ -63,33 +67,15 @@ def _me(body: dict[str, Any]) -> conflicts.Claim:
     return conflicts.Claim(str(meta.get("creationTimestamp") or ""), meta["name"])
 
 
-_BY_QUEUE: dict[int, tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]] = {}
-
-
-def _on_queue(items: list[dict[str, Any]], queue: str) -> list[dict[str, Any]]:
-    """The groups of a shared LIST (Runtime.list_including) that name `queue`, indexed
-    once per LIST: 1,000 groups checking one LIST of 1,000 read it once, not 1,000 times."""
-    cached = _BY_QUEUE.get(id(items))
-    if cached is None or cached[0] is not items:
-        index: dict[str, list[dict[str, Any]]] = {}
-        for obj in items:
-            ref = ((obj.get("spec") or {}).get("queueRef") or {}).get("name")
-            if isinstance(ref, str):
-                index.setdefault(ref, []).append(obj)
-        if len(_BY_QUEUE) >= 4:
-            _BY_QUEUE.clear()
-        cached = _BY_QUEUE[id(items)] = (items, index)
-    return cached[1].get(queue, [])
-
-
-async def group_name_claims(rt: Runtime, body: dict[str, Any],
-                            spec: ConsumerGroupSpec) -> list[conflicts.Claim]:
-    """Other ConsumerGroups (not being deleted) naming the same Redis group on the queue."""
+def group_name_claims(rt: Runtime, body: dict[str, Any],
+                      spec: ConsumerGroupSpec) -> list[conflicts.Claim]:
+    """Other ConsumerGroups (not being deleted) naming the same Redis group on the queue,
+    from the watch's index (keepers/objects.py). One the watch brings later (kopf works
+    on objects concurrently) makes the store report the change, and the group that lost
+    its claim is reconciled again (handlers/watch.py): a claim is never fought over."""
     meta = body["metadata"]
-    others = _on_queue(await rt.list_including("consumergroups", meta["namespace"],
-                                               meta["name"]), spec.queue_ref.name)
-    return [c for c in conflicts.claims_of(others, queue=spec.queue_ref.name,
-                                           group_name=spec.group_name or meta["name"])
+    return [c for c in rt.objects.group_name_claims(meta["namespace"], spec.queue_ref.name,
+                                                    spec.group_name or meta["name"])
             if c.name != meta["name"]]
 
 
@@ -102,8 +88,10 @@ async def resolve(rt: Runtime, body: dict[str, Any], *,
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     spec = parse_spec(body.get("spec") or {})
-    rival = (conflicts.group_name_rival(_me(body), await group_name_claims(rt, body, spec))
-             if check_rivals else None)
+    rival = None
+    if check_rivals:
+        await rt.objects.settled("ConsumerGroup", SETTLE_TIMEOUT_S)
+        rival = conflicts.group_name_rival(_me(body), group_name_claims(rt, body, spec))
     if rival is not None:
         group = spec.group_name or name
         raise SpecProblem(reasons.GROUP_NAME_CONFLICT,
@@ -205,7 +193,7 @@ async def delete_group(rt: Runtime, body: dict[str, Any]) -> None:
         ctx = await resolve(rt, body, check_fields=False)
     except (SpecProblem, Waiting):
         return  # the queue is gone or never worked: nothing of ours left in Redis
-    if await group_name_claims(rt, body, ctx.spec):
+    if group_name_claims(rt, body, ctx.spec):
         # Another ConsumerGroup names this Redis group: it takes over, with its pending
         # entries and position intact.
         rt.groups.forget_report(ctx.namespace, ctx.name)

@@ -372,11 +372,9 @@ async def scaling_conflict(rt: Runtime, body: dict[str, Any],
     if other:
         return (reasons.HPA_CONFLICT,
                 f"{other} already scales {target}; agentqueue does not scale it")
-    groups = await rt.list_including("consumergroups", ns, name)
     me = conflicts.Claim(str(meta.get("creationTimestamp") or ""), name)
     rival = conflicts.scale_target_rival(me, [
-        c for c in conflicts.claims_of(groups, queue="", target=(ref.kind, ref.name))
-        if c.name != name])
+        c for c in rt.objects.target_claims(ns, ref.kind, ref.name) if c.name != name])
     if rival is not None:
         return (reasons.SCALER_CONFLICT,
                 f"ConsumerGroup {rival.name!r} (created first) already scales {target}; "
