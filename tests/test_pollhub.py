@@ -71,3 +71,43 @@ async def test_errors_always_wake() -> None:
         assert isinstance(result.error, ConnectionError)
     finally:
         await hub.close()
+
+
+class CountingEvent(asyncio.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets = 0
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
+
+
+async def test_subscribers_rearming_after_each_tick_do_not_wake_the_loop() -> None:
+    """Every group re-subscribes after handling its figures; at 10,000 groups a wake per
+    re-subscription made the loop scan all of them once per group (quadratic)."""
+    src = Source()
+    hub: PollHub[int] = PollHub(src.poll)
+    delivered = {"n": 0}
+
+    def rearm(key: int) -> Any:
+        def deliver(result: PollResult) -> None:
+            delivered["n"] += 1
+            hub.subscribe("s", _client, key, "req", 0.1, None, rearm(key))
+        return deliver
+
+    try:
+        hub.subscribe("s", _client, 0, "req", 0.1, None, rearm(0))
+        wake = hub.loops["s"].wake = CountingEvent()
+        for key in range(1, 2000):
+            hub.subscribe("s", _client, key, "req", 0.1, None, rearm(key))
+        await asyncio.sleep(1.0)
+        ticks = src.polls
+        assert ticks >= 5 and delivered["n"] >= 2000 * (ticks - 1)
+        # The new subscribers may wake it (due at once); their re-arming never does.
+        assert wake.sets < 2000 + ticks, wake.sets
+        before = wake.sets
+        await asyncio.sleep(0.5)
+        assert wake.sets == before and src.polls > ticks
+    finally:
+        await hub.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class _ServerLoop:
         self.poll = poll
         self.subs: dict[Any, _Sub] = {}
         self.wake = asyncio.Event()
+        self.sleep_until = -math.inf
+        """While the loop waits: when it will look again on its own (inf: only when
+        woken). -inf while it runs: it looks at every subscriber before it waits."""
         self.task = asyncio.create_task(self._run(), name=f"poll-{key}")
         self.last_duration = 0.0
 
@@ -71,7 +75,9 @@ class _ServerLoop:
         while True:
             if not self.subs:
                 self.wake.clear()
+                self.sleep_until = math.inf
                 await self.wake.wait()
+                self.sleep_until = -math.inf
             now = time.monotonic()
             # Subscribers due within a little while ride along: groups that joined at
             # different moments share ticks instead of each costing a round trip.
@@ -84,8 +90,10 @@ class _ServerLoop:
                               default=None)
                 self.wake.clear()
                 timeout = None if next_at is None else max(0.0, next_at - now) + 0.001
+                self.sleep_until = math.inf if next_at is None else next_at
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout)
+                self.sleep_until = -math.inf
                 continue
             started = time.monotonic()
             try:
@@ -137,7 +145,11 @@ class PollHub(Generic[K]):
         if sub is None:
             sub = loop.subs[key] = _Sub(request, interval)
         sub.request, sub.interval, sub.quiet, sub.deliver = request, interval, quiet, deliver
-        loop.wake.set()
+        # Wake the loop only when this subscriber is due before it would look anyway: a
+        # group re-arming after its figures (the usual case) is due at the next tick,
+        # and waking the loop for each of 10,000 meant a scan of all of them per group.
+        if sub.next_due < loop.sleep_until:
+            loop.wake.set()
 
     async def next(self, server_key: str, get_client: Callable[[], Awaitable[Any]], key: K,
                    request: Any, interval: float, quiet: Quiet | None = None) -> PollResult:

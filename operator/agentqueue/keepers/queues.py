@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,11 @@ class _Server:
         self.keeper = keeper
         self.target = target
         self.keys: set[tuple[str, str]] = set()
+        self.dirty: set[tuple[str, str]] = set()
+        """Queues whose SLO may need evaluating (slo_dirty): the loop looks at these, not
+        at every queue, when woken (a group's figures wake it many times a second)."""
+        self.earliest = 0.0
+        """No queue of this server is due before this (a lower bound)."""
         self.wake = asyncio.Event()
         self.task = asyncio.get_running_loop().create_task(
             self._run(), name=f"queue-keeper-{target.display}")
@@ -121,11 +127,22 @@ class _Server:
             if rt.paused:  # another replica is active: nothing is due here
                 await asyncio.sleep(PAUSED_RECHECK_S)
                 continue
-            due = sorted(k for k in self.keys if restarted or queues[k].next_due <= now)
-            if due:
-                await self.keeper.drift(self, due, restarted)
-            dirty = [k for k in sorted(self.keys)
-                     if k in queues and queues[k].slo_dirty and queues[k].slo.observed]
+            if restarted or now >= self.earliest:
+                due = sorted(k for k in self.keys if restarted or queues[k].next_due <= now)
+                if due:
+                    await self.keeper.drift(self, due, restarted)
+                self.earliest = min((queues[k].next_due for k in self.keys if k in queues),
+                                    default=math.inf)
+            candidates, self.dirty = self.dirty, set()
+            dirty = []
+            for k in sorted(candidates):
+                entry = queues.get(k)
+                if entry is None or k not in self.keys or not entry.slo_dirty:
+                    continue
+                if entry.slo.observed:
+                    dirty.append(k)
+                else:
+                    self.dirty.add(k)  # evaluated once it has an observation
             for key in dirty:
                 queues[key].slo_dirty = False
                 await self.keeper.evaluate_slo(key)
@@ -133,7 +150,7 @@ class _Server:
                 await asyncio.sleep(SLO_MIN_GAP_S)
             if not self.keys:
                 break
-            next_due = min(queues[k].next_due for k in self.keys)
+            next_due = self.earliest
             self.wake.clear()
             waiters = [asyncio.ensure_future(self.wake.wait()),
                        asyncio.ensure_future(restart.wait())]
@@ -183,6 +200,9 @@ class QueueKeeper:
             server = self.servers[target.key] = _Server(self, target)
         server.target = target
         server.keys.add(key)
+        server.earliest = min(server.earliest, entry.next_due)
+        if entry.slo_dirty:
+            server.dirty.add(key)
         server.wake.set()
 
     def untrack(self, namespace: str, name: str) -> None:
@@ -205,6 +225,7 @@ class QueueKeeper:
         entry.slo_dirty = True
         server = self.servers.get(entry.server)
         if server is not None:
+            server.dirty.add((namespace, queue))
             server.wake.set()
 
     async def close(self) -> None:
@@ -276,6 +297,8 @@ class QueueKeeper:
                     entry.unchanged_rounds += 1
                     entry.slo.observe(entry.slo.sample)  # the same observation again
                     entry.slo_dirty = entry.slo_dirty or _has_slo(spec, body)
+                    if entry.slo_dirty:
+                        server.dirty.add(key)
                     return
             async with gate:
                 logger = ObjectLog(log, {"object": {"namespace": key[0], "name": key[1],
@@ -290,6 +313,8 @@ class QueueKeeper:
             entry.slo.observe(outcome.slo_sample if outcome is not None else None)
             entry.slo.observed = entry.slo.observed or outcome is not None
             entry.slo_dirty = entry.slo_dirty or _has_slo(spec, body)
+            if entry.slo_dirty:
+                server.dirty.add(key)
             entry.unchanged_rounds = 0
             clean = (outcome is not None and not outcome.repaired and outcome.problem is None
                      and not outcome.rotated)
