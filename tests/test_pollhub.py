@@ -111,3 +111,25 @@ async def test_subscribers_rearming_after_each_tick_do_not_wake_the_loop() -> No
         assert wake.sets == before and src.polls > ticks
     finally:
         await hub.close()
+
+
+async def test_subscribers_that_joined_at_different_moments_share_ticks() -> None:
+    src = Source()
+    hub: PollHub[int] = PollHub(src.poll)
+
+    def rearm(key: int) -> Any:
+        def deliver(result: PollResult) -> None:
+            hub.subscribe("s", _client, key, "req", 0.2, None, rearm(key))
+        return deliver
+
+    try:
+        for key in range(50):  # one joins every 13 ms: phases all over the interval
+            hub.subscribe("s", _client, key, "req", 0.2, None, rearm(key))
+            await asyncio.sleep(0.013)
+        await asyncio.sleep(0.5)  # aligned after their first tick
+        before = src.polls
+        await asyncio.sleep(1.0)
+        # One poll per interval for all of them (5 a second), not one per phase (~50).
+        assert 4 <= src.polls - before <= 7, src.polls - before
+    finally:
+        await hub.close()

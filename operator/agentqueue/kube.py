@@ -25,7 +25,10 @@ from . import GROUP, VERSION
 MANAGED_BY = "agentqueue-operator"
 API_CONNECTIONS = 24
 """Kubernetes API calls in flight at most (connections in the pool)."""
-REQUEST_TIMEOUT_S = 60.0
+READ_TIMEOUT_S = 60.0
+"""Most seconds between two reads of an answer (not a bound on the whole call: a call
+may first wait for one of the pool's connections, which must not count, or 10,000
+queues created at once time out in the queue)."""
 CONNECT_TIMEOUT_S = 10.0
 RELOGIN_S = 300.0
 """Credentials are read again this often (a service account's token file is rotated by
@@ -148,8 +151,9 @@ class KubeGateway:
                 connector=aiohttp.TCPConnector(limit=API_CONNECTIONS,
                                                ssl=self.info.as_ssl_context()),
                 headers=self.info.as_http_headers(),
-                timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S,
-                                              sock_connect=CONNECT_TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=None, connect=None,
+                                              sock_connect=CONNECT_TIMEOUT_S,
+                                              sock_read=READ_TIMEOUT_S),
                 trust_env=self.info.trust_env)
         return self._session
 

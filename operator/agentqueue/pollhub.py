@@ -58,6 +58,18 @@ class PollResult:
     at: float = field(default_factory=time.time)
 
 
+def _next_tick(now: float, interval: float) -> float:
+    """The next multiple of `interval` after `now` (a little past it, at least): groups
+    with one pollInterval share ticks whenever they were created, so 1,000 groups at 1s
+    cost one poll a second, not one per moment a group happened to start (6 a second,
+    each with its fixed costs and a scan of every subscriber)."""
+    if interval <= 0:
+        return now
+    # After half an interval at least: a tick just before a grid point waits for the
+    # next one (between 0.5 and 1.5 intervals once, then exactly one interval).
+    return (math.floor((now + interval / 2) / interval) + 1) * interval
+
+
 class _ServerLoop:
     def __init__(self, key: str, get_client: Callable[[], Awaitable[Any]], poll: PollFn) -> None:
         self.key = key
@@ -106,7 +118,7 @@ class _ServerLoop:
                 outcome = {k: PollResult(error=exc) for k in due}
             self.last_duration = time.monotonic() - started
             for k, sub in due.items():
-                sub.next_due = started + sub.interval
+                sub.next_due = _next_tick(started, sub.interval)
                 result = outcome[k]
                 quiet = sub.quiet
                 if (quiet is not None and result.error is None and started < quiet.until

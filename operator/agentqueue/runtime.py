@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
-from . import tracing
+from . import memory, tracing
 from .config import OperatorConfig
 from .keepers.objects import Objects
 from .kube import KubeGateway
@@ -274,6 +274,7 @@ class Runtime:
     queue's handlers have run, so the groups retry at once instead of after a delay."""
     objects: Objects = field(default_factory=Objects)
     _startup_list: asyncio.Task[None] | None = None
+    _trimmer: asyncio.Task[None] | None = None
     """The latest (trimmed) body of every object of our kinds, from the watch, and the
     ConsumerGroups' claim indexes (the conflict checks)."""
     user_index: UserIndex = field(default_factory=UserIndex)
@@ -370,6 +371,8 @@ class Runtime:
         self.watcher.start()
         self.objects.begin_settling("ConsumerGroup")
         self._startup_list = asyncio.get_running_loop().create_task(self._expect_groups())
+        self._trimmer = asyncio.get_running_loop().create_task(memory.trim_periodically(),
+                                                               name="malloc-trim")
         if self.config.metrics_port:
             self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
 
@@ -386,8 +389,9 @@ class Runtime:
 
     async def close(self) -> None:
         self.peering.remove()
-        if self._startup_list is not None:
-            self._startup_list.cancel()
+        for task in (self._startup_list, self._trimmer):
+            if task is not None:
+                task.cancel()
         await self.groups.close()
         await self.queues.close()
         await self.retention.close()
