@@ -124,11 +124,14 @@ async def test_conflict_checks_wait_at_startup_for_the_groups_that_existed() -> 
     await objects.settled("ConsumerGroup", 5.0)  # nothing announced: no wait
     objects.begin_settling("ConsumerGroup")
     waiter = asyncio.ensure_future(objects.settled("ConsumerGroup", 5.0))
+    await asyncio.sleep(0)  # waiting before the LIST has answered
     objects.put("ConsumerGroup", group("a", "01"))  # arrived before the LIST answered
     objects.expect("ConsumerGroup", {("ns", "a"), ("ns", "b"), ("ns", "c")})
     await asyncio.sleep(0.01)
     assert not waiter.done()
     objects.put("ConsumerGroup", group("b", "02"))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()  # c is still on its way
     objects.drop("ConsumerGroup", "ns", "c")  # deleted meanwhile: counts as arrived
     await asyncio.wait_for(waiter, 1.0)
     # One that never arrives holds the checks only until the timeout.
@@ -136,9 +139,66 @@ async def test_conflict_checks_wait_at_startup_for_the_groups_that_existed() -> 
     objects.expect("ConsumerGroup", {("ns", "gone")})
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await objects.settled("ConsumerGroup", 0.1)
+    await asyncio.wait_for(objects.settled("ConsumerGroup", 0.1), 2.0)
     assert 0.1 <= loop.time() - started < 1.0
     await objects.settled("ConsumerGroup", 5.0)  # and then never again
     objects.begin_settling("ConsumerGroup")
     objects.expect("ConsumerGroup", None)  # the LIST failed: no wait
     await objects.settled("ConsumerGroup", 5.0)
+
+
+async def test_startup_keys_of_a_kind_never_stored_yet() -> None:
+    import asyncio
+
+    objects = Objects()
+    objects.begin_settling("ConsumerGroup")
+    objects.expect("ConsumerGroup", {("ns", "a")})  # nothing of the kind stored yet
+    waiter = asyncio.ensure_future(objects.settled("ConsumerGroup", 5.0))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    assert objects.drop("ConsumerGroup", "ns", "a") == []
+    await asyncio.wait_for(waiter, 1.0)
+
+
+def test_objects_of_other_kinds_move_no_claims() -> None:
+    objects = Objects()
+    assert list(objects.of_kind("AgentQueue")) == []
+    assert objects.drop("AgentQueue", "ns", "never-stored") == []
+    queue = {"kind": "AgentQueue", "metadata": {"namespace": "ns", "name": "q"}, "spec": {}}
+    assert objects.put("AgentQueue", queue) == []
+    assert list(objects.of_kind("AgentQueue")) == [queue]
+    assert list(objects.of_kind("ConsumerGroup")) == []
+    assert objects.drop("AgentQueue", "ns", "q") == []
+
+
+def test_groups_without_a_queue_or_a_target_claim_nothing() -> None:
+    objects = Objects()
+    lost = group("young", "05", group_name="g")
+    del lost["spec"]["queueRef"]
+    assert objects.put("ConsumerGroup", lost) == []
+    older = group("old", "01", group_name="g")
+    del older["spec"]["queueRef"]
+    assert objects.put("ConsumerGroup", older) == []  # no queue: no Redis group to claim
+    odd = group("odd", "00", group_name="g")
+    odd["spec"]["queueRef"]["name"] = 7  # not a name: indexed nowhere
+    assert objects.put("ConsumerGroup", odd) == []
+    assert objects.groups_of("ns", 7) == []  # type: ignore[arg-type]
+    # Two groups without a scaleTargetRef, on other queues: no target claim between them.
+    assert objects.put("ConsumerGroup", group("b", "05", queue="q1")) == []
+    assert objects.put("ConsumerGroup", group("a", "01", queue="q2")) == []
+
+
+def test_a_group_without_a_creation_time_sorts_first() -> None:
+    objects = Objects()
+    objects.put("ConsumerGroup", group("a", "01", group_name="g"))
+    nameless = group("z", "02", group_name="g")
+    del nameless["metadata"]["creationTimestamp"]
+    assert objects.put("ConsumerGroup", nameless) == ["a"]
+
+
+def test_the_queue_index_keeps_the_other_groups_of_a_queue() -> None:
+    objects = Objects()
+    objects.put("ConsumerGroup", group("a", "01", queue="q1"))
+    objects.put("ConsumerGroup", group("b", "02", queue="q1"))
+    objects.put("ConsumerGroup", group("b", "02", queue="q2"))
+    assert objects.groups_of("ns", "q1") == ["a"] and objects.groups_of("ns", "q2") == ["b"]

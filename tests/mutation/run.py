@@ -83,6 +83,7 @@ MODULES = [
     "operator/agentqueue/planning/pause.py",
     "operator/agentqueue/planning/group_status.py",
     "clients/python/agentqueue_client/errors.py",
+    "operator/agentqueue/keepers/objects.py",
 ]
 
 # Fast pure unit tests that judge the mutants.
@@ -108,6 +109,8 @@ TESTS = [
     "tests/test_risk_condition.py",
     "tests/test_pause_plan.py",
     "tests/test_group_status_plan.py",
+    "tests/test_claims_index.py",
+    "tests/test_status_writer.py",
 ]
 
 # Tests inside those files that need a real server.
