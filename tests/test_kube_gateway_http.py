@@ -78,3 +78,44 @@ async def test_statuses_are_classified_and_the_token_is_sent() -> None:
             await gone.read_secret("ns", "x")
     finally:
         await gone.close()
+
+
+async def test_scaling_does_not_wait_behind_a_full_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy group's /scale has its own small pool: with every connection of the main
+    pool held by slow status writes, discovery, GET and PATCH of /scale still answer at
+    once (10,000 new queues kept the main pool full for minutes)."""
+    monkeypatch.setattr(kube, "API_CONNECTIONS", 2)
+    release = asyncio.Event()
+    scaled: list[Any] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        tail = request.match_info["tail"]
+        if tail.endswith("/status"):
+            await release.wait()  # the main pool's calls hang until the test is done
+            return web.json_response({})
+        if tail == "apis/apps/v1":
+            return web.json_response({"resources": [
+                {"name": "deployments", "kind": "Deployment"},
+                {"name": "deployments/scale", "kind": "Scale"}]})
+        if tail.endswith("/scale"):
+            if request.method == "PATCH":
+                scaled.append(await request.json())
+            return web.json_response({"spec": {"replicas": 0}, "status": {"replicas": 0}})
+        return web.json_response({}, status=404)
+
+    runner, url = await _server(answer)
+    gateway = KubeGateway(kopf.ConnectionInfo(server=url, token="t"))
+    writes = [asyncio.create_task(gateway.patch_status("agentqueues", "ns", f"q{i}", {}))
+              for i in range(6)]
+    try:
+        await asyncio.sleep(0.1)
+        assert not any(w.done() for w in writes)  # the main pool is full
+        async with asyncio.timeout(2.0):
+            info = await gateway.get_scale("apps/v1", "Deployment", "ns", "agent")
+            await gateway.set_scale("apps/v1", "Deployment", "ns", "agent", 3)
+        assert info.replicas == 0 and scaled == [{"spec": {"replicas": 3}}]
+    finally:
+        release.set()
+        await asyncio.gather(*writes)
+        await gateway.close()
+        await runner.cleanup()

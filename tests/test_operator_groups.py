@@ -392,3 +392,32 @@ def test_a_group_made_before_its_queue_turns_ready_within_a_second_of_it(
     took = time.monotonic() - queue_ready
     print(f"group Ready {took:.2f}s after its queue")
     assert took <= 1.0 + MARGIN_S, took
+
+
+def test_a_quiet_group_follows_its_queue_growing_within_a_second(
+        operator: Any, kubectl: Any, namespace: str, operator_redis: Any) -> None:
+    """Events, not timers: an idle group with nothing to sweep sleeps through unchanged
+    polls for minutes (services/scaling_loop `_quiet`), so its queue's change must wake
+    it: after `partitions: 1 → 2` the Redis group exists on the new partition within
+    1 s (issue 15) + a poll + MARGIN_S (the queue's own reconcile creates the stream
+    first, within the same bound)."""
+    apply(kubectl, namespace, queue("grows", partitions=1))
+    wait_ready(kubectl, "agentqueues", "grows", namespace)
+    apply(kubectl, namespace, group("idle", queueRef={"name": "grows"}))
+    wait_ready(kubectl, "consumergroups", "idle", namespace)
+    time.sleep(3.0)  # settled and quiet
+    r = admin(operator_redis)
+    _, p1 = keys.partition_keys(namespace, "grows", 2)
+    apply(kubectl, namespace, queue("grows", partitions=2))
+    changed = time.monotonic()
+
+    def has_group() -> bool:
+        try:
+            return any(g["name"] == "idle" for g in r.xinfo_groups(p1.queue_key))
+        except Exception:  # noqa: BLE001 - the stream may not exist yet
+            return False
+
+    wait_for(has_group, timeout=10, interval=0.05, what="the group on partition 1")
+    took = time.monotonic() - changed
+    print(f"group on the new partition {took:.2f}s after the change")
+    assert took <= 1.0 + POLL_S + MARGIN_S, took

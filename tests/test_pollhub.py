@@ -29,7 +29,7 @@ async def test_quiet_subscriber_sleeps_until_figures_change_or_time_is_up() -> N
     try:
         first = await hub.next("s", _client, "g", "req", 0.02)
         assert first.figures == 0
-        touched: list[PollResult] = []
+        touched: list[float] = []
         t0 = time.monotonic()
         waiting = asyncio.ensure_future(
             hub.next("s", _client, "g", "req", 0.02, Quiet(0, t0 + 5.0, touched.append)))

@@ -266,6 +266,50 @@ async def test_an_unchanged_fleet_is_neither_parsed_nor_rebuilt(redis_client: Re
     assert (await lp.poll(r, [GroupTarget(NS, Q, G, 3)]))[0].due_retries == 1
 
 
+async def test_a_settled_fleet_reuses_its_layout_and_calls(redis_client: RedisClient,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """The hub asks for the same target objects tick after tick: the layout and the
+    script calls are kept, a chunk's call is rebuilt only after one of its partitions
+    changed, and figures stay right (several chunks; two groups sharing a queue; a
+    second target list beside the first)."""
+    monkeypatch.setattr(poller, "PARTITIONS_PER_CALL", 2)
+    r, lp = redis_client, LagPoller()
+    queues = [f"q{i}" for i in range(5)]
+    for q in queues:
+        await groups.ensure_group(r, partition_keys(NS, q, 1), G, "Beginning")
+    await groups.ensure_group(r, partition_keys(NS, "q0", 1), "audit", "Beginning")
+    targets = [GroupTarget(NS, q, G, 1) for q in queues] + [GroupTarget(NS, "q0", "audit", 1)]
+    await add(r, partition_keys(NS, "q3", 1)[0].queue_key, 4)
+    first = await lp.poll(r, targets)
+    assert [f.lag for f in first] == [0, 0, 0, 4, 0, 0]
+    layout = next(iter(lp._layouts.values()))
+    assert len(layout.wanted) == 5 and layout.index[5] == layout.index[0]  # one q0 read
+    second = await lp.poll(r, targets)
+    assert all(a is b for a, b in zip(first, second, strict=True))
+    calls = list(layout.calls.calls)
+    assert all(c is not None for c in calls) and len(calls) == 3
+    third = await lp.poll(r, targets)
+    assert all(a is b for a, b in zip(layout.calls.calls, calls, strict=True))
+    assert all(a is b for a, b in zip(first, third, strict=True))
+    # New work on q0 (the first chunk): that chunk's call is rebuilt, the others kept.
+    await add(r, partition_keys(NS, "q0", 1)[0].queue_key, 2)
+    fourth = await lp.poll(r, targets)
+    assert [f.lag for f in fourth] == [2, 0, 0, 4, 0, 2]
+    assert fourth[0] is not first[0] and fourth[5] is not first[5]
+    assert all(fourth[i] is first[i] for i in (1, 2, 3, 4))
+    assert layout.calls.calls[0] is None  # it carries the new digest next time
+    assert layout.calls.calls[1] is calls[1] and layout.calls.calls[2] is calls[2]
+    fifth = await lp.poll(r, targets)
+    assert all(a is b for a, b in zip(fourth, fifth, strict=True))
+    # Another list of targets (a tick of another interval) has its own layout, and
+    # the first one's is still right afterwards.
+    assert [f.lag for f in await lp.poll(r, targets[2:4])] == [0, 4]
+    await add(r, partition_keys(NS, "q4", 1)[0].queue_key, 1)
+    assert [f.lag for f in await lp.poll(r, targets)] == [2, 0, 0, 4, 1, 2]
+    assert [f.lag for f in await lp.poll(r, targets[2:4])] == [0, 4]
+
+
 async def test_poller_flags_partitions_whose_stream_is_gone(redis_client: RedisClient) -> None:
     await groups.ensure_group(redis_client, PARTS, G)
     await redis_client.delete(PARTS[1].queue_key)

@@ -147,3 +147,34 @@ async def test_provision_in_cluster(redis_cluster_client: RedisClient) -> None:
     assert await provision.delete_queue_data(client, NS, "wide", 6) == 18
     for p in parts:
         assert await client.exists(p.queue_key) == 0
+
+
+async def test_unchanged_partitions_are_reused_and_changes_seen(redis_client: RedisClient,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    """The drift round's observation answers "unchanged" by digest: a partition that
+    did not change is the same object as last time; any change of what it reads (a
+    length, a type, the meta hash, a List level, memory) is a new one. Several chunks
+    (two partitions per script call here)."""
+    monkeypatch.setattr(provision, "PARTITIONS_PER_CALL", 2)
+    s, lst = spec(partitions=3), spec(partitions=1, type="List", priorityLevels=2)
+    await converge(redis_client, s, "same")
+    await converge(redis_client, lst, "levels")
+    first = await provision.observe_queues(redis_client, [(NS, "same", s), (NS, "levels", lst)])
+    again = await provision.observe_queues(redis_client, [(NS, "same", s), (NS, "levels", lst)])
+    assert all(a is b for q1, q2 in zip(first, again, strict=True)
+               for a, b in zip(q1.partitions, q2.partitions, strict=True))
+    p0, p1, p2 = partition_keys(NS, "same", 3)
+    [lp] = partition_keys(NS, "levels", 1)
+    await functions.enqueue(redis_client, p1, {"d": "x"})
+    await redis_client.hset(p2.meta, "extra", "1")
+    await redis_client.rpush(lp.priority_key(1), "m")
+    [q, ql] = await provision.observe_queues(redis_client, [(NS, "same", s), (NS, "levels", lst)])
+    assert q.partitions[0] is first[0].partitions[0]
+    assert (q.partitions[1].length, q.partitions[2].meta.get("extra")) == (1, "1")
+    assert q.partitions[1] is not first[0].partitions[1]
+    assert ql.partitions[0].length == 1 and ql.partitions[0] is not first[1].partitions[0]
+    await redis_client.delete(p0.retry)
+    await redis_client.set(p0.retry, "not a zset")  # a type conflict is an observation
+    [q] = await provision.observe_queues(redis_client, [(NS, "same", s)])
+    assert q.partitions[0].retry_type == "string" and q.partitions[0].scheduled_retries == 0

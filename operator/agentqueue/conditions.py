@@ -10,6 +10,19 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def iso(ts: float) -> str:
+    """An epoch time as status writes times (RFC 3339, UTC, whole seconds)."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z")
+
+
+def parse_time(value: str | None) -> float | None:
+    """A status (or metadata) time as epoch seconds; None when absent."""
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def set_condition(
     conditions: list[dict[str, Any]] | None,
     type_: str,

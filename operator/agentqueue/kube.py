@@ -25,6 +25,10 @@ from . import GROUP, VERSION
 MANAGED_BY = "agentqueue-operator"
 API_CONNECTIONS = 24
 """Kubernetes API calls in flight at most (connections in the pool)."""
+SCALE_CONNECTIONS = 4
+"""A second, small pool for the scaling path (/scale, discovery, the autoscaler and
+controller checks): a busy group's scale-up must not queue behind thousands of status
+writes and Secret applies (10,000 new queues fill the main pool for minutes)."""
 READ_TIMEOUT_S = 60.0
 """Most seconds between two reads of an answer (not a bound on the whole call: a call
 may first wait for one of the pool's connections, which must not count, or 10,000
@@ -143,24 +147,36 @@ class KubeGateway:
         self._relogin = relogin
         self._logged_in = time.monotonic()
         self._session: aiohttp.ClientSession | None = None
+        self._scale_session: aiohttp.ClientSession | None = None
         self._discovery: dict[str, tuple[float, dict[str, dict[str, Any]] | None]] = {}
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=API_CONNECTIONS,
-                                               ssl=self.info.as_ssl_context()),
+    def _open(self, scaling: bool = False) -> aiohttp.ClientSession:
+        session = self._scale_session if scaling else self._session
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=SCALE_CONNECTIONS if scaling else API_CONNECTIONS,
+                    ssl=self.info.as_ssl_context()),
                 headers=self.info.as_http_headers(),
                 timeout=aiohttp.ClientTimeout(total=None, connect=None,
                                               sock_connect=CONNECT_TIMEOUT_S,
                                               sock_read=READ_TIMEOUT_S),
                 trust_env=self.info.trust_env)
-        return self._session
+            if scaling:
+                self._scale_session = session
+            else:
+                self._session = session
+        return session
+
+    async def _close_sessions(self) -> None:
+        old = (self._session, self._scale_session)
+        self._session = self._scale_session = None
+        for session in old:
+            if session is not None:
+                await session.close()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._close_sessions()
 
     async def _login_again(self) -> bool:
         if self._relogin is None:
@@ -172,20 +188,21 @@ class KubeGateway:
         self._logged_in = time.monotonic()
         if info == self.info:
             return False
-        old, self.info, self._session = self._session, info, None
-        if old is not None:
-            await old.close()
+        self.info = info
+        await self._close_sessions()
         return True
 
     async def _request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                       body: Any = None, content_type: str | None = None) -> Any:
-        """The JSON answer of one API call; errors classified (KubeError subclasses)."""
+                       body: Any = None, content_type: str | None = None,
+                       scaling: bool = False) -> Any:
+        """The JSON answer of one API call; errors classified (KubeError subclasses).
+        `scaling`: through the scaling path's own pool (SCALE_CONNECTIONS)."""
         if time.monotonic() - self._logged_in > RELOGIN_S:
             await self._login_again()
         for attempt in (0, 1):
             headers = {"Content-Type": content_type} if content_type else None
             try:
-                async with self._open().request(method, self.server + path, params=params,
+                async with self._open(scaling).request(method, self.server + path, params=params,
                                                 json=body, headers=headers) as resp:
                     if resp.status == 401 and attempt == 0 and await self._login_again():
                         continue
@@ -300,7 +317,7 @@ class KubeGateway:
         if cached is None or now - cached[0] > DISCOVERY_TTL_S:
             base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
             try:
-                doc = await self._request("GET", base)
+                doc = await self._request("GET", base, scaling=True)
                 kinds: dict[str, dict[str, Any]] | None = {}
                 names = {r.get("name") for r in doc.get("resources") or []}
                 for res in doc.get("resources") or []:
@@ -328,7 +345,7 @@ class KubeGateway:
     async def get_scale(self, api_version: str, kind: str, namespace: str,
                         name: str) -> ScaleInfo:
         obj = await self._request("GET", await self._scale_path(api_version, kind, namespace,
-                                                                name))
+                                                                name), scaling=True)
         return ScaleInfo(int((obj.get("spec") or {}).get("replicas") or 0),
                          int((obj.get("status") or {}).get("replicas") or 0))
 
@@ -336,7 +353,8 @@ class KubeGateway:
                         replicas: int) -> None:
         """Patch only /scale: the operator never writes the workload's spec otherwise."""
         await self._request("PATCH", await self._scale_path(api_version, kind, namespace, name),
-                            body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH)
+                            body={"spec": {"replicas": replicas}}, content_type=MERGE_PATCH,
+                            scaling=True)
 
     async def workload_controller(self, api_version: str, kind: str, namespace: str,
                                   name: str) -> str | None:
@@ -345,7 +363,7 @@ class KubeGateway:
         res = await self._resource(api_version, kind)
         try:
             obj = await self._request("GET", _path(res["base"], res["plural"], namespace,
-                                                   name))
+                                                   name), scaling=True)
         except (KubeNotFound, KubeForbidden):
             # Absent, or RBAC grants only its /scale (extraScaleTargets): cannot tell.
             return None
@@ -358,14 +376,16 @@ class KubeGateway:
                                    name: str) -> str | None:
         """Name of an HPA or KEDA ScaledObject already scaling this workload, if any."""
         hpas = await self._request(
-            "GET", _path("/apis/autoscaling/v2", "horizontalpodautoscalers", namespace))
+            "GET", _path("/apis/autoscaling/v2", "horizontalpodautoscalers", namespace),
+            scaling=True)
         for hpa in hpas.get("items") or []:
             ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
             if ref.get("kind") == kind and ref.get("name") == name:
                 return f"HorizontalPodAutoscaler/{(hpa.get('metadata') or {}).get('name', '?')}"
         try:
             scaled = await self._request(
-                "GET", _path("/apis/keda.sh/v1alpha1", "scaledobjects", namespace))
+                "GET", _path("/apis/keda.sh/v1alpha1", "scaledobjects", namespace),
+                scaling=True)
         except KubeNotFound:
             return None
         for obj in scaled.get("items", []):

@@ -169,6 +169,13 @@ class Metrics:
         figures.partitions = dict(partitions)
         return figures
 
+    def add_trimmed(self, namespace: str, queue: str, trimmed: int, dropped: int) -> None:
+        """Count a retention pass's trims (agentqueue_queue_trimmed_total and
+        agentqueue_queue_dropped_undelivered_total)."""
+        figures = self.queues.setdefault((namespace, queue), QueueFigures())
+        figures.trimmed_total += trimmed
+        figures.dropped_undelivered_total += dropped
+
     def set_slo(self, namespace: str, queue: str, gauges: dict[str, float]) -> None:
         """The queue's SLO gauges (objective -> 1 breached, 0 within); {} drops them."""
         figures = self.queues.get((namespace, queue))

@@ -27,7 +27,7 @@ R = TypeVar("R")  # per-group result
 PollFn = Callable[[Any, list[Any]], Awaitable[list[Any]]]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Sub:
     request: Any
     interval: float
@@ -35,6 +35,8 @@ class _Sub:
     deliver: Callable[[PollResult], None] | None = None
     """Armed: called with the next result worth delivering, then disarmed."""
     quiet: Quiet | None = None
+    slack: float = 0.0
+    """Due this little before `next_due` still rides along with a tick."""
 
 
 @dataclass
@@ -46,7 +48,8 @@ class Quiet:
 
     figures: Any
     until: float
-    touch: Callable[[PollResult], None] | None = None
+    touch: Callable[[float], None] | None = None
+    """Called with the time (epoch seconds) of each unchanged result it swallows."""
 
 
 @dataclass
@@ -93,8 +96,8 @@ class _ServerLoop:
             now = time.monotonic()
             # Subscribers due within a little while ride along: groups that joined at
             # different moments share ticks instead of each costing a round trip.
-            due = {k: s for k, s in self.subs.items()
-                   if s.deliver and s.next_due <= now + min(0.1, s.interval / 4)}
+            due = [(k, s) for k, s in self.subs.items()
+                   if s.deliver is not None and s.next_due <= now + s.slack]
             if not due:
                 # Only armed subscribers set the pace: one handling its last figures
                 # re-arms with subscribe(), which sets `wake`.
@@ -110,29 +113,40 @@ class _ServerLoop:
             started = time.monotonic()
             try:
                 client = await self.get_client()
-                results = await self.poll(client, [s.request for s in due.values()])
-                outcome = {k: PollResult(figures=r) for k, r in zip(due, results, strict=True)}
+                results = await self.poll(client, [s.request for _, s in due])
+                error: BaseException | None = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - handed to every waiter to classify
-                outcome = {k: PollResult(error=exc) for k in due}
+                results, error = [None] * len(due), exc
             self.last_duration = time.monotonic() - started
-            for k, sub in due.items():
-                sub.next_due = _next_tick(started, sub.interval)
-                result = outcome[k]
-                quiet = sub.quiet
-                if (quiet is not None and result.error is None and started < quiet.until
-                        and (result.figures is quiet.figures
-                             or result.figures == quiet.figures)):
-                    if quiet.touch is not None:
-                        quiet.touch(result)
-                    continue
-                deliver, sub.deliver, sub.quiet = sub.deliver, None, None
-                if deliver is not None:
-                    try:
-                        deliver(result)
-                    except Exception:  # noqa: BLE001 - one subscriber never stops the loop
-                        log.exception("poll subscriber failed")
+            self._hand_out(due, results, error, started)
+
+    def _hand_out(self, due: list[tuple[Any, _Sub]], results: list[Any],
+                  error: BaseException | None, started: float) -> None:
+        """Each due subscriber's result: to its callback, or (quiet and unchanged) to
+        its `touch`. One pass, no object per quiet subscriber: an idle fleet of 10,000
+        costs this loop, not 10,000 results."""
+        at = time.time()
+        ticks: dict[float, float] = {}
+        for (_, sub), figures in zip(due, results, strict=True):
+            next_due = ticks.get(sub.interval)
+            if next_due is None:
+                next_due = ticks[sub.interval] = _next_tick(started, sub.interval)
+            sub.next_due = next_due
+            quiet = sub.quiet
+            if (quiet is not None and error is None and started < quiet.until
+                    and (figures is quiet.figures or figures == quiet.figures)):
+                if quiet.touch is not None:
+                    quiet.touch(at)
+                continue
+            deliver, sub.deliver, sub.quiet = sub.deliver, None, None
+            if deliver is not None:
+                try:
+                    deliver(PollResult(figures=figures, at=at) if error is None
+                            else PollResult(error=error, at=at))
+                except Exception:  # noqa: BLE001 - one subscriber never stops the loop
+                    log.exception("poll subscriber failed")
 
 
 class PollHub(Generic[K]):
@@ -157,6 +171,7 @@ class PollHub(Generic[K]):
         if sub is None:
             sub = loop.subs[key] = _Sub(request, interval)
         sub.request, sub.interval, sub.quiet, sub.deliver = request, interval, quiet, deliver
+        sub.slack = min(0.1, interval / 4)
         # Wake the loop only when this subscriber is due before it would look anyway: a
         # group re-arming after its figures (the usual case) is due at the next tick,
         # and waking the loop for each of 10,000 meant a scan of all of them per group.

@@ -322,6 +322,7 @@ class Runtime:
         self.queue_versions[key] = self.queue_versions.get(key, 0) + 1
         self.queue_waits.fire(key)
         self.retention.queue_changed(namespace)
+        self.groups.queue_changed(namespace, self.objects.groups_of(namespace, queue))
 
     def queue_seen(self, namespace: str, queue: str) -> tuple[tuple[str, str], int]:
         """The queue's version now (see `wait_queue_changed`)."""

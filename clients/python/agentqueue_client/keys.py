@@ -27,6 +27,7 @@ Layout of partition ``p`` of queue ``q`` in namespace ``ns``::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 PREFIX = "aq"
 
@@ -41,11 +42,12 @@ class PartitionKeys:
     queue: str
     partition: int
 
-    @property
+    # Built once per object (the operator's poll asks for these every tick).
+    @cached_property
     def tag(self) -> str:
         return _tag(self.namespace, self.queue, self.partition)
 
-    @property
+    @cached_property
     def queue_key(self) -> str:
         return f"{self.tag}:q"
 
@@ -57,7 +59,7 @@ class PartitionKeys:
     def dead_letter(self) -> str:
         return f"{self.tag}:dlq"
 
-    @property
+    @cached_property
     def retry(self) -> str:
         return f"{self.tag}:retry"
 

@@ -121,6 +121,14 @@ class GroupKeeper:
             entry.state.conflict_checked_at = -1e9  # a scale target's claim may have moved
             self.track(*key)
 
+    def queue_changed(self, namespace: str, names: list[str]) -> None:
+        """Their queue changed (spec, readiness, deletion): the groups tracked here tick
+        at the next poll and resolve again (a quiet group may otherwise sleep for
+        minutes)."""
+        for name in names:
+            if (namespace, name) in self.entries:
+                self.rt.hub.poke((namespace, name))
+
     def forget_report(self, namespace: str, name: str) -> None:
         self.reports.pop((namespace, name), None)
 

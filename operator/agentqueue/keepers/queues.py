@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -57,8 +58,10 @@ SECRET_READS_PER_ROUND = 200
 """Credentials Secrets re-read per server per drift round at most (the rest wait for the
 next round): 10,000 queues must not turn one round into 10,000 API reads."""
 FULL_CHECK_EVERY = 10
+"""Rounds after which a queue is reconciled even if its observation did not change (at
+most: each queue starts counting at a random 0..FULL_CHECK_EVERY/2, so queues created
+together spread their full checks over rounds instead of all reconciling in one)."""
 PAUSED_RECHECK_S = 1.0
-"""Rounds after which a queue is reconciled even if its observation did not change."""
 
 
 @dataclass
@@ -217,6 +220,14 @@ class QueueKeeper:
             server.keys.discard(key)
             server.wake.set()
 
+    def dead_letter_length(self, namespace: str, queue: str) -> int | None:
+        """The queue's dead-letter entries at its last observation (None: not observed,
+        or the last attempt failed): the group keeper recounts a group's dead letters
+        when this moves."""
+        entry = self.queues.get((namespace, queue))
+        sample = entry.slo.sample if entry is not None else None
+        return sample.dead_letter_length if sample is not None else None
+
     def figures_updated(self, namespace: str, queue: str) -> None:
         """A ConsumerGroup of the queue has new figures: its SLO is evaluated again."""
         entry = self.queues.get((namespace, queue))
@@ -315,7 +326,7 @@ class QueueKeeper:
             entry.slo_dirty = entry.slo_dirty or _has_slo(spec, body)
             if entry.slo_dirty:
                 server.dirty.add(key)
-            entry.unchanged_rounds = 0
+            entry.unchanged_rounds = random.randrange(FULL_CHECK_EVERY // 2 + 1)
             clean = (outcome is not None and not outcome.repaired and outcome.problem is None
                      and not outcome.rotated)
             entry.fingerprint = fingerprint if clean else None

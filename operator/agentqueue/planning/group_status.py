@@ -7,7 +7,7 @@ False with `FallbackReplicas` (the spec sets fallbackReplicas for a scaled targe
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .. import reasons
 
@@ -38,3 +38,16 @@ def readiness(readable: bool, ready_reason: str | None, group: str, error: str,
     reason = (reasons.FALLBACK if scales_target and fallback_set
               else reasons.REDIS_UNAVAILABLE)
     return Cond(reasons.READY, False, reason, f"cannot read Redis: {error}")
+
+
+def status_write_due(new: dict[str, Any], last: dict[str, Any], scaled: bool,
+                     since_last_write: float, min_interval: float) -> bool:
+    """Whether a tick writes the group's status (`new`, without its times) after `last`
+    (what it wrote last): only when something changed, and then at once on a scale, a
+    condition change or work appearing/draining (waiting 0 ↔ > 0), else at most every
+    `min_interval` seconds (a busy group's lag moves every poll)."""
+    if new == last:
+        return False
+    transition = (new.get("conditions") != last.get("conditions")
+                  or (new.get("waiting") == 0) != (last.get("waiting") == 0))
+    return scaled or transition or since_last_write >= min_interval

@@ -145,6 +145,7 @@ class QueueSample:
     length: int  # stream entries, or queued List elements, over all partitions
     oldest_waiting_age_s: float | None  # None: not read (no maxWaitingAge)
     counters: RetryCounters | None = None  # None: not read (PubSub)
+    dead_letter_length: int | None = None  # over all partitions; None: not read
 
 
 @dataclass(frozen=True)

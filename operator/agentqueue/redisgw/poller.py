@@ -33,6 +33,7 @@ import functools
 import time
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Any, TypeVar
 
 import redis.asyncio as aredis
@@ -346,6 +347,9 @@ class PartitionState:
     steady: bool = False
     """Reused unchanged from the last poll and, once assessed, every group's lag as
     reported (then the figures of its groups are the same objects as last time)."""
+    quick: bool = False
+    """Its last assessment took every group's lag from the report (`quick_lag`): a
+    steady state needs no new one."""
 
     def lag_info(self, g: GroupState) -> GroupLagInfo:
         return GroupLagInfo(g.reported_lag, g.entries_read, g.last_delivered_id, self.length,
@@ -409,44 +413,70 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[i:i + size]
 
 
-async def observe_partitions(client: Any, wanted: Sequence[tuple[PartitionKeys,
-                                                                 list[str] | None]],
-                             *, now_ms: int | None = None,
-                             stream_facts: bool = False) -> list[PartitionState]:
-    """Raw state of each partition (groups by name; None asks for every group).
+Wanted = Sequence[tuple[PartitionKeys, list[str] | None]]
+
+
+@dataclass
+class CallPlan:
+    """The script calls for one fixed list of wanted partitions, kept between polls: a
+    chunk's call is rebuilt only after one of its partitions answered with a new state
+    (an idle fleet sends the same calls with the same digests tick after tick)."""
+
+    chunks: list[list[tuple[PartitionKeys, list[str] | None]]]
+    calls: list[tuple[list[str], list[Any]] | None]
+    before: list[list[PartitionState | None]]
+    """Per chunk, per partition: the state the digest in its call describes."""
+
+    @classmethod
+    def of(cls, client: Any, wanted: Wanted) -> CallPlan:
+        chunks = _call_groups(client, wanted)
+        return cls(chunks, [None] * len(chunks), [[] for _ in chunks])
+
+
+async def observe_partitions(client: Any, wanted: Wanted, *, now_ms: int | None = None,
+                             stream_facts: bool = False,
+                             plan: CallPlan | None = None) -> list[PartitionState]:
+    """Raw state of each partition (groups by name; None asks for every group), in the
+    order of `wanted` (with `plan`: the plan's order, which is `wanted`'s).
 
     Lags are not assessed yet (see `LagPoller`). With `stream_facts` XINFO STREAM is
     read for every partition (retention needs the first id)."""
     # Without `now_ms` the script reads the server's clock, so an unchanged fleet sends
     # the same calls every tick and their packed bytes are reused (BatchScript).
     now: int | str = "" if now_ms is None else now_ms
-    calls: list[tuple[list[str], list[Any]]] = []
-    order: list[PartitionKeys] = []
-    before: list[PartitionState | None] = []
-    """What each digest sent describes (another poll may replace the cache meanwhile)."""
-    for chunk in _call_groups(client, wanted):
+    if plan is None or now_ms is not None or stream_facts:
+        plan = CallPlan.of(client, wanted)
+    for c, chunk in enumerate(plan.chunks):
+        if plan.calls[c] is not None:
+            continue
         keys: list[str] = []
         args: list[Any] = [now, "1" if stream_facts else "0"]
+        before: list[PartitionState | None] = []
         for pk, groups in chunk:
             queue_key = pk.queue_key
             keys += [queue_key, pk.retry]
             args += [-1] if groups is None else [len(groups), *groups]
             last = _LAST_STATES.get(queue_key)
             args.append(last[0] if last is not None else "")
-            order.append(pk)
             before.append(last[1] if last is not None else None)
-        calls.append((keys, args))
+        plan.calls[c], plan.before[c] = (keys, args), before
+    calls = [call for call in plan.calls if call is not None]
     batches = list(_chunks(calls, max(1, PARTITIONS_PER_PIPELINE // PARTITIONS_PER_CALL)))
     with translate_errors("poll consumer groups"):
         await OBSERVE.load(client)
         replies = await _gather_limited([OBSERVE.run_batched(client, b) for b in batches])
-    raw: list[Any] = []
-    for reply in replies:
-        for result in reply:
-            if isinstance(result, Exception):
-                raise classify(result) from None
-            raw.extend(result)
-    return [_state_of(pk, r, b) for pk, r, b in zip(order, raw, before, strict=True)]
+    results = [result for reply in replies for result in reply]
+    out: list[PartitionState] = []
+    for c, (chunk, result) in enumerate(zip(plan.chunks, results, strict=True)):
+        if isinstance(result, Exception):
+            plan.calls[c] = None
+            raise classify(result) from None
+        before = plan.before[c]
+        for (pk, _), raw, sent in zip(chunk, result, before, strict=True):
+            out.append(_state_of(pk, raw, sent))
+            if raw != 0:
+                plan.calls[c] = None  # a new digest: the next call carries it
+    return out
 
 
 _LAST_STATES: dict[str, tuple[str, PartitionState]] = {}
@@ -506,6 +536,7 @@ class LagPoller:
         self._calibrations: dict[tuple[str, str], tuple[Calibration, float]] = {}
         self._figures: dict[GroupTarget, tuple[tuple[PartitionState, ...], GroupFigures]] = {}
         """Per target: the states its last figures were built from, and those figures."""
+        self._layouts: dict[tuple[int, int, int], _Layout] = {}
 
     async def assess(self, client: Any, parts: list[PartitionState]) -> list[PartitionState]:
         """Fill in each group's effective lag (in place), counting where the report is
@@ -514,6 +545,9 @@ class LagPoller:
         results: dict[tuple[int, str], LagAssessment] = {}
         to_count: list[tuple[int, str]] = []
         for i, part in enumerate(parts):
+            if part.steady and part.quick:
+                continue  # reused unchanged, and every lag was exact from the report
+            part.quick = True
             for g in part.groups.values():
                 quick = quick_lag(g.reported_lag, g.entries_read, part.length)
                 if quick is not None:
@@ -521,6 +555,7 @@ class LagPoller:
                         g.lag = quick  # lag_source stays REPORTED
                         part.steady = False
                     continue
+                part.quick = False
                 cal = self._calibrations.get((part.keys.queue_key, g.name))
                 a = assess_lag(part.lag_info(g), cal[0] if cal else None)
                 results[(i, g.name)] = a
@@ -558,33 +593,83 @@ class LagPoller:
         """Figures for each target, in order: two round trips at most per batch. A
         target whose partitions all came back unchanged, with every lag as reported,
         gets last tick's figures object again (an idle fleet builds nothing)."""
-        plans = [_target_keys(t) for t in targets]
-        per_partition: dict[str, tuple[PartitionKeys, list[str]]] = {}
-        for t, plan in zip(targets, plans, strict=True):
-            for queue_key, pk in plan:
-                entry = per_partition.get(queue_key)
-                if entry is None:
-                    per_partition[queue_key] = (pk, [t.group])
-                elif t.group not in entry[1]:
-                    entry[1].append(t.group)
-        parts = await observe_partitions(client, list(per_partition.values()))
+        layout = self._layout(client, targets)
+        parts = await observe_partitions(client, layout.wanted, plan=layout.calls)
         parts = await self.assess(client, parts)
-        by_key = dict(zip(per_partition, parts, strict=True))
         kept = self._figures
         if len(kept) > 200_000:  # targets come and go; keep the cache bounded
             kept.clear()
         out: list[GroupFigures] = []
-        for t, plan in zip(targets, plans, strict=True):
-            states = tuple(by_key[queue_key] for queue_key, _ in plan)
-            last = kept.get(t)
-            if (last is not None and len(last[0]) == len(states)
-                    and all(s.steady and s is o for s, o in zip(states, last[0], strict=True))):
-                out.append(last[1])
-                continue
+        for j, (t, index) in enumerate(zip(targets, layout.index, strict=True)):
+            last = layout.kept[j]
+            if len(index) == 1:  # the usual case, without building a tuple
+                state = parts[index[0]]
+                if last is not None and state.steady and last[0][0] is state:
+                    out.append(last[1])
+                    continue
+                states: tuple[PartitionState, ...] = (state,)
+            else:
+                states = tuple(parts[i] for i in index)
+                if (last is not None and all(s.steady and s is o
+                                             for s, o in zip(states, last[0], strict=True))):
+                    out.append(last[1])
+                    continue
+            if last is None:  # a new layout: last figures by target, if any
+                last = kept.get(t)
+                if (last is not None and len(last[0]) == len(states)
+                        and all(s.steady and s is o
+                                for s, o in zip(states, last[0], strict=True))):
+                    layout.kept[j] = last
+                    out.append(last[1])
+                    continue
             figures = _figures(t, states)
-            kept[t] = (states, figures)
+            kept[t] = layout.kept[j] = (states, figures)
             out.append(figures)
         return out
+
+    def _layout(self, client: Any, targets: Sequence[GroupTarget]) -> _Layout:
+        """The partitions to ask for these targets, and where each target's are: kept
+        while the hub asks for the same target objects in the same order (every tick of
+        a settled fleet)."""
+        key = (len(targets), id(targets[0]), id(targets[-1])) if targets else (0, 0, 0)
+        layout = self._layouts.get(key)
+        if layout is not None and all(map(is_, targets, layout.targets)):
+            return layout
+        positions: dict[str, int] = {}
+        wanted: list[tuple[PartitionKeys, list[str]]] = []
+        index: list[tuple[int, ...]] = []
+        for t in targets:
+            mine: list[int] = []
+            for queue_key, pk in _target_keys(t):
+                i = positions.get(queue_key)
+                if i is None:
+                    i = positions[queue_key] = len(wanted)
+                    wanted.append((pk, [t.group]))
+                elif t.group not in wanted[i][1]:
+                    wanted[i][1].append(t.group)
+                mine.append(i)
+            index.append(tuple(mine))
+        layout = _Layout(list(targets), wanted, index, [None] * len(targets),
+                         CallPlan.of(client, wanted))
+        if len(self._layouts) >= LAYOUTS_KEPT:
+            self._layouts.pop(next(iter(self._layouts)))
+        self._layouts[key] = layout
+        return layout
+
+
+LAYOUTS_KEPT = 8
+"""Target lists whose layout is kept (ticks of different intervals ask different lists)."""
+
+
+@dataclass
+class _Layout:
+    targets: list[GroupTarget]
+    wanted: list[tuple[PartitionKeys, list[str]]]
+    index: list[tuple[int, ...]]
+    """Per target: its partitions' positions in `wanted`."""
+    kept: list[tuple[tuple[PartitionState, ...], GroupFigures] | None]
+    """Per target: the states its last figures were built from, and those figures."""
+    calls: CallPlan
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -5,7 +5,6 @@ path (`write_merged`)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from typing import Any
@@ -15,7 +14,7 @@ import kopf
 from agentqueue_client import keys
 
 from .. import events, reasons
-from ..conditions import get_condition, now_iso, set_condition
+from ..conditions import get_condition, now_iso, parse_time, set_condition
 from ..planning import deletion
 from ..planning.risk_condition import risk_condition
 from ..runtime import Runtime
@@ -145,7 +144,7 @@ def _since_deletion(meta: dict[str, Any]) -> float:
     if not stamp:
         return 0.0
     try:
-        return time.time() - dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+        return time.time() - (parse_time(stamp) or time.time())
     except ValueError:
         return 0.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import zlib
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from agentqueue_client import keys
 
 from .. import reasons
+from ..conditions import iso, parse_time
 from ..kube import standard_labels
 from ..metrics import GroupReport
 from ..models import AgentQueueSpec, AgentQueueStatus, Role, parse_duration
@@ -108,24 +108,13 @@ def _pydantic_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def _parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-
-
-def _iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).replace(microsecond=0).isoformat().replace(
-        "+00:00", "Z")
-
-
 def rotation_due(spec: AgentQueueSpec, annotations: dict[str, str], creds: dict[str, Any],
                  now: float) -> str | None:
     """Why credentials must rotate now, or None. Pure."""
     token = annotations.get(ROTATE_ANNOTATION)
     if token and token != creds.get("rotationToken"):
         return f"annotation {ROTATE_ANNOTATION}={token}"
-    last = _parse_time(creds.get("lastRotation"))
+    last = parse_time(creds.get("lastRotation"))
     every = spec.credentials.rotate_every
     if every and last is not None and now - last >= parse_duration(every):
         return f"rotateEvery {every} elapsed"
@@ -210,7 +199,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                 else await provision.observe_queue(client, ns, name, spec))
     creds = dict(status.get("credentials") or {})
     rotate_reason = rotation_due(spec, meta.get("annotations") or {}, creds, now)
-    previous_expires = _parse_time(creds.get("previousExpires"))
+    previous_expires = parse_time(creds.get("previousExpires"))
     in_grace = previous_expires is not None and now < previous_expires
 
     # --- plan and apply the queue's keys, metadata and the Functions library
@@ -295,15 +284,15 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
                 rt.user_index.removed(target.key, keys.acl_username(ns, name, entry_name))
 
     if rotate_reason:
-        creds["lastRotation"] = _iso(now)
-        creds["previousExpires"] = _iso(now + parse_duration(spec.credentials.grace_period))
+        creds["lastRotation"] = iso(now)
+        creds["previousExpires"] = iso(now + parse_duration(spec.credentials.grace_period))
         token = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION)
         if token:
             creds["rotationToken"] = token
     elif previous_expires is not None and not in_grace:
         creds.pop("previousExpires", None)
     if "lastRotation" not in creds:
-        creds["lastRotation"] = _iso(now)
+        creds["lastRotation"] = iso(now)
 
     # --- status from what is there now
     after = await provision.observe_queue(client, ns, name, spec) if actions else observed
@@ -339,7 +328,7 @@ async def reconcile_queue(rt: Runtime, body: dict[str, Any], now: float, *,
         jammed = (await provision.exhausted_streams(client, after)
                   if spec.type == "Stream" else [])
     sample = slo.QueueSample(length=new_status["length"], oldest_waiting_age_s=waiting_age,
-                             counters=counters)
+                             counters=counters, dead_letter_length=model.dead_letter_length)
     problem = None
     if jammed:
         problem = (reasons.QUEUE_EXHAUSTED,

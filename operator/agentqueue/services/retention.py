@@ -11,7 +11,6 @@ from agentqueue_client import keys
 
 from .. import events, reasons
 from ..conditions import get_condition, now_iso, set_condition
-from ..metrics import QueueFigures
 from ..models import (
     AgentQueueSpec,
     RetentionPolicySpec,
@@ -130,9 +129,8 @@ async def apply_policy(rt: Runtime, body: dict[str, Any]) -> PolicyOutcome:
         trimmed += result.trimmed + result.dead_letter_trimmed
         protected += result.protected
         dropped += result.dropped_undelivered
-        figures = rt.metrics.queues.setdefault((ns, qname), QueueFigures())
-        figures.trimmed_total += result.trimmed + result.dead_letter_trimmed
-        figures.dropped_undelivered_total += result.dropped_undelivered
+        rt.metrics.add_trimmed(ns, qname, result.trimmed + result.dead_letter_trimmed,
+                               result.dropped_undelivered)
         await _report_on_queue(rt, queue, name, result)
     if failures:
         raise failures[0]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import events, reasons
-from ..conditions import now_iso, set_condition
+from ..conditions import iso, now_iso, parse_time, set_condition
 from ..kube import KubeNotFound
 from ..metrics import GroupReport
 from ..models import ConsumerGroupStatus, parse_duration
@@ -31,7 +31,6 @@ from ..redisgw.poller import GroupTarget
 from ..runtime import Runtime
 from . import groups as svc
 from .errors import SpecProblem, Waiting
-from .queues import _iso, _parse_time
 
 log = logging.getLogger("agentqueue.scaling")
 CONFLICT_RECHECK_S = 10.0
@@ -39,7 +38,9 @@ SCALE_REFRESH_S = 5.0
 IDLE_SWEEP_S = 60.0
 QUIET_MAX_S = IDLE_SWEEP_S
 """An idle, settled group is woken at least this often without new figures (its idle
-sweep is then due); 10,000 idle groups cost ~170 ticks a second, not 1,000."""
+sweep is then due); 10,000 idle groups cost ~170 ticks a second, not 1,000. One with
+nothing to sweep (no consumers, nothing pending or due) and an empty dead-letter queue
+sleeps up to CTX_TTL_S: ~33 ticks a second for 10,000."""
 CTX_TTL_S = 300.0
 """Re-resolve at least this often (the admin Secret may change); spec changes of the
 group or its queue re-resolve at once (generation, Runtime.queue_versions)."""
@@ -68,6 +69,9 @@ class LoopState:
     ctx_key: tuple[Any, ...] = ()
     ctx_at: float = 0.0
     quiet: Quiet | None = None
+    request: GroupTarget | None = None
+    """The last poll request, reused while equal: the poller keeps its layout and calls
+    while the hub asks for the same objects (keepers/groups.py re-subscribes each tick)."""
 
 
 @dataclass
@@ -102,7 +106,7 @@ async def prepare(rt: Runtime, body: dict[str, Any], state: LoopState) -> PollRe
         cursor = status.get("deadLetterCursor")
         if cursor is not None or "deadLettered" not in status:
             state.dlq_cursor = {int(k): str(v) for k, v in (cursor or {}).items()}
-        state.last_active = _parse_time(status.get("lastActiveTime"))
+        state.last_active = parse_time(status.get("lastActiveTime"))
         state.loaded = True
     # Resolving reads the AgentQueue and maybe a Secret from the API: not every tick.
     queue_ref = str(((body.get("spec") or {}).get("queueRef") or {}).get("name"))
@@ -120,6 +124,9 @@ async def prepare(rt: Runtime, body: dict[str, Any], state: LoopState) -> PollRe
     request = GroupTarget(ns, spec.queue_ref.name, ctx.group, ctx.queue_spec.partitions,
                           ctx.queue_spec.type, ctx.queue_spec.priority_levels,
                           int(parse_duration(spec.visibility_timeout) * 1000))
+    if request == state.request:
+        request = state.request
+    state.request = request
     target = ctx.target
     return PollRequest(target.key, lambda: rt.redis.get(target), request, interval,
                        state.quiet)
@@ -154,92 +161,28 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
                   message=f"recreated group {ctx.group!r} on partitions "
                   f"{sorted(figures.missing_partitions)}")
 
-    # The sweep, not every tick: what consumers do for each other, done whatever they are
-    # (docs/protocol.md 10): poison messages to the DLQ, due retries promoted; on a
-    # Stream dead consumers removed, on a List dead consumers' messages recovered.
+    # Dead letters of the queue, as the queue keeper last read them (None: not yet).
+    dlq_length = rt.queues.dead_letter_length(ns, spec.queue_ref.name)
+
     swept = 0
     if redis_ok and now - state.last_maintenance >= _sweep_interval(spec, figures):
-        state.last_maintenance = now
-        client = await rt.redis.get(ctx.target)
-        visibility_ms = int(parse_duration(spec.visibility_timeout) * 1000)
-        if ctx.is_list:
-            listed = await list_sweep.sweep(client, list_sweep.ListQueue(
-                ctx.partitions, ctx.group, ctx.queue_spec.priority_levels, visibility_ms,
-                ctx.max_deliveries, ctx.queue_spec.dead_letter.enabled), int(now * 1000))
-            state.reclaimed = listed.recovered
-            swept = listed.dead_lettered
-        else:
-            res = await redis_groups.reclaim(client, ctx.partitions, ctx.group, visibility_ms,
-                                             ctx.max_deliveries)
-            # A gauge: entries past the timeout at this sweep, left for consumers to claim
-            # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
-            state.reclaimed = res.reclaimed
-            swept = res.dead_lettered
-            # Retries of consumers that never promote.
-            await functions.promote_due(client, ctx.partitions, int(now * 1000))
-            await redis_groups.remove_dead_consumers(
-                client, ctx.partitions, ctx.group,
-                int(parse_duration(spec.dead_consumer_timeout) * 1000))
-        state.dlq_scan_due = True  # also a periodic recount, whatever the sweep did
+        swept = await _sweep(rt, ctx, state, figures, dlq_length, now)
 
     # Dead letters: the sweep's and the consumers' own (nack on the last delivery,
     # malformed entries), counted from the dead-letter streams when they changed.
-    queue_figures = rt.metrics.queues.get((ns, spec.queue_ref.name))
-    dlq_length = (sum(p.get("dead_letter_length", 0.0) for p in queue_figures.partitions.values())
-                  if queue_figures else None)
     if dlq_length != state.dlq_length_seen:
         state.dlq_scan_due = True
     if redis_ok and state.dlq_scan_due:
-        try:
-            await _count_dead_letters(rt, body, ctx, state, swept)
-            state.dlq_length_seen = dlq_length
-            state.dlq_scan_due = False
-        except RedisError as exc:
-            logger.warning("counting dead letters failed", extra={"error": str(exc)})
+        await _recount_dead_letters(rt, body, ctx, state, swept, dlq_length, logger)
 
     # Scaling
     ref = spec.scale_target_ref
-    desired: int | None = None
-    scaled = False
-    if ref is not None:
-        if now - state.conflict_checked_at >= CONFLICT_RECHECK_S:
-            conflict = await scaling_conflict(rt, body, ref)
-            if conflict is not None and conflict != state.conflict:
-                events.warn(body, reason=conflict[0], message=conflict[1])
-            state.conflict = conflict
-            state.conflict_checked_at = now
-        if state.current is None or now - state.current_read_at >= SCALE_REFRESH_S:
-            try:
-                info = await rt.kube.get_scale(ref.api_version, ref.kind, ns, ref.name)
-                state.current, state.current_read_at = info.replicas, now
-            except KubeNotFound:
-                raise SpecProblem(reasons.SCALE_TARGET_NOT_FOUND,
-                                  f"{ref.kind}/{ref.name} not found") from None
-        if redis_ok and figures.waiting > 0:
-            state.last_active = now
-        decision = scaling.decide(
-            spec.scaling,
-            scaling.ScaleObservation(
-                current_replicas=state.current,
-                waiting=figures.waiting if redis_ok else None,
-                last_active=state.last_active,
-            ),
-            state.history, now, paused=spec.paused)
-        desired = decision.desired
-        for cond in group_status.scaling_conditions(state.conflict, decision.reason):
-            conditions = set_condition(conditions, *cond, gen)
-        if not state.conflict and decision.desired != state.current:
-            await rt.kube.set_scale(ref.api_version, ref.kind, ns, ref.name,
-                                    decision.desired)
-            direction = "up" if decision.desired > (state.current or 0) else "down"
-            rt.metrics.scale_events.labels(ns, name, direction).inc()
-            events.info(body, reason=reasons.SCALED,
-                      message=f"scaled {ref.kind}/{ref.name} from {state.current} to "
-                      f"{decision.desired}: {decision.reason}")
-            logger.info("scaled", extra={"from": state.current, "to": decision.desired,
-                                         "why": decision.reason})
-            state.current = decision.desired
-            scaled = True
+    if redis_ok and figures.waiting > 0:
+        state.last_active = now
+    desired, scaled, scaling_conds = await _scale(
+        rt, body, ctx, state, figures.waiting if redis_ok else None, now, logger)
+    for cond in scaling_conds:
+        conditions = set_condition(conditions, *cond, gen)
 
     # Status and metrics from what was observed
     model = ConsumerGroupStatus(reclaimed=state.reclaimed, dead_lettered=state.dead_lettered,
@@ -249,8 +192,6 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
         model.due_retries, model.waiting = figures.due_retries, figures.waiting
         model.oldest_pending_age_seconds = round(figures.oldest_pending_age_s, 3)
         model.consumers = figures.consumers
-        if figures.waiting > 0:
-            state.last_active = now
     readiness = group_status.readiness(
         redis_ok, ready.get("reason"), ctx.group, str(result.error), ref is not None,
         spec.scaling.fallback_replicas is not None)
@@ -261,29 +202,20 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
     if scaled:
         model.last_scale_time = now_iso()
     new = model.to_patch()
-    # The keeper's report: figures as last read (while Redis cannot be read they stay,
-    # with their time, rather than drop to zero as if the work were done).
-    before = rt.groups.reports.get((ns, name))
-    report = GroupReport(queue=spec.queue_ref.name, poll_interval_s=interval,
-                         current_replicas=state.current, desired_replicas=desired,
-                         reclaimed_total=state.reclaimed,
-                         dead_lettered_total=state.dead_lettered)
-    if redis_ok:
-        report.figures, report.observed_at = figures, result.at
-    elif before is not None and before.queue == report.queue:
-        report.figures, report.observed_at = before.figures, before.observed_at
-    rt.groups.reports[(ns, name)] = report
+    rt.groups.reports[(ns, name)] = _report(rt.groups.reports.get((ns, name)), spec,
+                                            interval, state, desired,
+                                            result if redis_ok else None)
     rt.group_figures_updated(ns, spec.queue_ref.name)  # the queue's SLO follows
     state.quiet = _quiet(rt, ns, name, state, figures if redis_ok else None, ctx, desired,
                          scaled, now)
     new["conditions"] = conditions
     comparable = dict(new)
     if state.last_active is not None:
-        new["lastActiveTime"] = _iso(state.last_active)
-    due = now - state.last_status_at >= rt.config.status_min_interval
-    transition = comparable.get("conditions") != state.last_status.get("conditions") or (
-        comparable.get("waiting") == 0) != (state.last_status.get("waiting") == 0)
-    if comparable != state.last_status and (scaled or due or transition):
+        model.last_active_time = iso(state.last_active)  # not compared: moves while busy
+        new = {**model.to_patch(), "conditions": conditions}
+    if group_status.status_write_due(comparable, state.last_status, scaled,
+                                     now - state.last_status_at,
+                                     rt.config.status_min_interval):
         try:
             if not await _write_status(rt, ns, name, new, status.get("conditions")):
                 return
@@ -292,12 +224,120 @@ async def settle(rt: Runtime, body: dict[str, Any], state: LoopState, result: Po
         state.last_status, state.last_status_at = comparable, now
 
 
+async def _scale(rt: Runtime, body: dict[str, Any], ctx: svc.GroupContext,
+                 state: LoopState, waiting: int | None, now: float, logger: Any
+                 ) -> tuple[int | None, bool, list[group_status.Cond]]:
+    """Decide (planning/scaling) and write /scale unless something else scales the
+    target. Returns (desired replicas, whether it scaled, the scaling conditions); no
+    target: (None, False, [])."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    spec = ctx.spec
+    ref = spec.scale_target_ref
+    if ref is None:
+        return None, False, []
+    if now - state.conflict_checked_at >= CONFLICT_RECHECK_S:
+        conflict = await scaling_conflict(rt, body, ref)
+        if conflict is not None and conflict != state.conflict:
+            events.warn(body, reason=conflict[0], message=conflict[1])
+        state.conflict = conflict
+        state.conflict_checked_at = now
+    if state.current is None or now - state.current_read_at >= SCALE_REFRESH_S:
+        try:
+            info = await rt.kube.get_scale(ref.api_version, ref.kind, ns, ref.name)
+            state.current, state.current_read_at = info.replicas, now
+        except KubeNotFound:
+            raise SpecProblem(reasons.SCALE_TARGET_NOT_FOUND,
+                              f"{ref.kind}/{ref.name} not found") from None
+    decision = scaling.decide(
+        spec.scaling,
+        scaling.ScaleObservation(current_replicas=state.current, waiting=waiting,
+                                 last_active=state.last_active),
+        state.history, now, paused=spec.paused)
+    conds = group_status.scaling_conditions(state.conflict, decision.reason)
+    if state.conflict or decision.desired == state.current:
+        return decision.desired, False, conds
+    await rt.kube.set_scale(ref.api_version, ref.kind, ns, ref.name, decision.desired)
+    direction = "up" if decision.desired > (state.current or 0) else "down"
+    rt.metrics.scale_events.labels(ns, name, direction).inc()
+    events.info(body, reason=reasons.SCALED,
+                message=f"scaled {ref.kind}/{ref.name} from {state.current} to "
+                f"{decision.desired}: {decision.reason}")
+    logger.info("scaled", extra={"from": state.current, "to": decision.desired,
+                                 "why": decision.reason})
+    state.current = decision.desired
+    return decision.desired, True, conds
+
+
+def _report(before: GroupReport | None, spec: Any, interval: float, state: LoopState,
+            desired: int | None, result: PollResult | None) -> GroupReport:
+    """The keeper's report of this tick: figures as last read (`result` None: Redis
+    could not be read; the last figures stay, with their time, rather than drop to zero
+    as if the work were done)."""
+    report = GroupReport(queue=spec.queue_ref.name, poll_interval_s=interval,
+                         current_replicas=state.current, desired_replicas=desired,
+                         reclaimed_total=state.reclaimed,
+                         dead_lettered_total=state.dead_lettered)
+    if result is not None:
+        report.figures, report.observed_at = result.figures, result.at
+    elif before is not None and before.queue == report.queue:
+        report.figures, report.observed_at = before.figures, before.observed_at
+    return report
+
+
+async def _sweep(rt: Runtime, ctx: svc.GroupContext, state: LoopState, figures: Any,
+                 dlq_length: int | None, now: float) -> int:
+    """What consumers do for each other, done whatever they are (docs/protocol.md 10):
+    poison messages to the DLQ, due retries promoted; on a Stream dead consumers removed,
+    on a List dead consumers' messages recovered. Returns how many it dead-lettered."""
+    spec = ctx.spec
+    state.last_maintenance = now
+    swept = 0
+    sweeping = ctx.is_list or _stream_sweep_has_work(figures)
+    if sweeping:
+        client = await rt.redis.get(ctx.target)
+        visibility_ms = int(parse_duration(spec.visibility_timeout) * 1000)
+        if ctx.is_list:
+            listed = await list_sweep.sweep(client, list_sweep.ListQueue(
+                ctx.partitions, ctx.group, ctx.queue_spec.priority_levels, visibility_ms,
+                ctx.max_deliveries, ctx.queue_spec.dead_letter.enabled), int(now * 1000))
+            state.reclaimed = listed.recovered
+            swept = listed.dead_lettered
+        else:
+            res = await redis_groups.reclaim(client, ctx.partitions, ctx.group,
+                                             visibility_ms, ctx.max_deliveries)
+            # A gauge: entries past the timeout at this sweep, left for consumers to claim
+            # (the operator cannot see a consumer's XAUTOCLAIM, so it cannot count claims).
+            state.reclaimed = res.reclaimed
+            swept = res.dead_lettered
+            # Retries of consumers that never promote.
+            await functions.promote_due(client, ctx.partitions, int(now * 1000))
+            await redis_groups.remove_dead_consumers(
+                client, ctx.partitions, ctx.group,
+                int(parse_duration(spec.dead_consumer_timeout) * 1000))
+    else:
+        state.reclaimed = 0  # nothing pending: nothing past the timeout
+    # Then a recount, whatever the sweep did (the queue keeper's dead-letter lengths are
+    # up to a drift interval old; a dead-letter queue trimmed at its cap keeps its length
+    # while entries arrive). Without a sweep, an empty one has nothing new to count.
+    state.dlq_scan_due = state.dlq_scan_due or sweeping or dlq_length != 0
+    return swept
+
+
 def _sweep_interval(spec: Any, figures: Any) -> float:
     """Half the visibility timeout while entries are pending (they may expire) or retries
     are due (to promote); otherwise only dead consumers can need removing: once a minute
     is plenty."""
     half = max(1.0, parse_duration(spec.visibility_timeout) / 2)
     return half if figures.pending or figures.due_retries else max(half, IDLE_SWEEP_S)
+
+
+def _stream_sweep_has_work(figures: Any) -> bool:
+    """A Stream group's sweep can only act on pending entries (reclaim, dead-letter),
+    due retries (promote) or consumers (remove the dead): an idle group with none of these
+    (as the poll just read them) is not swept. 10,000 idle groups swept once a minute cost
+    ~16% of a core in round trips that found nothing."""
+    return bool(figures.pending or figures.due_retries or figures.consumers)
 
 
 def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
@@ -314,17 +354,33 @@ def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
     if ref is not None and (desired != state.current or (state.current or 0) != floor):
         return None  # a scale-down may become due with time (cooldown)
     mono = time.monotonic()
-    sweep_at = (math.inf if ctx.is_list
+    sweep_at = (math.inf if ctx.is_list or not _stream_sweep_has_work(figures)
                 else state.last_maintenance + _sweep_interval(spec, figures))
-    until = mono + min(QUIET_MAX_S, max(0.0, sweep_at - now),
-                       SCALE_REFRESH_S if ref is not None else QUIET_MAX_S)
+    # Nothing to sweep and no dead letters to recount: only the context's refresh is
+    # due (changes of the group or its queue poke it: keepers/groups.queue_changed).
+    longest = (CTX_TTL_S if not ctx.is_list and state.dlq_length_seen == 0
+               and not state.dlq_scan_due else QUIET_MAX_S)
+    until = mono + min(longest, max(0.0, sweep_at - now),
+                       SCALE_REFRESH_S if ref is not None else longest)
 
-    def touch(result: PollResult) -> None:
+    def touch(at: float) -> None:
         report = rt.groups.reports.get((ns, name))
         if report is not None:
-            report.observed_at = result.at
+            report.observed_at = at
 
     return Quiet(figures, until, touch)
+
+
+async def _recount_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupContext,
+                                state: LoopState, swept: int, dlq_length: int | None,
+                                logger: Any) -> None:
+    try:
+        await _count_dead_letters(rt, body, ctx, state, swept)
+    except RedisError as exc:  # the next tick tries again
+        logger.warning("counting dead letters failed", extra={"error": str(exc)})
+        return
+    state.dlq_length_seen = dlq_length
+    state.dlq_scan_due = False
 
 
 async def _count_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupContext,
@@ -336,7 +392,7 @@ async def _count_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupC
     if state.dlq_cursor is None:
         state.dlq_cursor = await deadletters.last_id(client, ctx.partitions)
         return
-    created = _parse_time(body["metadata"].get("creationTimestamp")) or 0.0
+    created = parse_time(body["metadata"].get("creationTimestamp")) or 0.0
     starts = {p.partition: (f"({state.dlq_cursor[p.partition]}"
                             if p.partition in state.dlq_cursor else f"{int(created * 1000)}-0")
               for p in ctx.partitions}
