@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agentqueue import reasons
+from agentqueue.planning import group_status
 from agentqueue.planning.group_status import Cond, readiness, scaling_conditions
 
 
@@ -32,3 +33,22 @@ def test_unreadable_falls_back_only_for_a_scaled_target_with_fallback_replicas()
         assert readiness(False, reasons.ACTIVE, "g", "connection refused", target,
                          fallback) == Cond(reasons.READY, False, reasons.REDIS_UNAVAILABLE,
                                            down)
+
+
+def test_status_is_written_only_when_something_changed() -> None:
+    same = {"lag": 3, "waiting": 3, "conditions": [{"type": "Ready"}]}
+    assert not group_status.status_write_due(same, dict(same), True, 99.0, 5.0)
+
+
+def test_changes_wait_for_the_interval_unless_they_matter_now() -> None:
+    last = {"lag": 3, "waiting": 3, "conditions": [{"type": "Ready"}]}
+    lag_moved = {**last, "lag": 4, "waiting": 4}
+    assert not group_status.status_write_due(lag_moved, last, False, 4.9, 5.0)
+    assert group_status.status_write_due(lag_moved, last, False, 5.0, 5.0)
+    assert group_status.status_write_due(lag_moved, last, True, 0.0, 5.0)  # scaled
+    drained = {**last, "lag": 0, "waiting": 0}
+    assert group_status.status_write_due(drained, last, False, 0.0, 5.0)
+    assert group_status.status_write_due(last, drained, False, 0.0, 5.0)  # work appeared
+    flipped = {**last, "conditions": [{"type": "Ready", "status": "False"}]}
+    assert group_status.status_write_due(flipped, last, False, 0.0, 5.0)
+    assert group_status.status_write_due({"lag": 1}, {}, False, 1e9, 5.0)  # the first write
