@@ -49,6 +49,10 @@ class GroupReport:
     reclaimed_total: int = 0
     dead_lettered_total: int = 0
 
+    def touch(self, at: float) -> None:
+        """The poll read the same figures again at `at` (pollhub.Quiet's touch)."""
+        self.observed_at = at
+
 
 _QUEUE_GAUGES = {
     "length": "Entries in the queue partition.",

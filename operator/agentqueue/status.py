@@ -128,10 +128,10 @@ class StatusWriter:
                 new["conditions"] = merge_changed(current.get("conditions"),
                                                   status.get("conditions"),
                                                   (seen or {}).get("conditions"))
-            validated(kind, new)
             patch = merge_patch(current, new)
             if not patch:
-                return False
+                return False  # nothing to write (and what is there was checked when written)
+            validated(kind, new)
             try:
                 await self.kube.patch_status(PLURALS[kind], namespace, name, patch)
             except KubeNotFound:

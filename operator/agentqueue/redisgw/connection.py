@@ -15,6 +15,7 @@ is checked by the operator's address policy before the primary is connected to
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import re
@@ -309,10 +310,10 @@ class RedisTarget:
             return f"sentinel://{self.sentinel_list()}/{self.sentinel_master}"
         return self.url_without_credentials()
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Cache key: differs when anything that changes the connection differs, and
-        reveals nothing (a hash)."""
+        reveals nothing (a hash). Computed once per target (keepers ask every tick)."""
         material = "\0".join([self.url, self.username or "", self.password or "",
                               self.ca_pem or "", self.sentinel_list(),
                               self.sentinel_master or "", self.sentinel_username or "",

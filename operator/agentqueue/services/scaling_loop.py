@@ -363,12 +363,8 @@ def _quiet(rt: Runtime, ns: str, name: str, state: LoopState, figures: Any,
     until = mono + min(longest, max(0.0, sweep_at - now),
                        SCALE_REFRESH_S if ref is not None else longest)
 
-    def touch(at: float) -> None:
-        report = rt.groups.reports.get((ns, name))
-        if report is not None:
-            report.observed_at = at
-
-    return Quiet(figures, until, touch)
+    report = rt.groups.reports.get((ns, name))  # this tick's, just recorded
+    return Quiet(figures, until, report.touch if report is not None else None)
 
 
 async def _recount_dead_letters(rt: Runtime, body: dict[str, Any], ctx: svc.GroupContext,
