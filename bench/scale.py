@@ -107,6 +107,8 @@ BURST_CPU_GOAL, BURST_RSS_GOAL = 0.03, 150_000_000
 SCALE_CPU_GOAL, SCALE_RSS_GOAL = 0.10, 400_000_000
 REACTION_P95_GOAL_S = 2.0
 POLL_METRIC = "agentqueue_redis_command_duration_seconds"
+PATCHES_METRIC = "agentqueue_status_patches_total"
+QUIET_PATCHES, QUIET_MAX_S = 10, 600.0
 
 
 @dataclass(frozen=True)
@@ -118,10 +120,11 @@ class Plan:
     window_s: float
     trials: int
     zero_settle_s: float
+    quiet_slice_s: float = 20.0  # the quiet check's slice (wait_quiet)
 
 
 QUICK = Plan(burst=20, scale=30, settle_s=2.0, scale_settle_s=3.0, window_s=3.0, trials=3,
-             zero_settle_s=1.0)
+             zero_settle_s=1.0, quiet_slice_s=2.0)
 
 
 def full_plan(scale: int, burst: int = DEFAULT_BURST) -> Plan:
@@ -239,10 +242,11 @@ def ready_timeout(n: int) -> float:
 # --- measuring --------------------------------------------------------------------------
 
 def idle_window(stack: LocalStack, settle_s: float, window_s: float,
-                label: str) -> tuple[float, int, dict[str, float] | None, dict[str, float] | None]:
+                label: str, quiet_slice_s: float = 20.0) -> tuple[float, int, dict[str, float] | None, dict[str, float] | None]:
     """CPU share of one core over the window after ``settle_s``, RSS at its end, and the
     poll histogram (sum, count) before and after (None without metrics)."""
     time.sleep(settle_s)
+    wait_quiet(stack, label, quiet_slice_s)
     stack.check_operator()
     pid = stack.operator_pid
     profiler = start_profiler(pid, window_s, label)
@@ -279,6 +283,40 @@ def histogram(text: str, name: str, labels: dict[str, str]) -> dict[str, float]:
         if all(w in present for w in wanted):
             out[m["name"].rsplit("_", 1)[1]] += float(m["value"])
     return out
+
+
+def status_patches(stack: LocalStack) -> float | None:
+    """agentqueue_status_patches_total over all kinds (None without metrics)."""
+    if not stack.metrics_port:
+        return None
+    total = None
+    for line in scrape(stack.metrics_url).splitlines():
+        m = _SAMPLE.match(line)
+        if m and m["name"] == PATCHES_METRIC:
+            total = (total or 0.0) + float(m["value"])
+    return total or 0.0
+
+
+def wait_quiet(stack: LocalStack, label: str, slice_s: float = 20.0) -> float:
+    """After the settle time: wait until the operator has stopped catching up, i.e. sent
+    at most QUIET_PATCHES status patches in QUIET_SLICE_S (at rest only changes are
+    written; at 10,000 objects the first ticks of new groups and queues keep writing for
+    minutes after the last is Ready). At most QUIET_MAX_S; returns the seconds waited."""
+    t0 = time.monotonic()
+    last = status_patches(stack)
+    if last is None:
+        return 0.0
+    while time.monotonic() - t0 < QUIET_MAX_S:
+        time.sleep(slice_s)
+        now = status_patches(stack) or 0.0
+        if now - last <= QUIET_PATCHES:
+            waited = time.monotonic() - t0
+            log(f"scale[{label}]: quiet ({now - last:.0f} status patches in "
+                f"{slice_s:.0f}s) after {waited:.0f}s more")
+            return waited
+        last = now
+    log(f"scale[{label}]: still writing status after {QUIET_MAX_S:.0f}s more; measuring anyway")
+    return time.monotonic() - t0
 
 
 def poll_histogram(stack: LocalStack) -> dict[str, float] | None:
@@ -392,7 +430,7 @@ def burst(stack: LocalStack, plan: Plan, who: str) -> Burst:
     log(f"scale[{who}]: {n:,} groups all Ready after {out.groups_ready_s:.1f}s; settling "
         f"{plan.settle_s:.0f}s, then {plan.window_s:.0f}s at rest")
     out.cpu, out.rss, _, _ = idle_window(stack, plan.settle_s, plan.window_s,
-                                         f"{who}-burst-{n}")
+                                         f"{who}-burst-{n}", plan.quiet_slice_s)
     log(f"scale[{who}]: at rest with {n:,}+{n:,}: CPU {out.cpu * 100:.1f}% of a core, RSS "
         f"{out.rss / 1e6:.0f} MB")
     return out
@@ -423,7 +461,7 @@ def grow(stack: LocalStack, plan: Plan) -> tuple[AtScale, Scaling]:
     log(f"scale: settling {plan.scale_settle_s:.0f}s, then {plan.window_s:.0f}s at rest with "
         f"{n:,}+{n:,}")
     out.cpu, out.rss, before, after = idle_window(stack, plan.scale_settle_s, plan.window_s,
-                                                  f"scale-{n}")
+                                                  f"scale-{n}", plan.quiet_slice_s)
     if before is not None and after is not None and after["count"] > before["count"]:
         out.poll_ticks = int(after["count"] - before["count"])
         out.poll_mean_s = (after["sum"] - before["sum"]) / (after["count"] - before["count"])

@@ -156,6 +156,9 @@ class Metrics:
         self.redis_up = Counter(
             f"{NS}_redis_unavailable", "Times Redis could not be reached.", [],
             registry=self.registry)
+        self.status_patches = Counter(
+            f"{NS}_status_patches", "Status patches sent to the API server, by kind (at "
+            "rest only changes are written).", ["kind"], registry=self.registry)
         self.scale_events = Counter(
             f"{NS}_scale_events", "Scale operations on consumer workloads.",
             ["namespace", "group", "direction"], registry=self.registry)

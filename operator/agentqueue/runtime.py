@@ -294,7 +294,9 @@ class Runtime:
         from .keepers.retention import RetentionKeeper
         from .status import StatusWriter
 
-        self.status = StatusWriter(self.kube, self.objects)
+        self.status = StatusWriter(
+            self.kube, self.objects,
+            lambda kind: self.metrics.status_patches.labels(kind).inc())
         self.groups = GroupKeeper(self)
         self.metrics.group_reports = self.groups.reports
         self.queues = QueueKeeper(self)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -79,13 +80,16 @@ def merge_patch(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 class StatusWriter:
-    def __init__(self, kube: KubeGateway, objects: Objects) -> None:
+    def __init__(self, kube: KubeGateway, objects: Objects,
+                 on_patch: Callable[[str], None] | None = None) -> None:
         self.kube = kube
         self.objects = objects
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._own: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
         self.patches = 0
-        """Status patches sent (the benchmark reads it)."""
+        """Status patches sent."""
+        self._on_patch = on_patch
+        """Told the kind of each patch sent (agentqueue_status_patches_total)."""
 
     def current(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The freshest status known: our own recent write, else the watched body's;
@@ -137,6 +141,8 @@ class StatusWriter:
             except KubeNotFound:
                 return False  # deleted meanwhile
             self.patches += 1
+            if self._on_patch is not None:
+                self._on_patch(kind)
             self._own[key] = (time.monotonic(), new)
             if self.patches % 1000 == 0:
                 self._expire()
