@@ -52,3 +52,11 @@ def test_changes_wait_for_the_interval_unless_they_matter_now() -> None:
     flipped = {**last, "conditions": [{"type": "Ready", "status": "False"}]}
     assert group_status.status_write_due(flipped, last, False, 0.0, 5.0)
     assert group_status.status_write_due({"lag": 1}, {}, False, 1e9, 5.0)  # the first write
+
+
+def test_reconciled_names_the_group_and_its_partitions() -> None:
+    assert group_status.reconciled("g", 3, False, "q") == Cond(
+        reasons.READY, True, reasons.ACTIVE, "group 'g' on 3 partition(s)")
+    assert group_status.reconciled("g", 2, True, "jobs") == Cond(
+        reasons.READY, True, reasons.ACTIVE,
+        "settings of group 'g' on List queue 'jobs' (2 partition(s); no Redis group)")

@@ -1,7 +1,7 @@
 """The conditions a ConsumerGroup's tick sets, decided from what it observed. Pure.
 
 `ScalingConflict` and `ScalingActive` from the conflict check and the scaling decision;
-`Ready` while the group's tick runs: True (reason Active) when Redis can be read, else
+`Ready` after a reconcile (`reconciled`), and while the group's tick runs: True (reason Active) when Redis can be read, else
 False with `FallbackReplicas` (the spec sets fallbackReplicas for a scaled target) or
 `RedisUnavailable`."""
 
@@ -26,6 +26,16 @@ def scaling_conditions(conflict: tuple[str, str] | None, decision_reason: str) -
                 Cond(reasons.SCALING_ACTIVE, False, conflict[0], decision_reason)]
     return [Cond(reasons.SCALING_CONFLICT, False, reasons.NO_CONFLICT, ""),
             Cond(reasons.SCALING_ACTIVE, True, reasons.SCALED, decision_reason)]
+
+
+def reconciled(group: str, partitions: int, is_list: bool, queue: str) -> Cond:
+    """Ready after a successful reconcile (its failures: services/report, every kind)."""
+    if is_list:
+        return Cond(reasons.READY, True, reasons.ACTIVE,
+                    f"settings of group {group!r} on List queue {queue!r} "
+                    f"({partitions} partition(s); no Redis group)")
+    return Cond(reasons.READY, True, reasons.ACTIVE,
+                f"group {group!r} on {partitions} partition(s)")
 
 
 def readiness(readable: bool, ready_reason: str | None, group: str, error: str,

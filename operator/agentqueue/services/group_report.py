@@ -10,6 +10,7 @@ from typing import Any
 from .. import events, reasons
 from ..conditions import now_iso, set_condition
 from ..models import ConsumerGroupStatus
+from ..planning import group_status
 from ..planning.pause import pause_status
 from ..runtime import Runtime
 from . import groups as svc
@@ -38,11 +39,10 @@ async def reconcile_and_report(rt: Runtime, plain: dict[str, Any], logger: Any, 
         if pause.event is not None:
             events.info(plain, reason=pause.event[0], message=pause.event[1])
         paused = {**plain, "status": {**status, "conditions": conditions}}
-        msg = (f"group {ctx.group!r} on {len(ctx.partitions)} partition(s)" if not ctx.is_list
-               else f"settings of group {ctx.group!r} on List queue {ctx.spec.queue_ref.name!r}"
-               f" ({len(ctx.partitions)} partition(s); no Redis group)")
+        ready = group_status.reconciled(ctx.group, len(ctx.partitions), ctx.is_list,
+                                        ctx.spec.queue_ref.name)
         # Written over `plain` (what it was computed from): Paused and Ready are changes.
-        await write_status(rt, PLURAL, plain, ready_status(paused, True, reasons.ACTIVE, msg,
-                                                           extra))
+        await write_status(rt, PLURAL, plain, ready_status(paused, ready.status, ready.reason,
+                                                           ready.message, extra))
         logger.info("consumer group reconciled", extra={"group": ctx.group})
         return ctx

@@ -1,7 +1,7 @@
 """An AgentQueue's reconcile and its report: run services.queues.reconcile_queue (for an
 event, or a drift check of the keeper), then Events and status from its outcome. Used by
 the handlers and the queue keeper alike; status goes through the one status writer
-path (`write_merged`)."""
+(status.py, by `report.write_status`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from agentqueue_client import keys
 
 from .. import events, reasons
 from ..conditions import get_condition, now_iso, parse_time, set_condition
+from ..models import AgentQueueStatus
 from ..planning import deletion
 from ..planning.risk_condition import risk_condition
 from ..runtime import Runtime
@@ -51,8 +52,8 @@ async def reconcile_and_report(rt: Runtime, body: dict[str, Any], logger: Any, *
             detail = ", ".join(outcome.repaired)[:1000]
             events.info(body, reason=reasons.DRIFT_REPAIRED, message=f"repaired: {detail}")
             logger.warning("drift repaired", extra={"repaired": outcome.repaired})
-            extra["lastRepair"] = now_iso()
-            extra["lastRepairDetail"] = detail
+            extra.update(AgentQueueStatus(last_repair=now_iso(),
+                                          last_repair_detail=detail).to_patch())
         if outcome.rotated:
             events.info(body, reason=reasons.CREDENTIALS_ROTATED,
                         message="new passwords in the Secrets; the previous ones work until "
@@ -76,7 +77,7 @@ async def reconcile_and_report(rt: Runtime, body: dict[str, Any], logger: Any, *
         status["conditions"] = set_condition(status["conditions"], reasons.REDIS_CONFIG_RISK,
                                              risk.status, risk.reason, risk.message,
                                              meta.get("generation"))
-        await write_merged(rt, body, status)
+        await write_status(rt, PLURAL, body, status)  # only our changed conditions
         if drift and outcome.problem is None and (get_condition(
                 (body.get("status") or {}).get("conditions"), reasons.READY) or {}
                 ).get("status") != "True":
@@ -94,12 +95,6 @@ async def reconcile_and_report(rt: Runtime, body: dict[str, Any], logger: Any, *
                                 if p["index"] in retries else {})}
                 for p in extra["partitions"]})
         return outcome
-
-
-async def write_merged(rt: Runtime, body: dict[str, Any], status: dict[str, Any]) -> None:
-    """Write `status` (computed from `body`) through the status writer: only the
-    conditions we changed replace the current ones. The caller holds the lock."""
-    await write_status(rt, PLURAL, body, status)
 
 
 async def delete_and_report(rt: Runtime, plain: dict[str, Any]) -> None:

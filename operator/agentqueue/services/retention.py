@@ -13,6 +13,7 @@ from .. import events, reasons
 from ..conditions import get_condition, now_iso, set_condition
 from ..models import (
     AgentQueueSpec,
+    AgentQueueStatus,
     RetentionPolicySpec,
     RetentionPolicyStatus,
     parse_duration,
@@ -66,7 +67,7 @@ async def _report_on_queue(rt: Runtime, queue: dict[str, Any], policy: str,
     if status is None:
         return
     conditions = status.get("conditions")
-    patch: dict[str, Any] = {"retentionPolicy": policy}
+    patch = AgentQueueStatus(retention_policy=policy).to_patch()
     if result is not None:
         blocked, reason, message = blocked_condition(result, policy)
         before = get_condition(conditions, reasons.RETENTION_BLOCKED_BY_LAG)
