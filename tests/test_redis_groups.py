@@ -462,6 +462,24 @@ async def test_cluster_groups_poll_and_sweep(redis_cluster_client: RedisClient) 
     assert await groups.delete_group(r, parts, G) == 8
 
 
+async def test_a_layout_is_not_reused_on_another_server(redis_client: RedisClient,
+                                                        redis_cluster_client: RedisClient
+                                                        ) -> None:
+    """The same target objects polled on a standalone server, then on a Cluster (the
+    queue's Redis changed, the group's request is equal and so the same object): the
+    Cluster gets calls split by slot, not the standalone layout's (CROSSSLOT)."""
+    lp = LagPoller()
+    parts = partition_keys(NS, "moved", 8)  # spread over the Cluster's primaries
+    targets = [GroupTarget(NS, "moved", G, 8)]
+    for client in (redis_client, redis_cluster_client):
+        await groups.ensure_group(client, parts, G, "Beginning")
+        await add(client, parts[5].queue_key, 3)
+    assert [f.lag for f in await lp.poll(redis_client, targets)] == [3]
+    assert [f.lag for f in await lp.poll(redis_cluster_client, targets)] == [3]
+    assert [f.lag for f in await lp.poll(redis_client, targets)] == [3]
+    await groups.delete_group(redis_cluster_client, parts, G)
+
+
 # ---- scale -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_groups", [1000, 10_000])

@@ -629,11 +629,13 @@ class LagPoller:
 
     def _layout(self, client: Any, targets: Sequence[GroupTarget]) -> _Layout:
         """The partitions to ask for these targets, and where each target's are: kept
-        while the hub asks for the same target objects in the same order (every tick of
-        a settled fleet)."""
+        while the hub asks the same client for the same target objects in the same order
+        (every tick of a settled fleet). The client is part of it: a Cluster's calls are
+        split by slot, a standalone server's are not."""
         key = (len(targets), id(targets[0]), id(targets[-1])) if targets else (0, 0, 0)
         layout = self._layouts.get(key)
-        if layout is not None and all(map(is_, targets, layout.targets)):
+        if (layout is not None and layout.client is client
+                and all(map(is_, targets, layout.targets))):
             return layout
         positions: dict[str, int] = {}
         wanted: list[tuple[PartitionKeys, list[str]]] = []
@@ -649,7 +651,7 @@ class LagPoller:
                     wanted[i][1].append(t.group)
                 mine.append(i)
             index.append(tuple(mine))
-        layout = _Layout(list(targets), wanted, index, [None] * len(targets),
+        layout = _Layout(client, list(targets), wanted, index, [None] * len(targets),
                          CallPlan.of(client, wanted))
         if len(self._layouts) >= LAYOUTS_KEPT:
             self._layouts.pop(next(iter(self._layouts)))
@@ -663,6 +665,7 @@ LAYOUTS_KEPT = 8
 
 @dataclass
 class _Layout:
+    client: Any
     targets: list[GroupTarget]
     wanted: list[tuple[PartitionKeys, list[str]]]
     index: list[tuple[int, ...]]
